@@ -1,0 +1,1 @@
+"""Host-application plugins and their shared stdlib-only client, shipped inside bgmask as bgmask.plugins."""

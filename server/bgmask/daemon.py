@@ -1,0 +1,430 @@
+"""The bgmask daemon: a ZeroMQ ROUTER socket on loopback, a bounded job queue and inference workers.
+
+The socket thread only parses, validates and routes; inference, downloads and refinement run on worker
+threads, which hand their replies back through an inproc socket (ZeroMQ sockets are single-threaded)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import zmq
+
+from bgmask import PROTOCOL_VERSION, __version__, paths, pipeline, protocol, providers, runtime
+from bgmask import errors as E
+from bgmask.catalog import Catalog
+from bgmask.errors import BgmaskError
+from bgmask.pool import SessionPool
+from bgmask.protocol import ImageSpec, RemoveOptions
+
+log = logging.getLogger("bgmask.daemon")
+
+CAPABILITIES = ["remove", "cancel", "progress", "refine"]
+EXIT_ALREADY_RUNNING = 3
+EXIT_BAD_CONFIG = 2
+GiB = 1024**3
+
+
+@dataclass
+class DaemonConfig:
+    """Everything `bgmask serve` can set; the defaults are what a user gets at login."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    allow_remote: bool = False
+    device: str = "auto"
+    threads: int = 0
+    workers: int = 1
+    max_message_bytes: int = 2 * GiB
+    max_pixels: int = 250_000_000
+    queue_limit: int = 16
+    idle_unload_s: float = 1800.0
+    memory_budget: int = 6 * GiB
+    preload_delay: float = 0.0  # seconds after start to load the default model; negative = only on demand
+    default_model: Optional[str] = None
+    heartbeat_s: float = 1.0
+
+
+@dataclass(eq=False)
+class Job:
+    """A queued or running remove/pull request."""
+
+    ident: bytes
+    rid: Any
+    op: str
+    model: str
+    spec: Optional[ImageSpec] = None
+    frame: Optional[zmq.Frame] = None
+    options: RemoveOptions = field(default_factory=RemoveOptions)
+    out_sample_type: str = "u8"
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    running: bool = False
+    stage: str = "queued"
+    fraction: Optional[float] = None
+    last_sent: float = 0.0
+
+    @property
+    def key(self) -> tuple[bytes, Any]:
+        return (self.ident, self.rid)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def rss_bytes() -> Optional[int]:
+    """Current resident memory of this process (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+    except ImportError:
+        return None
+
+
+class Daemon:
+    """Serves protocol v1 until shutdown; construct, then call serve()."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.choice = providers.choose(config.device, config.threads)
+        self.pool = SessionPool(self.choice, config.memory_budget, config.idle_unload_s)
+        self.default_model = config.default_model or Catalog.load().default_name()
+        Catalog.load().get(self.default_model)  # an unknown --default-model fails at start, not per request
+        self.token = secrets.token_urlsafe(32)
+        self.ctx = zmq.Context()
+        self.endpoint = ""
+        self.started = time.time()
+        self._out_addr = f"inproc://bgmask-out-{id(self)}"
+        self._jobs: dict[tuple[bytes, Any], Job] = {}
+        self._queue: deque[Job] = deque()
+        self._cv = threading.Condition()
+        self._stopping = threading.Event()
+        self._workers: list[threading.Thread] = []
+        self._local = threading.local()
+
+    # ----------------------------------------------------------------- lifecycle
+    def serve(self) -> int:
+        lock = runtime.DaemonLock()
+        if not lock.acquire():
+            other = runtime.read_runtime()
+            where = f" (pid {other['pid']}, {other['endpoint']})" if other else ""
+            print(f"bgmask: a daemon is already running for this user{where}; not starting a second one.", file=sys.stderr)
+            return EXIT_ALREADY_RUNNING
+        router = out = None
+        try:
+            router, out = self._bind()
+            runtime.write_private_json(paths.runtime_file(), {
+                "endpoint": self.endpoint, "token": self.token, "pid": os.getpid(),
+                "protocol": PROTOCOL_VERSION, "version": __version__, "started": self.started,
+            })
+            runtime.record_daemon_command()
+            self._install_signal_handlers()
+            for n in range(max(1, self.config.workers)):
+                t = threading.Thread(target=self._worker, name=f"bgmask-worker-{n}", daemon=True)
+                t.start()
+                self._workers.append(t)
+            if self.config.preload_delay >= 0:
+                threading.Thread(target=self._preload, name="bgmask-preload", daemon=True).start()
+            log.info("bgmask %s serving on %s (provider %s, %d threads)", __version__, self.endpoint, self.choice.provider, self.choice.threads)
+            self._loop(router, out)
+            return 0
+        finally:
+            runtime.remove_runtime(pid=os.getpid())
+            for sock in (router, out):
+                if sock is not None:
+                    sock.close(linger=1000)
+            self.ctx.term()
+            lock.release()
+            log.info("bgmask daemon stopped")
+
+    def stop(self) -> None:
+        """Ask the serve loop to shut down (thread-safe)."""
+        self._stopping.set()
+
+    def _bind(self) -> tuple[zmq.Socket, zmq.Socket]:
+        host = self.config.host
+        if not is_loopback(host):
+            if not self.config.allow_remote:
+                raise BgmaskError(E.BAD_REQUEST, f"Refusing to listen on {host}: only loopback is allowed without --allow-remote.")
+            log.warning("listening on %s: any machine that can reach it and knows the token can use this daemon", host)
+        router = self.ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        router.setsockopt(zmq.LINGER, 1000)
+        if ":" in host.strip("[]"):
+            router.setsockopt(zmq.IPV6, 1)
+            host = f"[{host.strip('[]')}]"
+        if self.config.port:
+            router.bind(f"tcp://{host}:{self.config.port}")
+        else:
+            router.bind(f"tcp://{host}:*")
+        self.endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        out = self.ctx.socket(zmq.PULL)
+        out.bind(self._out_addr)
+        return router, out
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stopping.set())
+
+    def _preload(self) -> None:
+        if self._stopping.wait(self.config.preload_delay):
+            return
+        try:
+            self.pool.get(self.default_model, cancel=self._stopping.is_set)
+            log.info("default model %s loaded", self.default_model)
+        except BgmaskError as exc:
+            log.warning("could not preload %s: %s", self.default_model, exc.message)
+
+    # ----------------------------------------------------------------- socket thread
+    def _loop(self, router: zmq.Socket, out: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(out, zmq.POLLIN)
+        next_tick = time.monotonic()
+        shutting_down = False
+        while True:
+            events = dict(poller.poll(100))
+            if out in events:
+                for _ in range(256):
+                    try:
+                        router.send_multipart(out.recv_multipart(zmq.NOBLOCK, copy=False), copy=False)
+                    except zmq.Again:
+                        break
+            if router in events:
+                for _ in range(64):
+                    try:
+                        frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._handle(router, frames)
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + self.config.heartbeat_s / 2
+                self._heartbeat(router, now)
+                self.pool.drop_idle()
+            if self._stopping.is_set() and not shutting_down:
+                shutting_down = True
+                self._cancel_queued(router)
+            if shutting_down and not self._active_jobs():
+                break
+        with self._cv:
+            self._cv.notify_all()
+        for t in self._workers:
+            t.join(timeout=5)
+        while True:  # replies the workers pushed while we were stopping
+            try:
+                router.send_multipart(out.recv_multipart(zmq.NOBLOCK, copy=False), copy=False)
+            except zmq.Again:
+                break
+
+    def _send(self, router: zmq.Socket, ident: bytes, header: dict, *data: Any) -> None:
+        router.send_multipart([ident, protocol.pack(header), *data], copy=False)
+
+    def _handle(self, router: zmq.Socket, frames: list[zmq.Frame]) -> None:
+        ident = frames[0].bytes
+        rid = None
+        try:
+            if len(frames) < 2:
+                raise BgmaskError(E.BAD_REQUEST, "The message has no header frame.")
+            header = protocol.unpack_header(frames[1].buffer)
+            rid = protocol.request_id(header)
+            op = protocol.check_envelope(header, self.token)
+            data = frames[2:]
+            if op not in ("remove",) and data:
+                raise BgmaskError(E.BAD_REQUEST, f"The {op} operation takes no data frames, got {len(data)}.")
+            log.debug("request %s id=%r from %s", op, rid, ident.hex())
+            getattr(self, f"_op_{op}")(router, ident, rid, header, data)
+        except BgmaskError as exc:
+            if exc.code == E.UNAUTHORIZED:
+                log.warning("refused a request without the right token from connection %s", ident.hex())
+            extra = {"protocol": PROTOCOL_VERSION} if exc.code == E.UNSUPPORTED_VERSION else {}
+            self._send(router, ident, protocol.error(rid, exc.code, exc.message, **extra))
+        except Exception:
+            log.exception("internal error while handling a request")
+            self._send(router, ident, protocol.error(rid, E.INTERNAL, "The daemon hit an internal error; the request was not processed."))
+
+    def _op_hello(self, router: zmq.Socket, ident: bytes, rid: Any, header: dict, data: list) -> None:
+        self._send(router, ident, protocol.reply(
+            rid, protocol=PROTOCOL_VERSION, version=__version__, capabilities=CAPABILITIES,
+            max_message_bytes=self.config.max_message_bytes, max_pixels=self.config.max_pixels,
+            provider=self.choice.provider, device=self.choice.device, default_model=self.default_model,
+        ))
+
+    def _op_status(self, router: zmq.Socket, ident: bytes, rid: Any, header: dict, data: list) -> None:
+        catalog = Catalog.load()
+        with self._cv:
+            queued = sum(1 for j in self._queue if not j.cancel_requested.is_set())
+            running = sum(1 for j in self._jobs.values() if j.running)
+        self._send(router, ident, protocol.reply(
+            rid, version=__version__, protocol=PROTOCOL_VERSION, endpoint=self.endpoint, pid=os.getpid(),
+            uptime=round(time.time() - self.started, 3), provider=self.choice.provider, device=self.choice.device,
+            threads=self.choice.threads, queue=queued, running=running, rss=rss_bytes(), default_model=self.default_model,
+            models=[{"name": s.name, "state": self.pool.state(s)} for s in catalog.entries()],
+        ))
+
+    def _op_models(self, router: zmq.Socket, ident: bytes, rid: Any, header: dict, data: list) -> None:
+        models = []
+        for s in Catalog.load().entries():
+            models.append({
+                "name": s.name, "family": s.family, "input_size": list(s.input_size), "description": s.description,
+                "state": self.pool.state(s), "default": s.name == self.default_model, "imported": s.imported,
+                "size": s.size, "licence": s.licence,
+            })
+        self._send(router, ident, protocol.reply(rid, models=models))
+
+    def _op_remove(self, router: zmq.Socket, ident: bytes, rid: Any, header: dict, data: list) -> None:
+        model = protocol.parse_model_name(header.get("model")) or self.default_model
+        spec = protocol.parse_image(header.get("image"), self.config.max_pixels, self.config.max_message_bytes)
+        frame = protocol.check_pixel_frames(spec, data)
+        options = protocol.parse_options(header.get("options"))
+        out_type = protocol.parse_output(header.get("output"))
+        Catalog.load().get(model)
+        self._enqueue(router, Job(ident, rid, "remove", model, spec, frame, options, out_type))
+
+    def _op_pull(self, router: zmq.Socket, ident: bytes, rid: Any, header: dict, data: list) -> None:
+        model = protocol.parse_model_name(header.get("model")) or self.default_model
+        Catalog.load().get(model)
+        self._enqueue(router, Job(ident, rid, "pull", model))
+
+    def _op_cancel(self, router: zmq.Socket, ident: bytes, rid: Any, header: dict, data: list) -> None:
+        target = header.get("target")
+        with self._cv:
+            job = self._jobs.get((ident, target)) if isinstance(target, (int, str)) and not isinstance(target, bool) else None
+            found = job is not None
+            queued = found and not job.running
+            if found:
+                job.cancel_requested.set()
+            if queued:
+                self._queue.remove(job)
+                del self._jobs[job.key]
+        self._send(router, ident, protocol.reply(rid, cancelled=found))
+        if queued:
+            self._send(router, ident, protocol.error(job.rid, E.CANCELLED, "The request was cancelled before it started."))
+
+    def _op_shutdown(self, router: zmq.Socket, ident: bytes, rid: Any, header: dict, data: list) -> None:
+        self._send(router, ident, protocol.reply(rid))
+        log.info("shutdown requested")
+        self._stopping.set()
+
+    def _enqueue(self, router: zmq.Socket, job: Job) -> None:
+        if self._stopping.is_set():
+            raise BgmaskError(E.SHUTTING_DOWN, "The daemon is shutting down; try again in a moment.")
+        with self._cv:
+            if job.key in self._jobs:
+                raise BgmaskError(E.BAD_REQUEST, f"Request id {job.rid!r} is already in use by a request still running.")
+            if len(self._queue) >= self.config.queue_limit:
+                raise BgmaskError(E.BUSY, f"The daemon already has {len(self._queue)} requests waiting; try again when they are done.")
+            self._jobs[job.key] = job
+            self._queue.append(job)
+            position = len(self._queue)
+            self._cv.notify()
+        job.last_sent = time.monotonic()
+        self._send(router, job.ident, protocol.progress(job.rid, "queued", None, position=position))
+
+    def _active_jobs(self) -> int:
+        with self._cv:
+            return len(self._jobs)
+
+    def _heartbeat(self, router: zmq.Socket, now: float) -> None:
+        """Tell every waiting client its request is alive, so it can tell busy from dead."""
+        with self._cv:
+            queued = {id(j): n for n, j in enumerate(self._queue, 1)}
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            if now - job.last_sent >= self.config.heartbeat_s:
+                job.last_sent = now
+                extra = {"position": queued[id(job)]} if id(job) in queued else {}
+                self._send(router, job.ident, protocol.progress(job.rid, job.stage, job.fraction, **extra))
+
+    def _cancel_queued(self, router: zmq.Socket) -> None:
+        with self._cv:
+            dropped = list(self._queue)
+            self._queue.clear()
+            for job in dropped:
+                job.cancel_requested.set()
+                del self._jobs[job.key]
+        for job in dropped:
+            self._send(router, job.ident, protocol.error(job.rid, E.CANCELLED, "The daemon is shutting down; the request was not started."))
+
+    # ----------------------------------------------------------------- workers
+    def _next_job(self) -> Optional[Job]:
+        with self._cv:
+            while not self._queue:
+                if self._stopping.is_set():
+                    return None
+                self._cv.wait(0.5)
+            job = self._queue.popleft()
+            job.running = True
+            return job
+
+    def _worker(self) -> None:
+        push = self.ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 1000)
+        push.connect(self._out_addr)
+        try:
+            while (job := self._next_job()) is not None:
+                self._run(job, push)
+        finally:
+            push.close()
+
+    def _run(self, job: Job, push: zmq.Socket) -> None:
+        def progress(stage: str, fraction: Optional[float]) -> None:
+            changed = stage != job.stage
+            job.stage, job.fraction = stage, fraction
+            now = time.monotonic()
+            if changed or now - job.last_sent >= 0.1:
+                job.last_sent = now
+                push.send_multipart([job.ident, protocol.pack(protocol.progress(job.rid, stage, fraction))])
+
+        started = time.perf_counter()
+        frames: list[Any] = []
+        try:
+            session = self.pool.get(job.model, progress, job.cancel_requested.is_set)
+            if job.op == "pull":
+                header = protocol.reply(job.rid, model=job.model, path=str(session.path), size=session.path.stat().st_size)
+            else:
+                assert job.spec is not None and job.frame is not None
+                result = pipeline.compute_mask(session, job.frame.buffer, job.spec, job.options, job.out_sample_type,
+                                               progress, job.cancel_requested.is_set)
+                if job.cancel_requested.is_set():
+                    raise BgmaskError(E.CANCELLED, "The request was cancelled.")
+                header = protocol.reply(
+                    job.rid, mask={"width": job.spec.width, "height": job.spec.height, "sample_type": job.out_sample_type},
+                    model=job.model, provider=session.provider, device=self.choice.device, timings=result.timings,
+                )
+                frames = [result.mask]
+                log.info("remove %dx%d %s ch=%d model=%s in %.3fs", job.spec.width, job.spec.height, job.spec.sample_type,
+                         job.spec.channels, job.model, time.perf_counter() - started)
+        except BgmaskError as exc:
+            header = protocol.error(job.rid, exc.code, exc.message)
+            log.info("%s id=%r failed: %s", job.op, job.rid, exc.code)
+        except Exception:
+            log.exception("internal error in %s", job.op)
+            header = protocol.error(job.rid, E.INTERNAL, "The daemon hit an internal error while processing this request.")
+        with self._cv:
+            self._jobs.pop(job.key, None)
+        job.frame = None
+        push.send_multipart([job.ident, protocol.pack(header), *frames], copy=False)

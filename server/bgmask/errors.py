@@ -1,0 +1,36 @@
+"""One exception type for every failure a user can see, with the protocol's stable error codes."""
+
+from __future__ import annotations
+
+BAD_REQUEST = "bad_request"
+UNSUPPORTED_VERSION = "unsupported_version"
+UNAUTHORIZED = "unauthorized"
+UNKNOWN_OP = "unknown_op"
+UNKNOWN_MODEL = "unknown_model"
+BAD_IMAGE = "bad_image"
+TOO_LARGE = "too_large"
+BUSY = "busy"
+CANCELLED = "cancelled"
+MODEL_UNAVAILABLE = "model_unavailable"
+DEVICE_UNAVAILABLE = "device_unavailable"
+INFERENCE_FAILED = "inference_failed"
+SHUTTING_DOWN = "shutting_down"
+INTERNAL = "internal"
+
+ERROR_CODES = frozenset({
+    BAD_REQUEST, UNSUPPORTED_VERSION, UNAUTHORIZED, UNKNOWN_OP, UNKNOWN_MODEL, BAD_IMAGE, TOO_LARGE,
+    BUSY, CANCELLED, MODEL_UNAVAILABLE, DEVICE_UNAVAILABLE, INFERENCE_FAILED, SHUTTING_DOWN, INTERNAL,
+})
+
+
+class BgmaskError(Exception):
+    """A failure with a stable protocol code and a sentence meant for the user."""
+
+    def __init__(self, code: str, message: str) -> None:
+        assert code in ERROR_CODES, code
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.message} [{self.code}]"

@@ -1,0 +1,107 @@
+"""Pixel format conversion: raw client bytes in any supported layout to what the model and the refinement
+need, and the float mask back to the sample type the client asked for.
+
+The full-resolution image is only viewed (never copied whole) except where a conversion is unavoidable,
+so a 100 MP layer stays within memory."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+from bgmask.protocol import ImageSpec
+
+DTYPES = {"u8": np.dtype(np.uint8), "u16": np.dtype("<u2"), "f16": np.dtype("<f2"), "f32": np.dtype("<f4")}
+SCALES = {"u8": 1.0 / 255.0, "u16": 1.0 / 65535.0, "f16": 1.0, "f32": 1.0}
+RESAMPLE = Image.Resampling.BILINEAR  # area-weighted when shrinking; reducing_gap makes large shrinks cheap
+LUMA = (0.299, 0.587, 0.114)  # Rec. 601 weights, the same Pillow uses for convert("L")
+
+
+def view(data: memoryview | bytes, spec: ImageSpec) -> np.ndarray:
+    """A zero-copy (H, W, C) array over the client's bytes, honouring the row stride."""
+    dtype = DTYPES[spec.sample_type]
+    return np.ndarray(
+        shape=(spec.height, spec.width, spec.channels), dtype=dtype, buffer=data,
+        strides=(spec.stride, spec.channels * dtype.itemsize, dtype.itemsize),
+    )
+
+
+def srgb_encode(x: np.ndarray) -> np.ndarray:
+    """Linear light to sRGB-encoded values, float32 in [0, 1]."""
+    x = np.clip(x, 0.0, 1.0, dtype=np.float32)
+    return np.where(x <= 0.0031308, x * 12.92, 1.055 * np.power(x, 1.0 / 2.4, dtype=np.float32) - 0.055).astype(np.float32)
+
+
+def _channel_float(arr: np.ndarray, c: int, sample_type: str) -> np.ndarray:
+    """One channel as float32 in [0, 1] (NaN and out-of-range floats clamped)."""
+    ch = arr[..., c].astype(np.float32)
+    if sample_type in ("u8", "u16"):
+        ch *= SCALES[sample_type]
+    else:
+        np.nan_to_num(ch, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+        np.clip(ch, 0.0, 1.0, out=ch)
+    return ch
+
+
+def _resize_f(ch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(ch, mode="F").resize(size, RESAMPLE, reducing_gap=3.0), dtype=np.float32)
+
+
+def model_rgb(data: memoryview | bytes, spec: ImageSpec, size: tuple[int, int]) -> np.ndarray:
+    """The image resized to the model's input size as float32 (3, h, w), sRGB-encoded in [0, 1].
+
+    Alpha is ignored (as rembg does): the model sees the colours; fully transparent pixels are zeroed in the
+    mask afterwards. Linear images are resized in linear light, then encoded, because the models were
+    trained on sRGB-encoded photos."""
+    if spec.sample_type == "u8" and spec.channels in (3, 4) and not spec.linear:
+        raw = "RGB" if spec.channels == 3 else "RGBA"
+        img = Image.frombuffer("RGBX" if spec.channels == 4 else "RGB", (spec.width, spec.height), data, "raw", raw, spec.stride, 1)
+        small = img.resize(size, RESAMPLE, reducing_gap=3.0).convert("RGB")
+        return np.asarray(small, dtype=np.float32).transpose(2, 0, 1) * np.float32(1.0 / 255.0)
+    arr = view(data, spec)
+    colour = (0, 1, 2) if spec.channels >= 3 else (0,)
+    planes = [_resize_f(_channel_float(arr, c, spec.sample_type), size) for c in colour]
+    rgb = np.stack(planes if len(planes) == 3 else planes * 3)
+    return srgb_encode(rgb) if spec.linear else rgb
+
+
+def guide_luma(data: memoryview | bytes, spec: ImageSpec) -> np.ndarray:
+    """Full-resolution perceptual luma, float32 (H, W) in [0, 1]: the guide for edge-aware refinement."""
+    if spec.sample_type == "u8" and spec.channels in (3, 4) and not spec.linear:
+        raw = "RGB" if spec.channels == 3 else "RGBA"
+        img = Image.frombuffer("RGBX" if spec.channels == 4 else "RGB", (spec.width, spec.height), data, "raw", raw, spec.stride, 1)
+        return np.asarray(img.convert("L"), dtype=np.float32) * np.float32(1.0 / 255.0)
+    arr = view(data, spec)
+    if spec.channels >= 3:
+        y = _channel_float(arr, 0, spec.sample_type) * np.float32(LUMA[0])
+        y += _channel_float(arr, 1, spec.sample_type) * np.float32(LUMA[1])
+        y += _channel_float(arr, 2, spec.sample_type) * np.float32(LUMA[2])
+    else:
+        y = _channel_float(arr, 0, spec.sample_type)
+    return srgb_encode(y) if spec.linear else y
+
+
+def transparent(data: memoryview | bytes, spec: ImageSpec) -> Optional[np.ndarray]:
+    """Boolean (H, W) of fully transparent pixels, or None when the image has no alpha channel."""
+    if spec.channels not in (2, 4):
+        return None
+    a = view(data, spec)[..., spec.channels - 1]
+    if spec.sample_type in ("f16", "f32"):
+        return ~(a > 0)  # NaN counts as transparent
+    return a == 0
+
+
+def encode_mask(mask: np.ndarray, sample_type: str) -> bytes:
+    """Float mask in [0, 1] to packed little-endian rows of the requested sample type (rounded, not truncated)."""
+    if sample_type == "f32":
+        return np.ascontiguousarray(mask, dtype="<f4").tobytes()
+    scale = 255.0 if sample_type == "u8" else 65535.0
+    out = np.empty(mask.shape, dtype=np.uint8 if sample_type == "u8" else np.dtype("<u2"))
+    tmp = mask * np.float32(scale)
+    tmp += np.float32(0.5)
+    np.floor(tmp, out=tmp)
+    np.clip(tmp, 0, scale, out=tmp)
+    out[...] = tmp
+    return out.tobytes()

@@ -1,0 +1,117 @@
+"""Warm sessions: load each model once, share it between requests, drop the least recently used past a
+memory budget and idle ones after a while, and let every waiter see the progress of a load in flight."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from typing import Callable, Optional
+
+from bgmask import download
+from bgmask import errors as E
+from bgmask.catalog import Catalog, ModelSpec
+from bgmask.errors import BgmaskError
+from bgmask.providers import ProviderChoice
+from bgmask.sessions import MattingSession
+
+ProgressFn = Callable[[str, Optional[float]], None]
+CancelFn = Callable[[], bool]
+
+# Resident cost of a loaded model relative to its file (fp16 weights become fp32, plus ORT's buffers).
+MEMORY_FACTOR = 3
+
+
+class SessionPool:
+    """Thread-safe cache of MattingSession objects keyed by model name."""
+
+    def __init__(self, choice: ProviderChoice, memory_budget: int, idle_unload_s: float) -> None:
+        self.choice = choice
+        self.memory_budget = memory_budget
+        self.idle_unload_s = idle_unload_s
+        self._lock = threading.Lock()
+        self._sessions: "OrderedDict[str, tuple[MattingSession, int, float]]" = OrderedDict()  # name -> (session, bytes, last use)
+        self._load_locks: dict[str, threading.Lock] = {}
+        self._loading: dict[str, tuple[str, Optional[float]]] = {}  # name -> (stage, fraction) while loading
+
+    def catalog(self) -> Catalog:
+        return Catalog.load()
+
+    def state(self, spec: ModelSpec) -> str:
+        with self._lock:
+            if spec.name in self._sessions:
+                return "loaded"
+            if spec.name in self._loading:
+                return self._loading[spec.name][0]
+        return download.model_state(spec)
+
+    def get(self, name: str, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> MattingSession:
+        """The warm session for `name`, downloading and loading it first if needed."""
+        spec = self.catalog().get(name)
+        with self._lock:
+            hit = self._sessions.get(name)
+            if hit is not None:
+                self._sessions[name] = (hit[0], hit[1], time.monotonic())
+                self._sessions.move_to_end(name)
+                return hit[0]
+            load_lock = self._load_locks.setdefault(name, threading.Lock())
+        while not load_lock.acquire(timeout=0.2):  # someone else is loading it: show their progress
+            if cancel is not None and cancel():
+                raise BgmaskError(E.CANCELLED, "The request was cancelled while the model was loading.")
+            stage = self._loading.get(name)
+            if stage is not None and progress is not None:
+                progress(*stage)
+        try:
+            with self._lock:
+                hit = self._sessions.get(name)
+                if hit is not None:
+                    return hit[0]
+            return self._load(spec, progress, cancel)
+        finally:
+            load_lock.release()
+
+    def _load(self, spec: ModelSpec, progress: Optional[ProgressFn], cancel: Optional[CancelFn]) -> MattingSession:
+        def report(stage: str, fraction: Optional[float]) -> None:
+            self._loading[spec.name] = (stage, fraction)
+            if progress is not None:
+                progress(stage, fraction)
+
+        def on_download(stage: str, done: int, total: Optional[int]) -> None:
+            report("downloading", (done / total) if total else None)
+
+        try:
+            if download.model_state(spec) != "downloaded":
+                report("downloading", 0.0)
+            path = download.ensure_model(spec, progress=on_download, cancel=cancel)
+            report("loading", None)
+            session = MattingSession(spec, path, self.choice)
+        finally:
+            self._loading.pop(spec.name, None)
+        size = path.stat().st_size * MEMORY_FACTOR
+        with self._lock:
+            self._sessions[spec.name] = (session, size, time.monotonic())
+            self._evict_over_budget(keep=spec.name)
+        return session
+
+    def _evict_over_budget(self, keep: str) -> None:
+        total = sum(s[1] for s in self._sessions.values())
+        for name in list(self._sessions):
+            if total <= self.memory_budget:
+                break
+            if name != keep:
+                total -= self._sessions.pop(name)[1]
+
+    def drop_idle(self) -> list[str]:
+        """Unload sessions unused for idle_unload_s (0 = never); returns the names dropped."""
+        if self.idle_unload_s <= 0:
+            return []
+        cutoff = time.monotonic() - self.idle_unload_s
+        with self._lock:
+            idle = [n for n, (_, _, last) in self._sessions.items() if last < cutoff]
+            for name in idle:
+                del self._sessions[name]
+        return idle
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return list(self._sessions)

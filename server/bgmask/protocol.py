@@ -1,0 +1,203 @@
+"""Wire protocol v1 (docs/protocol.md): decoding and validating request headers, building replies.
+
+Everything here is pure and cheap, so the socket thread can reject a bad request before any work is queued
+and before anything is allocated according to an unchecked header."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
+
+import msgpack
+
+from bgmask import PROTOCOL_VERSION
+from bgmask import errors as E
+from bgmask.errors import BgmaskError
+
+OPS = ("hello", "status", "models", "pull", "remove", "cancel", "shutdown")
+SAMPLE_SIZES = {"u8": 1, "u16": 2, "f16": 2, "f32": 4}
+OUTPUT_SAMPLE_TYPES = ("u8", "u16", "f32")
+CHANNEL_NAMES = {1: "gray", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack_header(frame: bytes | memoryview) -> dict:
+    """Decode frame 0; anything that is not a msgpack map with string keys is a bad_request."""
+    if len(frame) > MAX_HEADER_BYTES:
+        raise BgmaskError(E.BAD_REQUEST, f"The request header is larger than {MAX_HEADER_BYTES} bytes.")
+    try:
+        obj = msgpack.unpackb(
+            frame, raw=False, strict_map_key=True, max_str_len=MAX_HEADER_BYTES, max_bin_len=MAX_HEADER_BYTES, max_array_len=4096, max_map_len=4096,
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError):  # msgpack's errors (ExtraData, FormatError, StackError...) are ValueErrors
+        raise BgmaskError(E.BAD_REQUEST, "The request header is not valid msgpack.") from None
+    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
+        raise BgmaskError(E.BAD_REQUEST, "The request header must be a msgpack map with string keys.")
+    return obj
+
+
+def request_id(header: Mapping[str, Any]) -> Any:
+    """The id to echo: only ints and short strings are echoed, anything else becomes None."""
+    rid = header.get("id")
+    if isinstance(rid, bool) or not isinstance(rid, (int, str)):
+        return None
+    if isinstance(rid, str) and len(rid) > 256:
+        return None
+    if isinstance(rid, int) and not -(2**63) <= rid < 2**64:
+        return None
+    return rid
+
+
+def check_envelope(header: Mapping[str, Any], token: str) -> str:
+    """Version, then token (constant time), then op: returns the op."""
+    if header.get("v") != PROTOCOL_VERSION:
+        raise BgmaskError(
+            E.UNSUPPORTED_VERSION,
+            f"This bgmask daemon speaks protocol {PROTOCOL_VERSION}, but the request uses "
+            f"{header.get('v')!r}; update the plugin or the daemon so both match.",
+        )
+    sent = header.get("token")
+    if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), token.encode()):
+        raise BgmaskError(E.UNAUTHORIZED, "The request did not carry this daemon's token; it was refused.")
+    op = header.get("op")
+    if op not in OPS:
+        raise BgmaskError(E.UNKNOWN_OP, f"Unknown operation {op!r}; known operations: {', '.join(OPS)}.")
+    return op
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """The pixel layout a client declared for a remove request."""
+
+    width: int
+    height: int
+    channels: int
+    sample_type: str
+    stride: int
+    linear: bool
+
+    @property
+    def sample_size(self) -> int:
+        return SAMPLE_SIZES[self.sample_type]
+
+    @property
+    def row_bytes(self) -> int:
+        return self.width * self.channels * self.sample_size
+
+    @property
+    def min_bytes(self) -> int:
+        return (self.height - 1) * self.stride + self.row_bytes
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def _int(d: Mapping[str, Any], key: str, code: str = E.BAD_IMAGE) -> int:
+    value = d.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BgmaskError(code, f"image.{key} must be an integer, got {value!r}.")
+    return value
+
+
+def parse_image(d: Any, max_pixels: int, max_bytes: int) -> ImageSpec:
+    """Validate the image description without trusting any size in it."""
+    if not isinstance(d, dict):
+        raise BgmaskError(E.BAD_IMAGE, "The remove request needs an 'image' map describing the pixels.")
+    width, height, channels = _int(d, "width"), _int(d, "height"), _int(d, "channels")
+    if width <= 0 or height <= 0:
+        raise BgmaskError(E.BAD_IMAGE, f"The image size {width}x{height} is not valid; both sides must be positive.")
+    if channels not in CHANNEL_NAMES:
+        raise BgmaskError(E.BAD_IMAGE, f"image.channels must be 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA), got {channels}.")
+    sample_type = d.get("sample_type")
+    if sample_type not in SAMPLE_SIZES:
+        raise BgmaskError(E.BAD_IMAGE, f"image.sample_type must be one of u8, u16, f16, f32, got {sample_type!r}.")
+    linear = d.get("linear", False)
+    if not isinstance(linear, bool):
+        raise BgmaskError(E.BAD_IMAGE, "image.linear must be true or false.")
+    if width * height > max_pixels:
+        raise BgmaskError(E.TOO_LARGE, f"The image has {width * height:,} pixels; this daemon accepts at most {max_pixels:,}.")
+    row_bytes = width * channels * SAMPLE_SIZES[sample_type]
+    stride = d.get("stride")
+    if stride is None:
+        stride = row_bytes
+    elif isinstance(stride, bool) or not isinstance(stride, int) or stride < row_bytes:
+        raise BgmaskError(E.BAD_IMAGE, f"image.stride must be an integer of at least {row_bytes} bytes (width x channels x sample size), got {stride!r}.")
+    spec = ImageSpec(width, height, channels, sample_type, stride, linear)
+    if spec.min_bytes > max_bytes:
+        raise BgmaskError(E.TOO_LARGE, f"The image needs {spec.min_bytes:,} bytes; this daemon accepts at most {max_bytes:,} per message.")
+    return spec
+
+
+def check_pixel_frames(spec: ImageSpec, frames: Sequence[Any]) -> Any:
+    """Exactly one data frame, of a length that matches the declared layout."""
+    if len(frames) != 1:
+        raise BgmaskError(E.BAD_IMAGE, f"A remove request carries exactly one pixel frame after the header, got {len(frames)}.")
+    n = len(frames[0])
+    allowed = {spec.min_bytes, spec.height * spec.stride}
+    if n not in allowed:
+        raise BgmaskError(
+            E.BAD_IMAGE,
+            f"The pixel frame has {n:,} bytes, but a {spec.width}x{spec.height} {CHANNEL_NAMES[spec.channels]} "
+            f"{spec.sample_type} image with a {spec.stride}-byte stride needs {spec.height * spec.stride:,}.",
+        )
+    return frames[0]
+
+
+@dataclass(frozen=True)
+class RemoveOptions:
+    """User-facing mask options; see the options table in docs/protocol.md."""
+
+    refine: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def parse_options(d: Any) -> RemoveOptions:
+    if d is None:
+        return RemoveOptions()
+    if not isinstance(d, dict):
+        raise BgmaskError(E.BAD_REQUEST, "options must be a map.")
+    refine = d.get("refine", True)
+    if not isinstance(refine, bool):
+        raise BgmaskError(E.BAD_REQUEST, "options.refine must be true or false.")
+    unknown = sorted(set(d) - {"refine"})
+    if unknown:
+        raise BgmaskError(E.BAD_REQUEST, f"Unknown option(s): {', '.join(map(str, unknown))}.")
+    return RemoveOptions(refine=refine)
+
+
+def parse_output(d: Any) -> str:
+    if d is None:
+        return "u8"
+    if not isinstance(d, dict):
+        raise BgmaskError(E.BAD_REQUEST, "output must be a map.")
+    st = d.get("sample_type", "u8")
+    if st not in OUTPUT_SAMPLE_TYPES:
+        raise BgmaskError(E.BAD_REQUEST, f"output.sample_type must be u8, u16 or f32, got {st!r}.")
+    return st
+
+
+def parse_model_name(value: Any) -> Optional[str]:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 128:
+        raise BgmaskError(E.BAD_REQUEST, "model must be a model name (a string) or nil for the default model.")
+    return value
+
+
+def reply(rid: Any, **fields: Any) -> dict:
+    return {"v": PROTOCOL_VERSION, "id": rid, "type": "reply", **fields}
+
+
+def error(rid: Any, code: str, message: str, **fields: Any) -> dict:
+    return {"v": PROTOCOL_VERSION, "id": rid, "type": "error", "error": {"code": code, "message": message}, **fields}
+
+
+def progress(rid: Any, stage: str, fraction: Optional[float], **fields: Any) -> dict:
+    return {"v": PROTOCOL_VERSION, "id": rid, "type": "progress", "stage": stage, "fraction": fraction, **fields}

@@ -1,0 +1,129 @@
+"""One daemon per user: the lock, the runtime file clients discover it by, and the recorded start command."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from bgmask import paths
+
+if sys.platform == "win32":
+    import msvcrt
+else:
+    import fcntl
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (a stale runtime file names a dead one)."""
+    if pid <= 0:
+        return False
+    if sys.platform == "win32":
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        ctypes.windll.kernel32.CloseHandle(handle)
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class DaemonLock:
+    """An exclusive lock on daemon.lock held for the daemon's lifetime; the OS releases it if we die."""
+
+    def __init__(self, path: Optional[Path] = None) -> None:
+        self.path = path or paths.lock_file()
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> bool:
+        paths.ensure_private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if sys.platform == "win32":
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def write_private_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically replace `path` with JSON readable only by the user (mkstemp creates it 0600; it may hold the token)."""
+    paths.ensure_private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_runtime(path: Optional[Path] = None) -> Optional[dict[str, Any]]:
+    """The live daemon's runtime record, or None when absent, unreadable or stale (dead pid)."""
+    path = path or paths.runtime_file()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("pid"), int) or not pid_alive(data["pid"]):
+        return None
+    return data
+
+
+def remove_runtime(path: Optional[Path] = None, pid: Optional[int] = None) -> None:
+    """Remove the runtime file, but only if it is ours (pid given) or stale."""
+    path = path or paths.runtime_file()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if pid is not None and data.get("pid") != pid:
+            return
+    except (OSError, ValueError):
+        pass
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def daemon_command() -> list[str]:
+    """How to start this daemon in the foreground from any process: this Python, this package."""
+    return [sys.executable, "-m", "bgmask", "serve"]
+
+
+def record_daemon_command() -> None:
+    """Store daemon_command in config.json (keeping other keys) so clients can auto-start the daemon."""
+    path = paths.config_file()
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            config = {}
+    except (OSError, ValueError):
+        config = {}
+    if config.get("daemon_command") == daemon_command():
+        return
+    config["daemon_command"] = daemon_command()
+    paths.config_dir().mkdir(parents=True, exist_ok=True)
+    write_private_json(path, config)
