@@ -28,7 +28,7 @@ from bgmask.protocol import ImageSpec, RemoveOptions
 
 log = logging.getLogger("bgmask.daemon")
 
-CAPABILITIES = ["remove", "cancel", "progress", "refine"]
+CAPABILITIES = ["remove", "cancel", "progress", "region", "refine", "decontaminate"]
 EXIT_ALREADY_RUNNING = 3
 EXIT_BAD_CONFIG = 2
 GiB = 1024**3
@@ -299,7 +299,7 @@ class Daemon:
         model = protocol.parse_model_name(header.get("model")) or self.default_model
         spec = protocol.parse_image(header.get("image"), self.config.max_pixels, self.config.max_message_bytes)
         frame = protocol.check_pixel_frames(spec, data)
-        options = protocol.parse_options(header.get("options"))
+        options = protocol.parse_options(header.get("options"), spec)
         out_type = protocol.parse_output(header.get("output"))
         Catalog.load().get(model)
         self._enqueue(router, Job(ident, rid, "remove", model, spec, frame, options, out_type))
@@ -415,7 +415,7 @@ class Daemon:
                     job.rid, mask={"width": job.spec.width, "height": job.spec.height, "sample_type": job.out_sample_type},
                     model=job.model, provider=session.provider, device=self.choice.device, timings=result.timings,
                 )
-                frames = [result.mask]
+                frames = [result.mask] if result.colours is None else [result.mask, result.colours]
                 log.info("remove %dx%d %s ch=%d model=%s in %.3fs", job.spec.width, job.spec.height, job.spec.sample_type,
                          job.spec.channels, job.model, time.perf_counter() - started)
         except BgmaskError as exc:

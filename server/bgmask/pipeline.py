@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from bgmask import errors as E
-from bgmask import pixels, refine
+from bgmask import decontaminate, matte_ops, pixels, refine
 from bgmask.errors import BgmaskError
 from bgmask.protocol import ImageSpec, RemoveOptions
 from bgmask.sessions import MattingSession
@@ -21,9 +21,10 @@ CancelFn = Callable[[], bool]
 
 @dataclass
 class MaskResult:
-    """What a remove request produces: the encoded mask plus where the time went."""
+    """What a remove request produces: the encoded mask (and decontaminated colours) plus where the time went."""
 
     mask: bytes
+    colours: Optional[bytes] = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -40,6 +41,27 @@ class _Clock:
     def total(self) -> dict[str, float]:
         self.timings["total"] = round(time.perf_counter() - self.start, 6)
         return self.timings
+
+
+def model_box(spec: ImageSpec, options: RemoveOptions) -> tuple[int, int, int, int]:
+    """The rectangle (x0, y0, x1, y1) the model sees: the region plus context padding, or the whole image."""
+    if options.region is None:
+        return (0, 0, spec.width, spec.height)
+    x, y, w, h = options.region
+    pad = int(round(options.padding * max(w, h)))
+    return (max(0, x - pad), max(0, y - pad), min(spec.width, x + w + pad), min(spec.height, y + h + pad))
+
+
+def place(alpha: np.ndarray, spec: ImageSpec, box: tuple[int, int, int, int],
+          region: Optional[tuple[int, int, int, int]]) -> np.ndarray:
+    """The full-size mask: the box's alpha put back in place, 0 outside the requested region."""
+    if region is None:
+        return alpha
+    mask = np.zeros((spec.height, spec.width), dtype=np.float32)
+    x, y, w, h = region
+    x0, y0 = box[0], box[1]
+    mask[y:y + h, x:x + w] = alpha[y - y0:y - y0 + h, x - x0:x - x0 + w]
+    return mask
 
 
 def compute_mask(
@@ -60,22 +82,28 @@ def compute_mask(
 
     clock = _Clock()
     checkpoint("inferring", 0.0)
-    tensor = session.prepare(pixels.model_rgb(data, spec, session.size))
+    box = model_box(spec, options)
+    box_data, box_spec = pixels.crop(data, spec, box)
+    tensor = session.prepare(pixels.model_rgb(box_data, box_spec, session.size))
     clock.lap("preprocess")
     raw = session.infer(tensor)
     clock.lap("inference")
     pred = session.postprocess(raw)
     checkpoint("refining", 0.0)
     if options.refine:
-        mask = refine.refine(pred, pixels.guide_luma(data, spec), cancel=cancel)
+        alpha = refine.refine(pred, pixels.guide_luma(box_data, box_spec), cancel=cancel)
     else:
-        mask = refine.upsample(pred, spec.width, spec.height)
+        alpha = refine.upsample(pred, box_spec.width, box_spec.height)
+    alpha = matte_ops.apply_options(alpha, **options.matte_ops())
+    mask = place(alpha, spec, box, options.region)
     hidden = pixels.transparent(data, spec)
     if hidden is not None:
         mask[hidden] = 0.0
     clock.lap("refine")
-    checkpoint("refining", 1.0)
+    checkpoint("refining", 0.9)
+    colours = None
+    if options.decontaminate:
+        colours = pixels.encode_colours(decontaminate.decontaminate(pixels.colour_float(data, spec), mask), spec)
     encoded = pixels.encode_mask(mask, out_sample_type)
     clock.lap("postprocess")
-    return MaskResult(encoded, clock.total())
-
+    return MaskResult(encoded, colours, clock.total())

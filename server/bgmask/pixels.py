@@ -49,38 +49,61 @@ def _resize_f(ch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(ch, mode="F").resize(size, RESAMPLE, reducing_gap=3.0), dtype=np.float32)
 
 
+_SRGB_LUT = srgb_encode(np.arange(65536, dtype=np.float32) / np.float32(65535.0))
+
+
+def _encoded_channel(arr: np.ndarray, c: int, spec: ImageSpec) -> np.ndarray:
+    """One channel as sRGB-encoded float32 in [0, 1]. Linear samples go through a 16-bit lookup table: exact
+    for u8/u16, finer than any model input needs for floats, and far cheaper than a power per pixel."""
+    if not spec.linear:
+        return _channel_float(arr, c, spec.sample_type)
+    if spec.sample_type == "u16":
+        return _SRGB_LUT[arr[..., c]]
+    if spec.sample_type == "u8":
+        return _SRGB_LUT[arr[..., c].astype(np.uint16) * np.uint16(257)]
+    x = _channel_float(arr, c, spec.sample_type)
+    x *= np.float32(65535.0)
+    x += np.float32(0.5)
+    return _SRGB_LUT[x.astype(np.uint16)]
+
+
+def _u8_srgb_image(data: memoryview | bytes, spec: ImageSpec) -> Optional[Image.Image]:
+    """Pillow's zero-copy view for the common case (8-bit sRGB RGB/RGBA), where its C code is fastest."""
+    if spec.sample_type != "u8" or spec.channels < 3 or spec.linear:
+        return None
+    raw = "RGB" if spec.channels == 3 else "RGBA"
+    return Image.frombuffer("RGBX" if spec.channels == 4 else "RGB", (spec.width, spec.height), data, "raw", raw, spec.stride, 1)
+
+
 def model_rgb(data: memoryview | bytes, spec: ImageSpec, size: tuple[int, int]) -> np.ndarray:
     """The image resized to the model's input size as float32 (3, h, w), sRGB-encoded in [0, 1].
 
     Alpha is ignored (as rembg does): the model sees the colours; fully transparent pixels are zeroed in the
-    mask afterwards. Linear images are resized in linear light, then encoded, because the models were
-    trained on sRGB-encoded photos."""
-    if spec.sample_type == "u8" and spec.channels in (3, 4) and not spec.linear:
-        raw = "RGB" if spec.channels == 3 else "RGBA"
-        img = Image.frombuffer("RGBX" if spec.channels == 4 else "RGB", (spec.width, spec.height), data, "raw", raw, spec.stride, 1)
+    mask afterwards. Linear images are encoded before resizing, so a linear and a perceptual copy of the same
+    picture give the model the same input (the models were trained on sRGB-encoded photos)."""
+    img = _u8_srgb_image(data, spec)
+    if img is not None:
         small = img.resize(size, RESAMPLE, reducing_gap=3.0).convert("RGB")
         return np.asarray(small, dtype=np.float32).transpose(2, 0, 1) * np.float32(1.0 / 255.0)
     arr = view(data, spec)
     colour = (0, 1, 2) if spec.channels >= 3 else (0,)
-    planes = [_resize_f(_channel_float(arr, c, spec.sample_type), size) for c in colour]
-    rgb = np.stack(planes if len(planes) == 3 else planes * 3)
-    return srgb_encode(rgb) if spec.linear else rgb
+    planes = [_resize_f(_encoded_channel(arr, c, spec), size) for c in colour]
+    return np.stack(planes if len(planes) == 3 else planes * 3)
 
 
 def guide_luma(data: memoryview | bytes, spec: ImageSpec) -> np.ndarray:
-    """Full-resolution perceptual luma, float32 (H, W) in [0, 1]: the guide for edge-aware refinement."""
-    if spec.sample_type == "u8" and spec.channels in (3, 4) and not spec.linear:
-        raw = "RGB" if spec.channels == 3 else "RGBA"
-        img = Image.frombuffer("RGBX" if spec.channels == 4 else "RGB", (spec.width, spec.height), data, "raw", raw, spec.stride, 1)
+    """Full-resolution perceptual luma Y', float32 (H, W) in [0, 1]: the guide for edge-aware refinement
+    (edges are judged as the eye and the model see them, whatever the layer's encoding)."""
+    img = _u8_srgb_image(data, spec)
+    if img is not None:
         return np.asarray(img.convert("L"), dtype=np.float32) * np.float32(1.0 / 255.0)
     arr = view(data, spec)
-    if spec.channels >= 3:
-        y = _channel_float(arr, 0, spec.sample_type) * np.float32(LUMA[0])
-        y += _channel_float(arr, 1, spec.sample_type) * np.float32(LUMA[1])
-        y += _channel_float(arr, 2, spec.sample_type) * np.float32(LUMA[2])
-    else:
-        y = _channel_float(arr, 0, spec.sample_type)
-    return srgb_encode(y) if spec.linear else y
+    if spec.channels < 3:
+        return _encoded_channel(arr, 0, spec)
+    y = _encoded_channel(arr, 0, spec) * np.float32(LUMA[0])
+    y += _encoded_channel(arr, 1, spec) * np.float32(LUMA[1])
+    y += _encoded_channel(arr, 2, spec) * np.float32(LUMA[2])
+    return y
 
 
 def transparent(data: memoryview | bytes, spec: ImageSpec) -> Optional[np.ndarray]:
@@ -105,3 +128,30 @@ def encode_mask(mask: np.ndarray, sample_type: str) -> bytes:
     np.clip(tmp, 0, scale, out=tmp)
     out[...] = tmp
     return out.tobytes()
+
+
+def crop(data: memoryview | bytes, spec: ImageSpec, box: tuple[int, int, int, int]) -> tuple[memoryview, ImageSpec]:
+    """A zero-copy view of the rectangle box = (x0, y0, x1, y1), with the same row stride."""
+    x0, y0, x1, y1 = box
+    sub = ImageSpec(x1 - x0, y1 - y0, spec.channels, spec.sample_type, spec.stride, spec.linear)
+    offset = y0 * spec.stride + x0 * spec.channels * spec.sample_size
+    return memoryview(data).cast("B")[offset: offset + sub.min_bytes], sub
+
+
+def colour_float(data: memoryview | bytes, spec: ImageSpec) -> np.ndarray:
+    """The colour channels as float32 (H, W, 3) in [0, 1], in the image's own encoding (gray is repeated)."""
+    arr = view(data, spec)
+    if spec.channels >= 3:
+        return np.stack([_channel_float(arr, c, spec.sample_type) for c in range(3)], axis=2)
+    gray = _channel_float(arr, 0, spec.sample_type)
+    return np.repeat(gray[..., np.newaxis], 3, axis=2)
+
+
+def encode_colours(colours: np.ndarray, spec: ImageSpec) -> bytes:
+    """Float colours (H, W, 3) back to packed rows in the input's sample type: 3 channels, or 1 for gray images."""
+    if spec.channels < 3:
+        colours = colours[..., :1]
+    if spec.sample_type in ("f16", "f32"):
+        return np.ascontiguousarray(colours, dtype=DTYPES[spec.sample_type]).tobytes()
+    scale = 255.0 if spec.sample_type == "u8" else 65535.0
+    return np.clip(np.floor(colours * scale + 0.5), 0, scale).astype(DTYPES[spec.sample_type]).tobytes()

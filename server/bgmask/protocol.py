@@ -155,21 +155,77 @@ class RemoveOptions:
     """User-facing mask options; see the options table in docs/protocol.md."""
 
     refine: bool = True
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    hardness: float = 0.0
+    shift_edge: float = 0.0
+    feather: float = 0.0
+    fill_holes: float = 0.0
+    remove_specks: float = 0.0
+    region: Optional[tuple[int, int, int, int]] = None
+    padding: float = 0.15
+    decontaminate: bool = False
+
+    def matte_ops(self) -> dict[str, float]:
+        """The options applied to the full-resolution alpha after refinement."""
+        return {"hardness": self.hardness, "shift_edge": self.shift_edge, "feather": self.feather,
+                "fill_holes": self.fill_holes, "remove_specks": self.remove_specks}
 
 
-def parse_options(d: Any) -> RemoveOptions:
+# name -> (low, high) for the numeric options
+NUMERIC_OPTIONS = {
+    "hardness": (0.0, 1.0),
+    "shift_edge": (-256.0, 256.0),
+    "feather": (0.0, 256.0),
+    "fill_holes": (0.0, 1.0),
+    "remove_specks": (0.0, 1.0),
+    "padding": (0.0, 4.0),
+}
+
+
+def _number(d: Mapping[str, Any], key: str, default: float) -> float:
+    value = d.get(key, default)
+    low, high = NUMERIC_OPTIONS[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise BgmaskError(E.BAD_REQUEST, f"options.{key} must be a number from {low:g} to {high:g}, got {value!r}.")
+    return float(value)
+
+
+def _flag(d: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = d.get(key, default)
+    if not isinstance(value, bool):
+        raise BgmaskError(E.BAD_REQUEST, f"options.{key} must be true or false.")
+    return value
+
+
+def parse_region(value: Any, spec: ImageSpec) -> Optional[tuple[int, int, int, int]]:
+    """[x, y, w, h] inside the image (clipped to it); None when absent."""
+    if value is None:
+        return None
+    if (not isinstance(value, (list, tuple)) or len(value) != 4
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in value)):
+        raise BgmaskError(E.BAD_REQUEST, "options.region must be [x, y, width, height] in whole pixels.")
+    x, y, w, h = value
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, spec.width), min(y + h, spec.height)
+    if w <= 0 or h <= 0 or x1 <= x0 or y1 <= y0:
+        raise BgmaskError(E.BAD_REQUEST, f"options.region {list(value)} does not overlap the {spec.width}x{spec.height} image.")
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def parse_options(d: Any, spec: ImageSpec) -> RemoveOptions:
     if d is None:
         return RemoveOptions()
     if not isinstance(d, dict):
         raise BgmaskError(E.BAD_REQUEST, "options must be a map.")
-    refine = d.get("refine", True)
-    if not isinstance(refine, bool):
-        raise BgmaskError(E.BAD_REQUEST, "options.refine must be true or false.")
-    unknown = sorted(set(d) - {"refine"})
+    known = {"refine", "decontaminate", "region", *NUMERIC_OPTIONS}
+    unknown = sorted(str(k) for k in set(d) - known)
     if unknown:
-        raise BgmaskError(E.BAD_REQUEST, f"Unknown option(s): {', '.join(map(str, unknown))}.")
-    return RemoveOptions(refine=refine)
+        raise BgmaskError(E.BAD_REQUEST, f"Unknown option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+    defaults = RemoveOptions()
+    return RemoveOptions(
+        refine=_flag(d, "refine", defaults.refine),
+        decontaminate=_flag(d, "decontaminate", defaults.decontaminate),
+        region=parse_region(d.get("region"), spec),
+        **{key: _number(d, key, getattr(defaults, key)) for key in NUMERIC_OPTIONS},
+    )
 
 
 def parse_output(d: Any) -> str:
