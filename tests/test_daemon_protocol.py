@@ -396,3 +396,11 @@ def test_busy_when_the_queue_is_full_and_oversized_frames_are_dropped(isolated_d
     finally:
         c.close()
         d.stop()
+
+
+def test_pull_reports_the_verified_file(raw: Raw) -> None:
+    header, data, _ = raw.call("pull", model="u2netp")
+    assert header["type"] == "reply" and data == []
+    assert header["sha256"] == "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8"
+    assert header["size"] == 4574861 and Path(header["path"]).name == "u2netp.onnx" and header["source"]
+    assert raw.call("pull", model="../../etc/passwd")[0]["error"]["code"] == "unknown_model"

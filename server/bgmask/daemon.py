@@ -402,11 +402,13 @@ class Daemon:
         started = time.perf_counter()
         frames: list[Any] = []
         try:
-            session = self.pool.get(job.model, progress, job.cancel_requested.is_set)
             if job.op == "pull":
-                header = protocol.reply(job.rid, model=job.model, path=str(session.path), size=session.path.stat().st_size)
+                found = self.pool.fetch(job.model, progress, job.cancel_requested.is_set)
+                header = protocol.reply(job.rid, model=job.model, path=str(found.path), sha256=found.sha256,
+                                        size=found.size, source=found.source)
             else:
                 assert job.spec is not None and job.frame is not None
+                session = self.pool.get(job.model, progress, job.cancel_requested.is_set)
                 result = pipeline.compute_mask(session, job.frame.buffer, job.spec, job.options, job.out_sample_type,
                                                progress, job.cancel_requested.is_set)
                 if job.cancel_requested.is_set():

@@ -70,19 +70,33 @@ class SessionPool:
         finally:
             load_lock.release()
 
+    def fetch(self, name: str, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> download.Installed:
+        """Download (if needed) and verify a model without loading it: the `pull` operation."""
+        spec = self.catalog().get(name)
+        download.ensure_model(spec, progress=self._download_progress(progress), cancel=cancel)
+        found = download.installed(spec)
+        if found is None:  # removed between the download and now
+            raise BgmaskError(E.MODEL_UNAVAILABLE, f"Model {name!r} was downloaded but is no longer in the cache.")
+        return found
+
+    @staticmethod
+    def _download_progress(progress: Optional[ProgressFn]) -> Callable[[str, int, Optional[int]], None]:
+        def on_download(stage: str, done: int, total: Optional[int]) -> None:
+            if progress is not None:
+                progress("downloading", (done / total) if total else None)
+
+        return on_download
+
     def _load(self, spec: ModelSpec, progress: Optional[ProgressFn], cancel: Optional[CancelFn]) -> MattingSession:
         def report(stage: str, fraction: Optional[float]) -> None:
             self._loading[spec.name] = (stage, fraction)
             if progress is not None:
                 progress(stage, fraction)
 
-        def on_download(stage: str, done: int, total: Optional[int]) -> None:
-            report("downloading", (done / total) if total else None)
-
         try:
             if download.model_state(spec) != "downloaded":
                 report("downloading", 0.0)
-            path = download.ensure_model(spec, progress=on_download, cancel=cancel)
+            path = download.ensure_model(spec, progress=self._download_progress(report), cancel=cancel)
             report("loading", None)
             session = MattingSession(spec, path, self.choice)
         finally:
