@@ -404,3 +404,18 @@ def test_pull_reports_the_verified_file(raw: Raw) -> None:
     assert header["sha256"] == "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8"
     assert header["size"] == 4574861 and Path(header["path"]).name == "u2netp.onnx" and header["source"]
     assert raw.call("pull", model="../../etc/passwd")[0]["error"]["code"] == "unknown_model"
+
+
+def test_sandboxed_editors_get_a_private_copy_of_the_runtime_file(isolated_dirs: dict, tmp_path: Path) -> None:
+    home, xdg = tmp_path / "home", tmp_path / "xdg"
+    (home / ".var" / "app" / "org.gimp.GIMP").mkdir(parents=True)
+    xdg.mkdir(mode=0o700)
+    d = start_daemon(dict(isolated_dirs, HOME=str(home), XDG_RUNTIME_DIR=str(xdg)), "--preload-delay", "-1")
+    copy = xdg / "app" / "org.gimp.GIMP" / "bgmask" / "daemon.json"
+    try:
+        assert json.loads(copy.read_text()) == json.loads(d.runtime_file.read_text())
+        assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+        assert not (xdg / "app" / "org.kde.krita").exists(), "no copy for an editor that is not installed"
+    finally:
+        d.stop()
+    assert not copy.exists()

@@ -11,9 +11,10 @@ from typing import Any, Optional, Sequence
 
 from bgmask import __version__, cli_models, images, install, runtime
 from bgmask.clientlib import load_client
-from bgmask.daemon import Daemon, DaemonConfig, GiB
 from bgmask.errors import BgmaskError
 from bgmask.progressbar import ProgressBar
+
+GiB = 1024**3
 
 DESCRIPTION = """Remove image backgrounds locally: a daemon keeps U2-Net / IS-Net models warm and returns soft,
 full-resolution masks to this command and to the GIMP and Krita plugins."""
@@ -119,6 +120,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from bgmask.daemon import Daemon, DaemonConfig  # ONNX Runtime is only imported by the daemon
+
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = DaemonConfig(

@@ -8,11 +8,23 @@ from pathlib import Path
 from types import ModuleType
 
 
-def client_source() -> Path:
-    """Path of plugins/common/bgmask_client.py, from a source checkout or an installed package."""
-    import bgmask.plugins
+def plugins_root() -> Path:
+    """The shipped plug-in tree: `bgmask.plugins` in an installed package, `<checkout>/plugins` when bgmask
+    runs from a source tree (where server/ is on sys.path and bgmask.plugins is not a package)."""
+    try:
+        import bgmask.plugins
 
-    return Path(bgmask.plugins.__file__).parent / "common" / "bgmask_client.py"
+        return Path(bgmask.plugins.__file__).parent
+    except ImportError:
+        checkout = Path(__file__).resolve().parents[2] / "plugins"
+        if (checkout / "common" / "bgmask_client.py").is_file():
+            return checkout
+        raise
+
+
+def client_source() -> Path:
+    """Path of plugins/common/bgmask_client.py."""
+    return plugins_root() / "common" / "bgmask_client.py"
 
 
 def load_client() -> ModuleType:

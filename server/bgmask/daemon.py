@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import zmq
 
-from bgmask import PROTOCOL_VERSION, __version__, paths, pipeline, protocol, providers, runtime
+from bgmask import PROTOCOL_VERSION, __version__, pipeline, protocol, providers, runtime
 from bgmask import errors as E
 from bgmask.catalog import Catalog
 from bgmask.errors import BgmaskError
@@ -134,7 +134,7 @@ class Daemon:
         router = out = None
         try:
             router, out = self._bind()
-            runtime.write_private_json(paths.runtime_file(), {
+            runtime.publish_runtime({
                 "endpoint": self.endpoint, "token": self.token, "pid": os.getpid(),
                 "protocol": PROTOCOL_VERSION, "version": __version__, "started": self.started,
             })
@@ -150,7 +150,7 @@ class Daemon:
             self._loop(router, out)
             return 0
         finally:
-            runtime.remove_runtime(pid=os.getpid())
+            runtime.withdraw_runtime(os.getpid())
             for sock in (router, out):
                 if sock is not None:
                     sock.close(linger=1000)

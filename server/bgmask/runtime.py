@@ -108,6 +108,37 @@ def remove_runtime(path: Optional[Path] = None, pid: Optional[int] = None) -> No
         pass
 
 
+# Flatpak shares $XDG_RUNTIME_DIR/app/<app id>/ between the host and the sandbox (a tmpfs: the token never
+# reaches the disk), and both Flathub builds share the host network, so a copy there is all they need.
+FLATPAK_APPS = ("org.gimp.GIMP", "org.kde.krita")
+
+
+def sandbox_runtime_files() -> list[Path]:
+    """Where copies of daemon.json go for sandboxed GIMP/Krita installed for this user (Linux only)."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if not sys.platform.startswith("linux") or not xdg:
+        return []
+    return [Path(xdg) / "app" / app / "bgmask" / "daemon.json"
+            for app in FLATPAK_APPS if (Path.home() / ".var" / "app" / app).is_dir()]
+
+
+def publish_runtime(record: dict[str, Any]) -> None:
+    """Write the runtime file, and its copies for sandboxed editors (a copy that cannot be written is skipped)."""
+    write_private_json(paths.runtime_file(), record)
+    for copy in sandbox_runtime_files():
+        try:
+            copy.parent.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_private_json(copy, record)
+        except OSError:
+            pass
+
+
+def withdraw_runtime(pid: int) -> None:
+    """Remove the runtime file and its sandbox copies, where they still name this daemon."""
+    for path in [paths.runtime_file(), *sandbox_runtime_files()]:
+        remove_runtime(path, pid=pid)
+
+
 def daemon_command() -> list[str]:
     """How to start this daemon in the foreground from any process: this Python, this package."""
     return [sys.executable, "-m", "bgmask", "serve"]
