@@ -419,3 +419,56 @@ def test_sandboxed_editors_get_a_private_copy_of_the_runtime_file(isolated_dirs:
     finally:
         d.stop()
     assert not copy.exists()
+
+
+# ------------------------------------------------------------------ options (issue 7) through the daemon
+def test_region_mask_is_zero_outside_and_follows_the_subject_inside(raw: Raw) -> None:
+    rgb, w, h = photo("chelsea.jpg")
+    region = [100, 60, 250, 200]
+    header, data, _ = raw.call("remove", rgb.tobytes(), model="u2netp", options={"region": region, "padding": 0.1},
+                               image={"width": w, "height": h, "channels": 3, "sample_type": "u8"})
+    mask = mask_of(header, data)
+    assert mask.shape == (h, w)
+    inside = np.zeros_like(mask, dtype=bool)
+    inside[60:260, 100:350] = True
+    assert mask[~inside].max() == 0
+    assert mask[inside].max() == 255 and np.count_nonzero((mask[inside] > 10) & (mask[inside] < 245)) > 0
+
+
+def test_options_change_the_mask_as_documented(raw: Raw) -> None:
+    rgb, w, h = photo("chelsea.jpg")
+    image = {"width": w, "height": h, "channels": 3, "sample_type": "u8"}
+
+    def mask(**options: object) -> np.ndarray:
+        header, data, _ = raw.call("remove", rgb.tobytes(), model="u2netp", image=image, options=options,
+                                   output={"sample_type": "f32"})
+        assert header["type"] == "reply", header
+        return mask_of(header, data)
+
+    plain, grown, hard = mask(), mask(shift_edge=5.0), mask(hardness=1.0)
+    assert np.count_nonzero(grown >= 0.5) > np.count_nonzero(plain >= 0.5)
+    soft = lambda m: np.count_nonzero((m > 0.05) & (m < 0.95))  # noqa: E731
+    assert 0 < soft(hard) < soft(plain), "hardness steepens the edge but keeps it soft"
+
+
+@pytest.mark.parametrize("options", [{"hardness": 2}, {"feather": -1}, {"shift_edge": "5"}, {"region": [0, 0, 0, 5]},
+                                     {"region": [5000, 0, 10, 10]}, {"sharpen": True}, {"refine": 1}])
+def test_bad_options_are_bad_requests(raw: Raw, options: dict) -> None:
+    header, _, _ = raw.call("remove", b"\0" * 48, model="u2netp", options=options,
+                            image={"width": 4, "height": 4, "channels": 3, "sample_type": "u8"})
+    assert header["error"]["code"] == "bad_request"
+
+
+@pytest.mark.parametrize("channels, sample_type", [(3, "u8"), (4, "u16"), (1, "f32")])
+def test_decontaminated_colours_come_back_in_the_input_precision(raw: Raw, channels: int, sample_type: str) -> None:
+    rgb, w, h = photo("chelsea.jpg", (226, 150))
+    header, data, _ = raw.call("remove", _encode(rgb, channels, sample_type), model="u2netp",
+                               options={"decontaminate": True},
+                               image={"width": w, "height": h, "channels": channels, "sample_type": sample_type})
+    assert header["type"] == "reply" and len(data) == 2
+    colour_channels = 3 if channels >= 3 else 1
+    colours = np.frombuffer(data[1], dtype=SAMPLE[sample_type]).reshape(h, w, colour_channels)
+    original = np.frombuffer(_encode(rgb, channels, sample_type), dtype=SAMPLE[sample_type]).reshape(h, w, channels)
+    alpha = mask_of(header, data)
+    solid = alpha == 255
+    assert np.array_equal(colours[solid], original[..., :colour_channels][solid]), "opaque pixels keep their colour"

@@ -84,17 +84,20 @@ def compute_mask(
     checkpoint("inferring", 0.0)
     box = model_box(spec, options)
     box_data, box_spec = pixels.crop(data, spec, box)
-    tensor = session.prepare(pixels.model_rgb(box_data, box_spec, session.size))
+    small = pixels.model_rgb(box_data, box_spec, session.size)
+    tensor = session.prepare(small)
     clock.lap("preprocess")
     raw = session.infer(tensor)
     clock.lap("inference")
     pred = session.postprocess(raw)
     checkpoint("refining", 0.0)
     if options.refine:
-        alpha = refine.refine(pred, pixels.guide_luma(box_data, box_spec), cancel=cancel)
+        guide = pixels.guide_image(box_data, box_spec)
+        guide_small = small.transpose(1, 2, 0) if guide.ndim == 3 else small[0]  # exactly what the model saw
+        alpha = refine.refine(pred, guide, guide_small=guide_small, cancel=cancel)
     else:
         alpha = refine.upsample(pred, box_spec.width, box_spec.height)
-    alpha = matte_ops.apply_options(alpha, **options.matte_ops())
+    alpha = matte_ops.apply_options(alpha, **options.matte_ops(), cancel=cancel)
     mask = place(alpha, spec, box, options.region)
     hidden = pixels.transparent(data, spec)
     if hidden is not None:
@@ -103,7 +106,7 @@ def compute_mask(
     checkpoint("refining", 0.9)
     colours = None
     if options.decontaminate:
-        colours = pixels.encode_colours(decontaminate.decontaminate(pixels.colour_float(data, spec), mask), spec)
+        colours = pixels.encode_colours(decontaminate.decontaminate(pixels.colour_float(data, spec), mask, cancel=cancel), spec)
     encoded = pixels.encode_mask(mask, out_sample_type)
     clock.lap("postprocess")
     return MaskResult(encoded, colours, clock.total())

@@ -71,6 +71,8 @@ def _u8_srgb_image(data: memoryview | bytes, spec: ImageSpec) -> Optional[Image.
     """Pillow's zero-copy view for the common case (8-bit sRGB RGB/RGBA), where its C code is fastest."""
     if spec.sample_type != "u8" or spec.channels < 3 or spec.linear:
         return None
+    if len(memoryview(data).cast("B")) < spec.stride * spec.height:
+        return None  # a crop or a short last row: Pillow wants stride x height bytes, the numpy view does not
     raw = "RGB" if spec.channels == 3 else "RGBA"
     return Image.frombuffer("RGBX" if spec.channels == 4 else "RGB", (spec.width, spec.height), data, "raw", raw, spec.stride, 1)
 
@@ -91,19 +93,17 @@ def model_rgb(data: memoryview | bytes, spec: ImageSpec, size: tuple[int, int]) 
     return np.stack(planes if len(planes) == 3 else planes * 3)
 
 
-def guide_luma(data: memoryview | bytes, spec: ImageSpec) -> np.ndarray:
-    """Full-resolution perceptual luma Y', float32 (H, W) in [0, 1]: the guide for edge-aware refinement
-    (edges are judged as the eye and the model see them, whatever the layer's encoding)."""
-    img = _u8_srgb_image(data, spec)
-    if img is not None:
-        return np.asarray(img.convert("L"), dtype=np.float32) * np.float32(1.0 / 255.0)
+def guide_image(data: memoryview | bytes, spec: ImageSpec) -> np.ndarray:
+    """The full-resolution guide for edge-aware refinement, perceptual (sRGB-encoded) as the model sees it:
+    for 8-bit sRGB colour a zero-copy uint8 (H, W, 3) view of the client's bytes; otherwise float32
+    (H, W, 3), or (H, W) for gray images. Colour guides beat luma: foreground and background often differ
+    in hue more than in brightness."""
     arr = view(data, spec)
+    if spec.sample_type == "u8" and spec.channels >= 3 and not spec.linear:
+        return arr[..., :3]
     if spec.channels < 3:
         return _encoded_channel(arr, 0, spec)
-    y = _encoded_channel(arr, 0, spec) * np.float32(LUMA[0])
-    y += _encoded_channel(arr, 1, spec) * np.float32(LUMA[1])
-    y += _encoded_channel(arr, 2, spec) * np.float32(LUMA[2])
-    return y
+    return np.stack([_encoded_channel(arr, c, spec) for c in range(3)], axis=2)
 
 
 def transparent(data: memoryview | bytes, spec: ImageSpec) -> Optional[np.ndarray]:

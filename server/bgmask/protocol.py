@@ -173,10 +173,10 @@ class RemoveOptions:
 # name -> (low, high) for the numeric options
 NUMERIC_OPTIONS = {
     "hardness": (0.0, 1.0),
-    "shift_edge": (-256.0, 256.0),
-    "feather": (0.0, 256.0),
-    "fill_holes": (0.0, 1.0),
-    "remove_specks": (0.0, 1.0),
+    "shift_edge": (-100.0, 100.0),
+    "feather": (0.0, 500.0),
+    "fill_holes": (0.0, 1e12),
+    "remove_specks": (0.0, 1e12),
     "padding": (0.0, 4.0),
 }
 

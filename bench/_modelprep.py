@@ -1,0 +1,358 @@
+"""Rewrite a matting model once into the form ONNX Runtime's CPU provider runs fastest, and cache it.
+
+Proposed for the daemon (server/bgmask/modelprep.py); the benchmark and tests/test_optimisations.py use it
+from here until it moves. Why each rewrite pays on CPU (measured with bench/speed.py --experiments):
+
+- fp16 -> fp32: ORT has no fp16 convolution on most CPUs, so for an fp16 model (the imgly IS-Net file) it
+  wraps every Conv in Cast nodes, keeps Concat/Resize in fp16, and the fp16 islands break its NCHWc layout
+  chains into Reorder nodes. With fp32 weights and types the whole network stays in NCHWc.
+- one output: U2-Net and IS-Net files export every side output; ORT runs every node of the graph whatever
+  outputs are asked for, so the side heads (IS-Net: five convs, five Resize to 1024x1024, five sigmoids)
+  cost time unless they are removed from the file.
+- Resize `pytorch_half_pixel` -> `half_pixel`: the two modes differ only for an output length of 1 (never
+  the case in these U-shaped decoders, and checked by `verify`), and ORT's NCHWc layout pass only takes
+  `half_pixel`, so U2-Net's 38 upsamples otherwise run in plain NCHW between Reorder nodes.
+
+The ONNX protobuf is edited directly (the wire format is small and stable) so that no `onnx` package is
+needed at runtime. Anything this module does not understand (external data, subgraphs, sparse tensors,
+functions) raises Unsupported and the caller keeps the original file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+
+VERSION = 1  # bump when the rewrite changes: cached files of another version are rebuilt
+FLOAT, FLOAT16 = 1, 10
+_LEN, _VARINT, _I64, _I32 = 2, 0, 1, 5
+
+Field = tuple  # (number, wire type, value): value is int for varint/fixed, bytes-like or list[Field] for _LEN
+Buffer = Union[bytes, memoryview]
+
+
+class Unsupported(ValueError):
+    """The model uses a feature this rewriter does not handle; use the original file."""
+
+
+# ------------------------------------------------------------------------------------------ wire format
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _put_varint(n: int) -> bytes:
+    if n < 0:
+        n &= (1 << 64) - 1  # negative int64 fields are ten-byte two's complement varints
+    out = bytearray()
+    while True:
+        if n < 0x80:
+            out.append(n)
+            return bytes(out)
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+
+
+def _parse(buf: Buffer) -> list[Field]:
+    """One message level: its fields in order, length-delimited values as zero-copy memoryviews."""
+    view = memoryview(buf)
+    fields: list[Field] = []
+    pos, end = 0, len(view)
+    while pos < end:
+        key, pos = _varint(view, pos)
+        number, wire = key >> 3, key & 7
+        if wire == _VARINT:
+            value, pos = _varint(view, pos)
+        elif wire == _LEN:
+            n, pos = _varint(view, pos)
+            value, pos = view[pos:pos + n], pos + n
+        elif wire == _I64:
+            value, pos = int.from_bytes(view[pos:pos + 8], "little"), pos + 8
+        elif wire == _I32:
+            value, pos = int.from_bytes(view[pos:pos + 4], "little"), pos + 4
+        else:
+            raise Unsupported(f"protobuf wire type {wire} does not occur in ONNX files")
+        fields.append((number, wire, value))
+    if pos != end:
+        raise Unsupported("truncated protobuf message")
+    return fields
+
+
+def _emit(fields: list[Field], out: list[Buffer]) -> int:
+    """Append the encoding of `fields` to `out` (as pieces, so big blobs are never copied twice); returns its size."""
+    size = 0
+    for number, wire, value in fields:
+        key = _put_varint((number << 3) | wire)
+        if wire == _VARINT:
+            piece: list[Buffer] = [key, _put_varint(value)]
+        elif wire == _I64:
+            piece = [key, value.to_bytes(8, "little")]
+        elif wire == _I32:
+            piece = [key, value.to_bytes(4, "little")]
+        elif isinstance(value, list):
+            inner: list[Buffer] = []
+            n = _emit(value, inner)
+            piece = [key, _put_varint(n), *inner]
+        else:
+            piece = [key, _put_varint(len(value)), value]
+        out.extend(piece)
+        size += sum(len(p) for p in piece)
+    return size
+
+
+def _text(value: Buffer) -> str:
+    return bytes(value).decode("utf-8")
+
+
+def _get(fields: list[Field], number: int, default: Any = None) -> Any:
+    for f in fields:
+        if f[0] == number:
+            return f[2]
+    return default
+
+
+# ------------------------------------------------------------------------------------------ ONNX messages
+# Field numbers from onnx.proto (ModelProto, GraphProto, NodeProto, AttributeProto, TensorProto, TypeProto).
+_MODEL_GRAPH, _MODEL_FUNCTIONS = 7, 25
+_G_NODE, _G_INIT, _G_SPARSE, _G_INPUT, _G_OUTPUT, _G_VALUE_INFO = 1, 5, 15, 11, 12, 13
+_N_INPUT, _N_OUTPUT, _N_OP, _N_ATTR = 1, 2, 4, 5
+_A_NAME, _A_I, _A_S, _A_T, _A_G, _A_TENSORS, _A_GRAPHS, _A_SPARSE, _A_SPARSES = 1, 3, 4, 5, 6, 10, 11, 22, 23
+_T_TYPE, _T_INT32, _T_NAME, _T_RAW, _T_LOCATION = 2, 5, 8, 9, 14
+_VI_NAME, _VI_TYPE = 1, 2
+_TYPE_TENSOR, _TYPE_SEQUENCE, _TYPE_MAP, _TYPE_SPARSE, _TYPE_OPTIONAL = 1, 4, 5, 8, 9
+_DTYPE_ATTRS = {"to", "dtype"}  # Cast.to, RandomNormal.dtype, EyeLike.dtype, ...
+
+
+def _tensor_fp32(fields: list[Field]) -> list[Field]:
+    """An fp16 TensorProto as fp32 raw data; other tensors unchanged."""
+    if _get(fields, _T_TYPE) != FLOAT16:
+        return fields
+    if _get(fields, _T_LOCATION, 0) != 0:
+        raise Unsupported("fp16 tensors stored as external data")
+    raw = _get(fields, _T_RAW)
+    if raw is not None:
+        half = np.frombuffer(raw, dtype="<f2")
+    else:  # fp16 bit patterns in int32_data, packed or one varint each
+        bits: list[int] = []
+        for number, wire, value in fields:
+            if number == _T_INT32:
+                if wire == _LEN:
+                    pos, view = 0, memoryview(value)
+                    while pos < len(view):
+                        v, pos = _varint(view, pos)
+                        bits.append(v)
+                else:
+                    bits.append(value)
+        half = np.asarray(bits, dtype=np.uint16).view("<f2")
+    kept = [f for f in fields if f[0] not in (_T_TYPE, _T_INT32, _T_RAW)]
+    return [(_T_TYPE, _VARINT, FLOAT), *kept, (_T_RAW, _LEN, half.astype("<f4").tobytes())]
+
+
+def _type_fp32(fields: list[Field]) -> list[Field]:
+    """A TypeProto with every fp16 element type (also inside sequences, maps, optionals) made fp32."""
+    out: list[Field] = []
+    for number, wire, value in fields:
+        if wire == _LEN and number in (_TYPE_TENSOR, _TYPE_SPARSE):
+            inner = [(n, w, FLOAT if (n == 1 and v == FLOAT16) else v) for n, w, v in _parse(value)]
+            out.append((number, wire, inner))
+        elif wire == _LEN and number in (_TYPE_SEQUENCE, _TYPE_OPTIONAL):
+            out.append((number, wire, [(n, w, _type_fp32(_parse(v)) if n == 1 else v) for n, w, v in _parse(value)]))
+        elif wire == _LEN and number == _TYPE_MAP:
+            out.append((number, wire, [(n, w, _type_fp32(_parse(v)) if n == 2 else v) for n, w, v in _parse(value)]))
+        else:
+            out.append((number, wire, value))
+    return out
+
+
+def _value_info_fp32(fields: list[Field]) -> list[Field]:
+    return [(n, w, _type_fp32(_parse(v)) if n == _VI_TYPE else v) for n, w, v in fields]
+
+
+def _attribute(fields: list[Field], op: str, stats: dict[str, int]) -> list[Field]:
+    name = _text(_get(fields, _A_NAME, b""))
+    out: list[Field] = []
+    for number, wire, value in fields:
+        if number in (_A_G, _A_GRAPHS, _A_SPARSE, _A_SPARSES):
+            raise Unsupported(f"{op} node with a subgraph or sparse tensor attribute")
+        if number == _A_T:
+            value = _tensor_fp32(_parse(value))
+        elif number == _A_TENSORS:
+            value = _tensor_fp32(_parse(value))
+        elif number == _A_I and name in _DTYPE_ATTRS and value == FLOAT16:
+            value = FLOAT
+            stats["casts"] += 1
+        elif number == _A_S and op == "Resize" and name == "coordinate_transformation_mode" and bytes(value) == b"pytorch_half_pixel":
+            value = b"half_pixel"
+            stats["resizes"] += 1
+        out.append((number, wire, value))
+    return out
+
+
+class _Node:
+    def __init__(self, fields: list[Field]) -> None:
+        self.fields = fields
+        self.op = _text(_get(fields, _N_OP, b""))
+        self.inputs = [_text(v) for n, _, v in fields if n == _N_INPUT]
+        self.outputs = [_text(v) for n, _, v in fields if n == _N_OUTPUT]
+
+
+def _named(fields: list[Field], number: int) -> str:
+    return _text(_get(fields, number, b""))
+
+
+def rewrite(data: Buffer, keep_output: Optional[str] = None) -> tuple[bytes, dict[str, Any]]:
+    """The model bytes rewritten for CPU (fp32, one output, NCHWc-friendly Resize) and what was changed."""
+    try:
+        return _rewrite(data, keep_output)
+    except Unsupported:
+        raise
+    except (IndexError, ValueError, UnicodeDecodeError) as exc:  # truncated or not protobuf at all
+        raise Unsupported(f"not a readable ONNX model ({exc})") from None
+
+
+def _rewrite(data: Buffer, keep_output: Optional[str]) -> tuple[bytes, dict[str, Any]]:
+    model = _parse(data)
+    if any(n == _MODEL_FUNCTIONS for n, _, _ in model):
+        raise Unsupported("model-local functions")
+    graph_bytes = _get(model, _MODEL_GRAPH)
+    if graph_bytes is None:
+        raise Unsupported("no graph")
+    graph = _parse(graph_bytes)
+    if any(n == _G_SPARSE for n, _, _ in graph):
+        raise Unsupported("sparse initializers")
+    outputs = [_parse(v) for n, _, v in graph if n == _G_OUTPUT]
+    if not outputs:
+        raise Unsupported("no graph outputs")
+    names = [_named(o, _VI_NAME) for o in outputs]
+    keep = keep_output if keep_output is not None else names[0]
+    if keep not in names:
+        raise Unsupported(f"no output named {keep!r}")
+
+    nodes = [_Node(_parse(v)) for n, _, v in graph if n == _G_NODE]
+    producer = {out: node for node in nodes for out in node.outputs if out}
+    live: set[int] = set()
+    needed = {keep}
+    stack = [keep]
+    while stack:  # the file's node order need not be topological, so walk names, not positions
+        node = producer.get(stack.pop())
+        if node is None or id(node) in live:
+            continue
+        live.add(id(node))
+        for name in node.inputs:
+            if name and name not in needed:
+                needed.add(name)
+                stack.append(name)
+
+    stats = {"casts": 0, "resizes": 0, "fp16_tensors": 0, "nodes_removed": len(nodes) - len(live),
+             "outputs_removed": len(names) - 1, "initializers_removed": 0}
+    produced = {out for node in nodes if id(node) in live for out in node.outputs}
+    new_graph: list[Field] = []
+    for number, wire, value in graph:
+        if number == _G_NODE:
+            continue  # re-added below, live ones only, in the original order
+        if number == _G_INIT:
+            tensor = _parse(value)
+            if _named(tensor, _T_NAME) not in needed:
+                stats["initializers_removed"] += 1
+                continue
+            if _get(tensor, _T_TYPE) == FLOAT16:
+                stats["fp16_tensors"] += 1
+            value = _tensor_fp32(tensor)
+        elif number == _G_OUTPUT:
+            info = _parse(value)
+            if _named(info, _VI_NAME) != keep:
+                continue
+            value = _value_info_fp32(info)
+        elif number == _G_INPUT:
+            info = _parse(value)
+            if _named(info, _VI_NAME) not in needed:
+                continue  # an initializer listed as input (IR < 4) that was removed, or an unused input
+            value = _value_info_fp32(info)
+        elif number == _G_VALUE_INFO:
+            info = _parse(value)
+            if _named(info, _VI_NAME) not in produced:
+                continue
+            value = _value_info_fp32(info)
+        new_graph.append((number, wire, value))
+    for node in nodes:
+        if id(node) in live:
+            fields = [(n, w, _attribute(_parse(v), node.op, stats) if n == _N_ATTR else v) for n, w, v in node.fields]
+            new_graph.append((_G_NODE, _LEN, fields))
+    new_model = [(n, w, new_graph if n == _MODEL_GRAPH else v) for n, w, v in model]
+    pieces: list[Buffer] = []
+    _emit(new_model, pieces)
+    return b"".join(pieces), stats
+
+
+def same_outputs(original: Path, rewritten: Path, shape: tuple[int, ...], tolerance: float = 0.5 / 255) -> bool:
+    """Whether both files give the same first output on one deterministic input, after the daemon's min-max
+    normalisation: the rewrite may change rounding, nothing else. For models the tests do not cover
+    (imported ones), where a Resize could produce a length-1 axis."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    outs = []
+    for path in (original, rewritten):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        y = np.asarray(session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: x})[0], dtype=np.float64)
+        outs.append((y - y.min()) / max(float(y.max() - y.min()), 1e-12))
+    return outs[0].shape == outs[1].shape and float(np.abs(outs[0] - outs[1]).max()) <= tolerance
+
+
+# ------------------------------------------------------------------------------------------ the cached file
+def prepared_path(src: Path) -> Path:
+    return src.with_name(f"{src.stem}.cpu{VERSION}.onnx")
+
+
+def _stamp(src: Path, keep_output: Optional[str]) -> dict[str, Any]:
+    st = src.stat()
+    return {"version": VERSION, "source": src.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "output": keep_output}
+
+
+def prepare(src: Path, keep_output: Optional[str] = None, verify: Optional[Callable[[Path, Path], bool]] = None,
+            log: Callable[[str], None] = lambda _: None, dst: Optional[Path] = None) -> Path:
+    """The CPU-ready copy of `src` (beside it unless `dst` is given; built once, rebuilt when `src` changes), or
+    `src` itself when the rewrite does not apply, cannot be written, or `verify(original, rewritten)` rejects
+    it (remembered, so it is not retried at every load). keep_output: the output the caller reads (default
+    the first)."""
+    dst = dst or prepared_path(src)
+    stamp_file = dst.with_suffix(".json")
+    want = _stamp(src, keep_output)
+    try:
+        done = json.loads(stamp_file.read_text())
+    except (OSError, ValueError):
+        done = {}
+    if {k: done.get(k) for k in want} == want and (not done.get("prepared") or dst.exists()):
+        return dst if done.get("prepared") else src
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")
+    try:
+        data, stats = rewrite(src.read_bytes(), keep_output)
+        tmp.write_bytes(data)
+        del data
+        prepared = verify is None or verify(src, tmp)
+        log(f"{src.name}: {stats}" + ("" if prepared else "; the rewritten model's output differs, keeping the original"))
+        if prepared:
+            os.replace(tmp, dst)
+        stamp_file.write_text(json.dumps(dict(want, prepared=prepared)))
+    except Unsupported as exc:
+        log(f"{src.name} is used as it is ({exc})")
+        prepared = False
+        try:
+            stamp_file.write_text(json.dumps(dict(want, prepared=False)))
+        except OSError:
+            pass
+    except OSError as exc:  # a read-only or full models directory: run the original, try again next load
+        log(f"{src.name} is used as it is: could not write {dst} ({exc})")
+        prepared = False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst if prepared else src

@@ -1,0 +1,590 @@
+"""bgmask speed benchmark: ONNX Runtime's floor, bgmask end to end, rembg, cold CLI starts and peak memory.
+
+One command, from the repository root:
+
+    python bench/speed.py                      # everything but the optimisation experiments (~10 min)
+    python bench/speed.py --experiments        # also the ORT session experiments behind the proposals
+    python bench/speed.py --models u2netp --sizes 1mp --parts floor,bgmask
+
+It prints a table with the ratios the issue sets targets for and writes everything it measured to
+bench/results/speed-<date>.json. rembg runs from its own virtual environment (bench/rembg_env.py) with our
+cached model files and the same onnxruntime version. See bench/README.md for what each figure means.
+
+Timings are the minimum of several runs after a warm-up: this machine is shared, and a slow spell only
+ever adds time, so the minimum is the closest to what the code costs; medians are kept in the JSON."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+SERVER = REPO / "server"
+sys.path.insert(0, str(SERVER))
+sys.path.insert(0, str(BENCH))
+
+import onnxruntime  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import _modelprep  # noqa: E402
+import rembg_env  # noqa: E402
+from bgmask import download, paths  # noqa: E402
+from bgmask.catalog import Catalog  # noqa: E402
+from bgmask.clientlib import load_client  # noqa: E402
+
+MODELS = ("u2netp", "isnet-general-use")
+SIZES = {"1mp": (1224, 816), "12mp": (4242, 2828), "24mp": (6000, 4000)}  # the photo's 3:2, like a camera's
+PHOTO = REPO / "examples" / "coffee.jpg"
+PARTS = ("floor", "bgmask", "rembg", "cold", "experiments")
+DEFAULT_REPEAT = {"u2netp": 5, "isnet-general-use": 3}
+TRANSPORTS = ("builtin", "pyzmq")
+TARGETS = {  # from the issue: (figure, model) -> upper bound of the ratio
+    ("e2e_24mp/floor", "isnet-general-use"): 1.10, ("e2e_24mp/floor", "u2netp"): 1.5,
+    ("inference/floor", "isnet-general-use"): 0.85, ("inference/floor", "u2netp"): 0.85,
+    ("warm_cli/rembg_cli", "u2netp"): 0.3, ("warm_cli/rembg_cli", "isnet-general-use"): 0.45,
+    ("peak_rss_24mp/rembg", "isnet-general-use"): 0.6,
+}
+RESULTS = BENCH / "results"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ set-up
+def make_images(sizes: list[str]) -> dict[str, Path]:
+    """The example photo upscaled (Lanczos) to each size as an RGBA8 PNG, made once under bench/results."""
+    out = RESULTS / "images"
+    out.mkdir(parents=True, exist_ok=True)
+    photo = Image.open(PHOTO).convert("RGBA")
+    paths = {}
+    for label in sizes:
+        w, h = SIZES[label]
+        path = out / f"{PHOTO.stem}-{label}-{w}x{h}.png"
+        if not path.exists():
+            log(f"making {path.name}")
+            photo.resize((w, h), Image.Resampling.LANCZOS).save(path, compress_level=1)
+        paths[label] = path
+    return paths
+
+
+def model_files(models: list[str]) -> dict[str, Path]:
+    """The model files as the daemon uses them, fetched by the project's model manager if missing."""
+    catalog = Catalog.load()
+    return {name: download.ensure_model(catalog.get(name)) for name in models}
+
+
+def prepared_files(files: dict[str, Path]) -> dict[str, Path]:
+    """The proposed CPU rewrite of each model file (bench/_modelprep.py), cached under bench/results."""
+    out = RESULTS / "prepared"
+    out.mkdir(parents=True, exist_ok=True)
+    return {name: _modelprep.prepare(path, dst=out / _modelprep.prepared_path(path).name, log=log)
+            for name, path in files.items()}
+
+
+QUIET_WAIT = 180.0
+BUSY_LIMIT = 0.25  # fraction of all cores busy (with everything of ours idle) that still counts as quiet
+
+
+def busy_fraction(seconds: float = 1.0) -> float:
+    """How busy all cores were over the next `seconds` (from /proc/stat)."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + values[4]
+        return sum(values) - idle, sum(values)
+
+    b0, t0 = sample()
+    time.sleep(seconds)
+    b1, t1 = sample()
+    return (b1 - b0) / max(1, t1 - t0)
+
+
+def wait_quiet(what: str) -> float:
+    """Let other people's work pass before a timed part (shared machine): returns the busy fraction seen last."""
+    deadline = time.monotonic() + QUIET_WAIT
+    quiet = 0
+    while True:
+        busy = busy_fraction()
+        quiet = quiet + 1 if busy < BUSY_LIMIT else 0
+        if quiet >= 3 or time.monotonic() > deadline:
+            if quiet < 3:
+                log(f"  the machine is still busy ({busy:.0%} of its cores) before {what}; measuring anyway")
+            return busy
+
+
+def run_json(cmd: list[str], env: Optional[dict[str, str]] = None, timeout: float = 1800) -> dict:
+    """Run a worker process and parse the JSON line it prints last."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def proc_status(pid: int, key: str) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def server_env(dirs: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SERVER), os.environ.get("PYTHONPATH")])))
+    for key in ("BGMASK_ENDPOINT", "BGMASK_TOKEN"):
+        env.pop(key, None)
+    env.update(dirs)
+    return env
+
+
+def fresh_dirs(root: Path) -> dict[str, str]:
+    """Runtime and config dirs of our own (no daemon of the user's is touched); the model cache is shared."""
+    run, config = root / "run", root / "config"
+    run.mkdir(parents=True, mode=0o700)
+    config.mkdir(parents=True)
+    return {"BGMASK_RUNTIME_DIR": str(run), "BGMASK_CONFIG_DIR": str(config),
+            "BGMASK_CACHE_DIR": str(paths.cache_dir())}
+
+
+def wall_min(fn: Callable[[], Any], repeat: int) -> tuple[list[float], Any]:
+    times, result = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+    return times, result
+
+
+def stats(times: list[float]) -> dict[str, Any]:
+    ordered = sorted(times)
+    return {"min_s": ordered[0], "median_s": ordered[len(ordered) // 2], "times": times}
+
+
+# ------------------------------------------------------------------------------------------ the daemon
+class RssSampler:
+    """Samples a process's VmRSS every 20 ms: the peak of one phase, which VmHWM (peak since start) can't give."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, proc_status(self.pid, "VmRSS:") or 0)
+
+    def __enter__(self) -> "RssSampler":
+        self.peak = proc_status(self.pid, "VmRSS:") or 0
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Daemon:
+    """A real `bgmask serve` of this source tree, in its own runtime/config dirs, with `model` loaded."""
+
+    def __init__(self, model: str, root: Path) -> None:
+        self.model = model
+        self.dirs = fresh_dirs(root)
+        self.env = server_env(self.dirs)
+        self.log = open(root / "daemon.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "bgmask", "serve", "--default-model", model,
+                                      "--idle-unload", "0", "--preload-delay", "0"],
+                                     env=self.env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        runtime_file = Path(self.dirs["BGMASK_RUNTIME_DIR"]) / "daemon.json"
+        deadline = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the daemon did not start; log: {(root / 'daemon.log').read_text()[-2000:]}")
+            try:
+                record = json.loads(runtime_file.read_text())
+                if record.get("pid") == self.proc.pid:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        self.endpoint, self.token = record["endpoint"], record["token"]
+        with self.client("pyzmq") as c:
+            while {m["name"]: m["state"] for m in c.status()["models"]}.get(model) != "loaded":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{model} did not load within 120 s")
+                time.sleep(0.1)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def client(self, transport: str) -> Any:
+        return load_client().Client(self.endpoint, self.token, timeout=300, autostart=False, transport=transport)
+
+    def rss(self) -> Optional[int]:
+        return proc_status(self.pid, "VmRSS:")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                with self.client("pyzmq") as c:
+                    c.shutdown()
+                self.proc.wait(30)
+            except Exception:
+                self.proc.terminate()
+                self.proc.wait(30)
+        self.log.close()
+
+
+def rgba(path: Path) -> tuple[bytes, int, int]:
+    img = Image.open(path)
+    img.load()
+    return img.tobytes(), img.width, img.height
+
+
+def bench_bgmask(model: str, label: str, image: Path, repeat: int, tmp: Path) -> dict[str, Any]:
+    """bgmask end to end against a warm daemon, a fresh one per size so its peak RSS belongs to that size."""
+    data, w, h = rgba(image)
+    daemon = Daemon(model, tmp / f"daemon-{model}-{label}")
+    try:
+        time.sleep(0.5)
+        idle = daemon.rss()
+        out: dict[str, Any] = {"width": w, "height": h, "idle_rss": idle, "runs": {}}
+        with RssSampler(daemon.pid) as sampler:
+            for transport in TRANSPORTS:
+                with daemon.client(transport) as client:
+                    for refine in (True, False):
+                        key = f"{transport}/{'refine' if refine else 'plain'}"
+                        busy = wait_quiet(f"bgmask {model} {label} {key}")
+
+                        def call() -> Any:
+                            return client.remove_full(data, w, h, 4, "u8", model=model, options={"refine": refine})
+
+                        call()  # warm-up: first touch of buffers of this size
+                        times, results = [], []
+                        for _ in range(repeat):
+                            t = time.perf_counter()
+                            result = call()
+                            times.append(time.perf_counter() - t)
+                            results.append(result)
+                        assert len(result.mask) == w * h
+                        best = results[times.index(min(times))]
+                        out["runs"][key] = dict(stats(times), timings=best.header.get("timings"), busy_before=busy)
+                        log(f"  bgmask {model} {label} {key}: {min(times):.3f} s  {best.header.get('timings')}")
+        out["peak_rss_requests"] = sampler.peak
+        out["peak_rss"] = proc_status(daemon.pid, "VmHWM:")
+        time.sleep(1.0)
+        out["rss_after"] = daemon.rss()
+    finally:
+        daemon.stop()
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the others
+FLOOR = {"name": "floor", "file": "shipped"}  # ORT defaults on the shipped file, first output only
+DAEMON_TODAY = {"name": "daemon session", "file": "shipped", "daemon": True}
+
+
+def ort_worker(model: str, files: dict[str, str], image: Path, configs: list[dict], rounds: int,
+               extra: Optional[dict] = None, env: Optional[dict[str, str]] = None) -> dict:
+    args = dict({"model": model, "files": files, "image": str(image), "configs": configs, "rounds": rounds}, **(extra or {}))
+    return run_json([sys.executable, str(BENCH / "_ort_worker.py"), json.dumps(args)], env=env)
+
+
+def bench_floor(model: str, files: dict[str, Path], image: Path, rounds: int) -> dict[str, Any]:
+    """session.run alone on the prepared input: the shipped file with ORT defaults, and the daemon's session."""
+    wait_quiet(f"the floor of {model}")
+    res = ort_worker(model, {"shipped": str(files[model])}, image, [FLOOR, DAEMON_TODAY], rounds)
+    floor, today = res["results"]
+    log(f"  floor {model}: {floor['min_s']:.3f} s; daemon session today {today['min_s']:.3f} s")
+    return {"floor": floor, "daemon_session": today}
+
+
+def bench_rembg(model: str, image: Path, repeat: int) -> dict[str, Any]:
+    args = {"model": model, "image": str(image), "repeat": repeat}
+    wait_quiet(f"rembg {model} {image.name}")
+    res = run_json([str(rembg_env.python()), str(BENCH / "_rembg_worker.py"), json.dumps(args)], env=rembg_env.env())
+    log(f"  rembg {model} {image.name}: {res['min_s']:.3f} s, peak {res['peak_rss'] / 2**20:.0f} MiB ({res['model_file']})")
+    return res
+
+
+def bench_cold(model: str, image: Path, repeat: int, tmp: Path) -> dict[str, Any]:
+    """One file through each CLI: bgmask with no daemon (it auto-starts one), bgmask warm, `rembg i`."""
+    root = tmp / f"cold-{model}"
+    env = server_env(fresh_dirs(root))
+    bgmask_cli = [sys.executable, "-m", "bgmask", "remove", str(image), "-o", str(root / "bgmask.png"), "--model", model]
+
+    def run(cmd: list[str], env: dict[str, str]) -> None:
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
+
+    out: dict[str, Any] = {}
+    wait_quiet(f"the command lines with {model}")
+    try:
+        times, _ = wall_min(lambda: run(bgmask_cli, env), 1)
+        out["bgmask_no_daemon_s"] = times[0]
+        times, _ = wall_min(lambda: run(bgmask_cli, env), repeat)
+        out["bgmask_warm"] = stats(times)
+    finally:
+        subprocess.run([sys.executable, "-m", "bgmask", "stop"], env=env, capture_output=True)
+    rembg_cli = [str(rembg_env.python().parent / "rembg"), "i", "-m", model, str(image), str(root / "rembg.png")]
+    times, _ = wall_min(lambda: run(rembg_cli, rembg_env.env()), repeat)
+    out["rembg_cli"] = stats(times)
+    log(f"  cold {model}: bgmask no daemon {out['bgmask_no_daemon_s']:.2f} s, warm {out['bgmask_warm']['min_s']:.2f} s,"
+        f" rembg i {out['rembg_cli']['min_s']:.2f} s")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ experiments
+PROPOSED = {"file": "prepared", "pattern": False, "arena": False, "trim": True}
+HUGEPAGES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+
+
+def timing_configs() -> list[dict]:
+    """What each proposal buys, one change at a time, against the floor and today's daemon session."""
+    return [
+        FLOOR,
+        DAEMON_TODAY,
+        {"name": "floor, all outputs (as rembg runs it)", "file": "shipped", "outputs": "all"},
+        {"name": "shipped, no spinning", "file": "shipped", "spin": False},
+        {"name": "shipped, level extended (no NCHWc)", "file": "shipped", "level": "extended"},
+        {"name": "prepared (fp32, 1 output, resize mode)", "file": "prepared"},
+        {"name": "prepared, no spinning", "file": "prepared", "spin": False},
+        {"name": "prepared, 1 thread", "file": "prepared", "threads": 1},
+        {"name": "prepared, no mem pattern", "file": "prepared", "pattern": False},
+        dict(PROPOSED, name="proposed: prepared, no pattern, no arena, trim"),
+    ]
+
+
+def memory_configs() -> list[dict]:
+    """Each in a process of its own, so that its peak and what it keeps afterwards are its alone."""
+    return [
+        FLOOR,
+        {"name": "prepared", "file": "prepared"},
+        {"name": "prepared, no mem pattern", "file": "prepared", "pattern": False},
+        {"name": "prepared, no pattern, arena shrink, trim", "file": "prepared", "pattern": False, "shrink": True,
+         "trim": True},
+        dict(PROPOSED, name="proposed: prepared, no pattern, no arena, trim"),
+        dict(PROPOSED, name="proposed + glibc.malloc.hugetlb=1", env=HUGEPAGES),
+        dict(FLOOR, name="floor + glibc.malloc.hugetlb=1", env=HUGEPAGES),
+    ]
+
+
+def bench_experiments(model: str, files: dict[str, Path], prepared: dict[str, Path], image: Path, rounds: int,
+                      tmp: Path) -> dict[str, Any]:
+    """Session settings measured on raw ORT: interleaved timings, then each memory setting in its own process."""
+    paths = {"shipped": str(files[model]), "prepared": str(prepared[model])}
+    tensor = tmp / f"tensor-{model}.npy"
+    wait_quiet(f"the experiments with {model}")
+    timing = ort_worker(model, paths, image, timing_configs(), rounds, {"save_tensor": str(tensor)})
+    for r in timing["results"]:
+        log(f"  {model} {r['config']['name']:<52} min {r['min_s']:.3f} s  med {r['median_s']:.3f}  cpu {r['cpu_min_s']:.3f}"
+            f"  diff {r['max_diff_255']:.3f}/255")
+    memory = []
+    for cfg in memory_configs():
+        env = dict(os.environ, **cfg.get("env", {}))
+        cfg = {k: v for k, v in cfg.items() if k != "env"}
+        wait_quiet(f"memory: {cfg['name']}")
+        res = ort_worker(model, paths, image, [cfg], rounds, {"tensor": str(tensor)}, env=env)
+        r = res["results"][0]
+        entry = {"config": cfg, "env": sorted(set(env.items()) - set(os.environ.items())), "min_s": r["min_s"],
+                 "median_s": r["median_s"],
+                 "cpu_min_s": r["cpu_min_s"], "loaded_rss": res["loaded_rss"], "peak_rss": res["peak_rss"],
+                 "rss_after": res["rss_after"]}
+        memory.append(entry)
+        log(f"  {model} memory {cfg['name']:<44} peak {res['peak_rss'] / 2**20:6.0f} MiB  after {res['rss_after'] / 2**20:6.0f}"
+            f"  (loaded {res['loaded_rss'] / 2**20:.0f})  min {r['min_s']:.3f} s  cpu {r['cpu_min_s']:.3f} s")
+    return {"timing": timing, "memory": memory}
+
+
+# ------------------------------------------------------------------------------------------ report
+def mib(n: Optional[int]) -> str:
+    return "-" if n is None else f"{n / 2**20:.0f}"
+
+
+def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return a / b if a is not None and b else None
+
+
+def fmt(x: Optional[float], digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def verdict(key: str, model: str, value: Optional[float]) -> str:
+    bound = TARGETS.get((key, model))
+    if bound is None or value is None:
+        return ""
+    return f"  [target <= {bound:.2f}: {'ok' if value <= bound else 'MISSED'}]"
+
+
+def report(res: dict[str, Any]) -> list[str]:
+    """The table: every figure, then the ratios the issue sets targets for."""
+    lines: list[str] = []
+    add = lines.append
+    for model in res["models"]:
+        m = res["by_model"][model]
+        floor = m.get("floor", {}).get("floor", {}).get("min_s")
+        today = m.get("floor", {}).get("daemon_session", {}).get("min_s")
+        add(f"== {model}  (floor: ORT session.run on the shipped file, defaults: {fmt(floor)} s;"
+            f" the daemon's session today: {fmt(today)} s = {fmt(ratio(today, floor), 2)}x)")
+        add(f"{'size':<6}{'transport/mode':<18}{'bgmask s':>9}{'infer s':>9}{'x floor':>9}{'rembg s':>9}{'x rembg':>9}")
+        for label in res["sizes"]:
+            b = m.get("bgmask", {}).get(label)
+            r = m.get("rembg", {}).get(label)
+            rembg_s = r["min_s"] if r else None
+            for key in (b["runs"] if b else []):
+                run = b["runs"][key]
+                infer = (run.get("timings") or {}).get("inference")
+                add(f"{label:<6}{key:<18}{run['min_s']:>9.3f}{fmt(infer):>9}{fmt(ratio(run['min_s'], floor), 2):>9}"
+                    f"{fmt(rembg_s):>9}{fmt(ratio(run['min_s'], rembg_s), 2):>9}")
+            if not b and r:
+                add(f"{label:<6}{'(rembg only)':<18}{'-':>9}{'-':>9}{'-':>9}{rembg_s:>9.3f}{'-':>9}")
+        add(f"{'size':<6}{'peak RSS MiB: bgmask (requests / since start)':<46}{'rembg':>8}{'ratio':>7}  bgmask idle -> after")
+        for label in res["sizes"]:
+            b = m.get("bgmask", {}).get(label)
+            r = m.get("rembg", {}).get(label)
+            if b or r:
+                peak = b["peak_rss_requests"] if b else None
+                since = b["peak_rss"] if b else None
+                add(f"{label:<6}{mib(peak) + ' / ' + mib(since):<46}{mib(r['peak_rss'] if r else None):>8}"
+                    f"{fmt(ratio(since, r['peak_rss'] if r else None), 2):>7}  "
+                    + (f"{mib(b['idle_rss'])} -> {mib(b['rss_after'])}" if b else ""))
+        c = m.get("cold")
+        if c:
+            add(f"cold, 1 file: bgmask no daemon {c['bgmask_no_daemon_s']:.2f} s, bgmask warm {c['bgmask_warm']['min_s']:.2f} s,"
+                f" rembg i {c['rembg_cli']['min_s']:.2f} s")
+        add("ratios:")
+        for key, value in res["ratios"].get(model, {}).items():
+            add(f"  {key:<24}{fmt(value, 2):>7}{verdict(key, model, value)}")
+        e = m.get("experiments")
+        if e:
+            add("experiments (raw ORT, interleaved; min / median / CPU s; mask diff vs floor in 1/255):")
+            for r in e["timing"]["results"]:
+                add(f"  {r['config']['name']:<52}{r['min_s']:>7.3f}{r['median_s']:>7.3f}{r['cpu_min_s']:>7.3f}"
+                    f"{r['max_diff_255']:>7.3f}  x{r['min_s'] / e['timing']['results'][0]['min_s']:.2f}")
+            add("  one process each: peak / after the runs / loaded (MiB); min / median / CPU s")
+            for r in e["memory"]:
+                add(f"  {r['config']['name']:<52}{mib(r['peak_rss']):>7}{mib(r['rss_after']):>7}{mib(r['loaded_rss']):>7}"
+                    f"{r['min_s']:>7.3f}{r['median_s']:>7.3f}{r['cpu_min_s']:>7.3f}")
+        add("")
+    return lines
+
+
+def ratios(res: dict[str, Any]) -> dict[str, dict[str, Optional[float]]]:
+    out: dict[str, dict[str, Optional[float]]] = {}
+    for model in res["models"]:
+        m = res["by_model"][model]
+        floor = m.get("floor", {}).get("floor", {}).get("min_s")
+        r: dict[str, Optional[float]] = {}
+        for label in res["sizes"]:
+            b = m.get("bgmask", {}).get(label)
+            rb = m.get("rembg", {}).get(label)
+            if not b:
+                continue
+            best = {k: v["min_s"] for k, v in b["runs"].items()}
+            default = best.get("pyzmq/refine")
+            r[f"e2e_{label}/floor"] = ratio(default, floor)
+            r[f"e2e_{label}/floor builtin"] = ratio(best.get("builtin/refine"), floor)
+            r[f"e2e_{label}/rembg"] = ratio(default, rb["min_s"] if rb else None)
+            if label == res["sizes"][0]:
+                infer = min((v.get("timings") or {}).get("inference", float("inf")) for v in b["runs"].values())
+                r["inference/floor"] = ratio(infer, floor)
+            r[f"peak_rss_{label}/rembg"] = ratio(b["peak_rss"], rb["peak_rss"] if rb else None)
+        c = m.get("cold")
+        if c:
+            r["warm_cli/rembg_cli"] = ratio(c["bgmask_warm"]["min_s"], c["rembg_cli"]["min_s"])
+            r["cold_cli/rembg_cli"] = ratio(c["bgmask_no_daemon_s"], c["rembg_cli"]["min_s"])
+        out[model] = r
+    return out
+
+
+# ------------------------------------------------------------------------------------------ main
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated catalog names (default {','.join(MODELS)})")
+    p.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated sizes (default {','.join(SIZES)})")
+    p.add_argument("--parts", default=",".join(PARTS[:-1]), help=f"what to run (default all but experiments): {','.join(PARTS)}")
+    p.add_argument("--experiments", action="store_true", help="also run the ORT session experiments")
+    p.add_argument("--repeat", type=int, default=0, help="timed runs per figure (default 5 for u2netp, 3 for IS-Net)")
+    p.add_argument("--cold-size", default="1mp", help="image size of the one-file CLI comparison (default 1mp)")
+    p.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/speed-<date>.json)")
+    p.add_argument("--quiet-wait", type=float, default=180.0,
+                   help="before each timed part, wait up to this many seconds for the machine to be idle (default 180)")
+    args = p.parse_args(argv)
+    args.models = [m for m in args.models.split(",") if m]
+    args.sizes = [s for s in args.sizes.split(",") if s]
+    args.parts = {s for s in args.parts.split(",") if s} | ({"experiments"} if args.experiments else set())
+    unknown = (set(args.sizes) - set(SIZES)) | (args.parts - set(PARTS))
+    if unknown:
+        p.error(f"unknown size or part: {', '.join(sorted(unknown))}")
+    return args
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "platform": platform.platform(), "load_avg": os.getloadavg()}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    global QUIET_WAIT
+    QUIET_WAIT = args.quiet_wait
+    started = datetime.datetime.now()
+    out_path = args.out or RESULTS / f"speed-{started.strftime('%Y-%m-%dT%H-%M-%S')}.json"
+    res: dict[str, Any] = {"started": started.isoformat(timespec="seconds"), "machine": machine(), "models": args.models,
+                           "sizes": args.sizes, "photo": PHOTO.name, "by_model": {m: {} for m in args.models}}
+    images = make_images(sorted(set(args.sizes) | ({args.cold_size} if "cold" in args.parts else set()), key=list(SIZES).index))
+    files = model_files(args.models)
+    res["model_files"] = {m: str(p) for m, p in files.items()}
+    if args.parts & {"rembg", "cold"}:
+        res["rembg"] = rembg_env.ensure(log=log)
+        rembg_env.link_models(files)
+    prepared = prepared_files(files) if "experiments" in args.parts else {}
+    with tempfile.TemporaryDirectory(prefix="bgmask-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        for model in args.models:
+            m = res["by_model"][model]
+            repeat = args.repeat or DEFAULT_REPEAT.get(model, 3)
+            log(f"{model} ({files[model].name})")
+            if "floor" in args.parts:
+                m["floor"] = bench_floor(model, files, images[args.sizes[0]], max(repeat, 5))
+            if "bgmask" in args.parts:
+                m["bgmask"] = {s: bench_bgmask(model, s, images[s], repeat, tmp) for s in args.sizes}
+            if "rembg" in args.parts:
+                m["rembg"] = {s: bench_rembg(model, images[s], repeat) for s in args.sizes}
+            if "cold" in args.parts:
+                m["cold"] = bench_cold(model, images[args.cold_size], repeat, tmp)
+            if "experiments" in args.parts:
+                m["experiments"] = bench_experiments(model, files, prepared, images[args.sizes[0]], max(repeat, 6), tmp)
+    res["machine"]["load_avg_end"] = os.getloadavg()
+    res["ratios"] = ratios(res)
+    lines = report(res)
+    print("\n".join(lines))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(res, indent=1))
+    print(f"written {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

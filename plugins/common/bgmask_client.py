@@ -1,0 +1,1181 @@
+"""bgmask_client: the one client file that the GIMP and Krita plugins (and the `bgmask` CLI) share.
+
+Standard library only, Python 3.8+: editors bundle their own Python, so nothing can be installed for it.
+With pyzmq and msgpack importable it uses them; otherwise it speaks ZMTP 3 (NULL mechanism, DEALER, TCP)
+and the msgpack subset of the bgmask protocol itself (docs/protocol.md). Both paths behave the same.
+
+    client = Client()                      # finds (or starts) the per-user daemon on first use
+    mask = client.remove(pixels, width, height, channels=4, sample_type="u8")
+
+Threads: a Client is meant for one thread at a time (calls on one Client are serialised by a lock), and
+every call blocks, so run it on a worker thread, not the editor's UI thread. `Client.cancel()` is the one
+method meant to be called from another thread: it cancels the remove in flight on that Client.
+
+Errors: every failure is a `BgmaskError` with `.code` and `.message` (a sentence for the user). Codes are
+the daemon's (bad_request, unsupported_version, unauthorized, unknown_op, unknown_model, bad_image,
+too_large, busy, cancelled, model_unavailable, device_unavailable, inference_failed, shutting_down,
+internal) plus these raised by the client itself:
+
+    not_running      no daemon answers and none could be started (the message says what to run)
+    timeout          the daemon sent nothing for `timeout` seconds (inactivity: a live daemon reports
+                     progress at least every second), or stopped in the middle of a message
+    connection_lost  the connection closed under a request (daemon killed or crashed)
+    protocol_error   the peer is not a bgmask daemon: no ZMTP greeting, not a ROUTER, not msgpack, ...
+    too_large        (also a daemon code) a frame exceeds hello's max_message_bytes, or the image exceeds
+                     max_pixels: checked before anything is sent
+    bad_image        (also a daemon code) the pixel buffer does not match width/height/channels/stride
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+try:
+    import msgpack as _msgpack
+    import zmq as _zmq
+except ImportError:  # the editors' Pythons: use the built-in ZMTP and msgpack code below
+    _zmq = None
+    _msgpack = None
+
+__all__ = ["BgmaskError", "Client", "RemoveResult", "runtime_dir", "config_dir", "HAVE_PYZMQ"]
+
+APP = "bgmask"
+PROTOCOL = 1
+HAVE_PYZMQ = _zmq is not None
+
+# Client-side error codes (the daemon's codes arrive as they are).
+NOT_RUNNING = "not_running"
+TIMEOUT = "timeout"
+CONNECTION_LOST = "connection_lost"
+PROTOCOL_ERROR = "protocol_error"
+TOO_LARGE = "too_large"
+BAD_IMAGE = "bad_image"
+CANCELLED = "cancelled"
+
+SAMPLE_SIZES = {"u8": 1, "u16": 2, "f16": 2, "f32": 4}
+CHANNEL_NAMES = {1: "gray", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}
+MASK_SAMPLE_SIZES = {"u8": 1, "u16": 2, "f32": 4}
+
+_POLL_S = 0.1  # how often a waiting call looks at its cancel flag / callable
+_START_TIMEOUT_S = 60.0  # at least this long for an auto-started daemon to come up (imports onnxruntime)
+_SMALL_REPLY_CAP = 1 << 24  # largest frame accepted in replies that carry no image data (hello, models, ...)
+
+
+class BgmaskError(Exception):
+    """A failure with a stable code (see the module docstring) and a sentence meant for the user."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return "%s [%s]" % (self.message, self.code)
+
+
+class RemoveResult(NamedTuple):
+    """Everything a remove answered: the mask bytes, the reply header and any further data frames."""
+
+    mask: bytes
+    header: Dict[str, Any]
+    extra: List[bytes]
+
+
+# ---------------------------------------------------------------------------------------------------
+# msgpack subset: nil, bool, int, float, str, bin, array, map. Packing matches msgpack.packb byte for
+# byte (smallest encoding, str8/bin types, float64); unpacking treats its input as hostile.
+
+_MAX_DEPTH = 64
+
+
+class _MsgpackError(ValueError):
+    pass
+
+
+def _packb(obj: Any) -> bytes:
+    out = bytearray()
+    _pack_into(out, obj, 0)
+    return bytes(out)
+
+
+def _pack_len(out: bytearray, n: int, fix: int, fix_max: int, codes: Tuple[Optional[int], int, int]) -> None:
+    """Write a str/bin/array/map length with the smallest header (codes: 8-, 16-, 32-bit variants)."""
+    if fix >= 0 and n <= fix_max:
+        out.append(fix | n)
+    elif codes[0] is not None and n < 0x100:
+        out += struct.pack(">BB", codes[0], n)
+    elif n < 0x10000:
+        out += struct.pack(">BH", codes[1], n)
+    elif n < 0x100000000:
+        out += struct.pack(">BI", codes[2], n)
+    else:
+        raise _MsgpackError("object too long for msgpack (%d)" % n)
+
+
+def _pack_into(out: bytearray, obj: Any, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise _MsgpackError("object nested too deeply to pack")
+    if obj is None:
+        out.append(0xC0)
+    elif obj is True:
+        out.append(0xC3)
+    elif obj is False:
+        out.append(0xC2)
+    elif isinstance(obj, int):
+        _pack_int(out, obj)
+    elif isinstance(obj, float):
+        out += struct.pack(">Bd", 0xCB, obj)
+    elif isinstance(obj, str):
+        data = obj.encode("utf-8")
+        _pack_len(out, len(data), 0xA0, 31, (0xD9, 0xDA, 0xDB))
+        out += data
+    elif isinstance(obj, (bytes, bytearray, memoryview)):
+        data = memoryview(obj).cast("B") if isinstance(obj, memoryview) else obj
+        _pack_len(out, len(data), -1, 0, (0xC4, 0xC5, 0xC6))
+        out += data
+    elif isinstance(obj, (list, tuple)):
+        _pack_len(out, len(obj), 0x90, 15, (None, 0xDC, 0xDD))
+        for item in obj:
+            _pack_into(out, item, depth + 1)
+    elif isinstance(obj, dict):
+        _pack_len(out, len(obj), 0x80, 15, (None, 0xDE, 0xDF))
+        for key, value in obj.items():
+            _pack_into(out, key, depth + 1)
+            _pack_into(out, value, depth + 1)
+    else:
+        raise TypeError("cannot pack %s in a bgmask message" % type(obj).__name__)
+
+
+def _pack_int(out: bytearray, n: int) -> None:
+    if 0 <= n < 0x80 or -32 <= n < 0:
+        out += struct.pack(">b" if n < 0 else ">B", n)
+    elif n >= 0:
+        for limit, fmt, code in ((0x100, ">BB", 0xCC), (0x10000, ">BH", 0xCD),
+                                 (0x100000000, ">BI", 0xCE), (1 << 64, ">BQ", 0xCF)):
+            if n < limit:
+                out += struct.pack(fmt, code, n)
+                return
+        raise OverflowError("integer %d does not fit msgpack's 64 bits" % n)
+    else:
+        for limit, fmt, code in ((0x80, ">Bb", 0xD0), (0x8000, ">Bh", 0xD1),
+                                 (0x80000000, ">Bi", 0xD2), (1 << 63, ">Bq", 0xD3)):
+            if n >= -limit:
+                out += struct.pack(fmt, code, n)
+                return
+        raise OverflowError("integer %d does not fit msgpack's 64 bits" % n)
+
+
+# code -> (struct format, size) for fixed-size scalars
+_SCALARS = {
+    0xCA: (">f", 4), 0xCB: (">d", 8),
+    0xCC: (">B", 1), 0xCD: (">H", 2), 0xCE: (">I", 4), 0xCF: (">Q", 8),
+    0xD0: (">b", 1), 0xD1: (">h", 2), 0xD2: (">i", 4), 0xD3: (">q", 8),
+}
+# code -> (kind, struct format of the length, size of the length)
+_SIZED = {
+    0xD9: ("str", ">B", 1), 0xDA: ("str", ">H", 2), 0xDB: ("str", ">I", 4),
+    0xC4: ("bin", ">B", 1), 0xC5: ("bin", ">H", 2), 0xC6: ("bin", ">I", 4),
+    0xDC: ("array", ">H", 2), 0xDD: ("array", ">I", 4),
+    0xDE: ("map", ">H", 2), 0xDF: ("map", ">I", 4),
+}
+
+
+def _unpackb(data: Any) -> Any:
+    """Decode one msgpack object that must fill `data` exactly; raises _MsgpackError on anything else."""
+    buf = bytes(data)
+    obj, pos = _unpack_at(buf, 0, 0)
+    if pos != len(buf):
+        raise _MsgpackError("%d stray bytes after the msgpack object" % (len(buf) - pos))
+    return obj
+
+
+def _unpack_at(buf: bytes, pos: int, depth: int) -> Tuple[Any, int]:
+    if depth > _MAX_DEPTH:
+        raise _MsgpackError("msgpack nested more than %d levels" % _MAX_DEPTH)
+    if pos >= len(buf):
+        raise _MsgpackError("msgpack data ends early")
+    code = buf[pos]
+    pos += 1
+    if code <= 0x7F:
+        return code, pos
+    if code >= 0xE0:
+        return code - 0x100, pos
+    if code <= 0x8F:
+        return _unpack_container("map", code & 0x0F, buf, pos, depth)
+    if code <= 0x9F:
+        return _unpack_container("array", code & 0x0F, buf, pos, depth)
+    if code <= 0xBF:
+        return _unpack_bytes("str", code & 0x1F, buf, pos)
+    if code == 0xC0:
+        return None, pos
+    if code == 0xC2:
+        return False, pos
+    if code == 0xC3:
+        return True, pos
+    if code in _SCALARS:
+        fmt, size = _SCALARS[code]
+        if len(buf) - pos < size:
+            raise _MsgpackError("msgpack data ends inside a number")
+        return struct.unpack_from(fmt, buf, pos)[0], pos + size
+    if code in _SIZED:
+        kind, fmt, size = _SIZED[code]
+        if len(buf) - pos < size:
+            raise _MsgpackError("msgpack data ends inside a length")
+        n = struct.unpack_from(fmt, buf, pos)[0]
+        pos += size
+        if kind in ("str", "bin"):
+            return _unpack_bytes(kind, n, buf, pos)
+        return _unpack_container(kind, n, buf, pos, depth)
+    raise _MsgpackError("msgpack type 0x%02x is not used by the bgmask protocol" % code)
+
+
+def _unpack_bytes(kind: str, n: int, buf: bytes, pos: int) -> Tuple[Any, int]:
+    if len(buf) - pos < n:
+        raise _MsgpackError("msgpack %s claims %d bytes but only %d remain" % (kind, n, len(buf) - pos))
+    raw = buf[pos:pos + n]
+    if kind == "bin":
+        return raw, pos + n
+    try:
+        return raw.decode("utf-8"), pos + n
+    except UnicodeDecodeError:
+        raise _MsgpackError("msgpack str is not valid UTF-8") from None
+
+
+def _unpack_container(kind: str, n: int, buf: bytes, pos: int, depth: int) -> Tuple[Any, int]:
+    # Every element takes at least one byte, so a claim larger than what is left is a lie: refuse it before
+    # building anything.
+    if (2 * n if kind == "map" else n) > len(buf) - pos:
+        raise _MsgpackError("msgpack %s claims %d entries but only %d bytes remain" % (kind, n, len(buf) - pos))
+    if kind == "array":
+        items = []
+        for _ in range(n):
+            item, pos = _unpack_at(buf, pos, depth + 1)
+            items.append(item)
+        return items, pos
+    mapping = {}
+    for _ in range(n):
+        key, pos = _unpack_at(buf, pos, depth + 1)
+        if isinstance(key, (list, dict)):
+            raise _MsgpackError("msgpack map key is a %s" % type(key).__name__)
+        mapping[key], pos = _unpack_at(buf, pos, depth + 1)
+    return mapping, pos
+
+
+# ---------------------------------------------------------------------------------------------------
+# Built-in ZMTP 3 DEALER over TCP (rfc.zeromq.org/spec/23 and /37), NULL mechanism.
+
+_MORE, _LONG, _COMMAND = 0x01, 0x02, 0x04
+_GREETING = b"\xff" + bytes(8) + b"\x7f" + bytes([3, 1]) + b"NULL".ljust(20, b"\0") + b"\0" + bytes(31)
+_BIG = 1 << 16  # frames above this are received into their own buffer and sent without copying
+_SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # a closed peer must not SIGPIPE the editor (Krita)
+
+
+def _parse_tcp(endpoint: str) -> Tuple[str, int]:
+    if not endpoint.startswith("tcp://"):
+        raise BgmaskError(NOT_RUNNING, "endpoint %r is not tcp://HOST:PORT; the bgmask daemon only listens on TCP"
+                          % endpoint)
+    host, _, port = endpoint[6:].rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or not port.isdigit():
+        raise BgmaskError(NOT_RUNNING, "endpoint %r is not tcp://HOST:PORT" % endpoint)
+    return host, int(port)
+
+
+def _command(name: bytes, body: bytes = b"") -> bytes:
+    data = bytes([len(name)]) + name + body
+    if len(data) < 256:
+        return bytes([_COMMAND, len(data)]) + data
+    return struct.pack(">BQ", _COMMAND | _LONG, len(data)) + data
+
+
+def _ready_properties(body: bytes) -> Dict[str, bytes]:
+    """Parse the name/value list of a READY command; anything malformed is a protocol error."""
+    props = {}
+    pos = 0
+    while pos < len(body):
+        n = body[pos]
+        name = body[pos + 1:pos + 1 + n]
+        pos += 1 + n
+        if len(name) != n or pos + 4 > len(body):
+            raise BgmaskError(PROTOCOL_ERROR, "the peer sent a malformed ZMTP READY command")
+        size = struct.unpack_from(">I", body, pos)[0]
+        pos += 4
+        if pos + size > len(body):
+            raise BgmaskError(PROTOCOL_ERROR, "the peer sent a malformed ZMTP READY command")
+        props[name.decode("latin-1").lower()] = body[pos:pos + size]
+        pos += size
+    return props
+
+
+class _ZmtpDealer:
+    """A ZeroMQ DEALER connection in plain Python: one TCP socket, blocking calls with timeouts."""
+
+    def __init__(self, endpoint: str, timeout: float, max_frame: int = _SMALL_REPLY_CAP) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._pos = 0
+        host, port = _parse_tcp(endpoint)
+        try:
+            self._sock = socket.create_connection((host, port), timeout=min(timeout, 10.0))
+        except OSError as exc:
+            raise BgmaskError(NOT_RUNNING, "nothing answers at %s (%s)" % (endpoint, exc.strerror or exc)) from None
+        try:
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sys.platform == "darwin":  # macOS has no MSG_NOSIGNAL; SO_NOSIGPIPE is 0x1022 there
+                self._sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_NOSIGPIPE", 0x1022), 1)
+            self._handshake()
+        except BaseException:
+            self._sock.close()
+            raise
+
+    # -- handshake ----------------------------------------------------------------------------------
+
+    def _handshake(self) -> None:
+        try:
+            self._greet()
+        except BgmaskError as exc:  # a ZMTP peer answers at once; silence or a hang-up means something else
+            if exc.code == TIMEOUT:
+                raise BgmaskError(PROTOCOL_ERROR, "%s accepted the connection but did not complete a ZeroMQ handshake"
+                                  " within %g s; it is not a bgmask daemon, or the daemon is frozen"
+                                  % (self.endpoint, self.timeout)) from None
+            if exc.code == CONNECTION_LOST:
+                raise BgmaskError(PROTOCOL_ERROR, "%s closed the connection during the ZeroMQ handshake; is it a"
+                                  " bgmask daemon?" % self.endpoint) from None
+            raise
+
+    def _greet(self) -> None:
+        self._send_all(memoryview(_GREETING))
+        signature = self._read_exact(10)
+        if signature[0] != 0xFF or not signature[9] & 0x01:
+            raise BgmaskError(PROTOCOL_ERROR, "%s is not a ZeroMQ peer (it answered %r); is it a bgmask daemon?"
+                              % (self.endpoint, signature))
+        rest = self._read_exact(54)
+        if rest[0] < 3:
+            raise BgmaskError(PROTOCOL_ERROR, "%s speaks ZMTP %d; bgmask needs ZMTP 3" % (self.endpoint, rest[0]))
+        mechanism = bytes(rest[2:22]).rstrip(b"\0")
+        if mechanism != b"NULL":
+            raise BgmaskError(PROTOCOL_ERROR, "%s wants the %s security mechanism; bgmask uses NULL"
+                              % (self.endpoint, mechanism.decode("latin-1")))
+        self._send_all(memoryview(_command(b"READY", b"\x0bSocket-Type\x00\x00\x00\x06DEALER"
+                                                     b"\x08Identity\x00\x00\x00\x00")))
+        flags, body = self._read_frame()
+        name = bytes(body[1:1 + body[0]]) if flags & _COMMAND and body else b""
+        if name == b"ERROR":
+            reason = bytes(body[7:7 + body[6]]).decode("utf-8", "replace") if len(body) > 6 else ""
+            raise BgmaskError(PROTOCOL_ERROR, "%s refused the ZeroMQ handshake: %s" % (self.endpoint, reason))
+        if name != b"READY":
+            raise BgmaskError(PROTOCOL_ERROR, "%s did not send a ZMTP READY command" % self.endpoint)
+        socket_type = _ready_properties(bytes(body[6:])).get("socket-type", b"")
+        if socket_type != b"ROUTER":
+            raise BgmaskError(PROTOCOL_ERROR, "%s is a ZeroMQ %s socket, not the bgmask daemon's ROUTER"
+                              % (self.endpoint, socket_type.decode("latin-1") or "unknown"))
+
+    # -- sending ------------------------------------------------------------------------------------
+
+    def send(self, frames: Sequence[Any]) -> None:
+        """Send one multi-part message; big frames go straight from the caller's buffer to the socket."""
+        pending = bytearray()
+        last = len(frames) - 1
+        for i, frame in enumerate(frames):
+            view = memoryview(frame).cast("B")
+            more = _MORE if i < last else 0
+            if view.nbytes < 256:
+                pending += struct.pack(">BB", more, view.nbytes)
+            else:
+                pending += struct.pack(">BQ", more | _LONG, view.nbytes)
+            if view.nbytes <= _BIG:
+                pending += view
+            else:
+                self._send_all(memoryview(pending))
+                pending = bytearray()
+                self._send_all(view)
+        if pending:
+            self._send_all(memoryview(pending))
+
+    def _send_all(self, view: memoryview) -> None:
+        # socket.sendall's timeout covers the whole call; a loop of send() keeps it an inactivity timeout.
+        self._sock.settimeout(self.timeout)
+        try:
+            while view.nbytes:
+                sent = self._sock.send(view, _SEND_FLAGS)
+                view = view[sent:]
+        except socket.timeout:
+            raise BgmaskError(TIMEOUT, "the bgmask daemon at %s stopped taking data for %g s"
+                              % (self.endpoint, self.timeout)) from None
+        except OSError as exc:
+            raise BgmaskError(CONNECTION_LOST, "the connection to the bgmask daemon at %s was lost (%s)"
+                              % (self.endpoint, exc.strerror or exc)) from None
+
+    # -- receiving ----------------------------------------------------------------------------------
+
+    def recv(self, wait: float) -> Optional[List[Any]]:
+        """The next message, or None if none started within `wait` seconds; PINGs are answered on the way."""
+        deadline = time.monotonic() + wait
+        parts: List[Any] = []
+        while True:  # commands do not count as a message: a PING flood must not hold the caller here
+            if not parts and self._pos == len(self._buf):
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._fill(left):
+                    return None
+            flags, body = self._read_frame()
+            if flags & _COMMAND:
+                self._on_command(body)
+                continue
+            parts.append(body)
+            if not flags & _MORE:
+                return parts
+
+    def _on_command(self, body: Any) -> None:
+        name = bytes(body[1:1 + body[0]]) if body else b""
+        if name == b"PING":  # body: name, 2-byte TTL, up to 16 bytes of context to echo back
+            self._send_all(memoryview(_command(b"PONG", bytes(body[7:23]))))
+
+    def _read_frame(self) -> Tuple[int, Any]:
+        flags = self._read_exact(1)[0]
+        if flags & ~(_MORE | _LONG | _COMMAND):
+            raise BgmaskError(PROTOCOL_ERROR, "%s sent a ZMTP frame with unknown flags 0x%02x"
+                              % (self.endpoint, flags))
+        size = struct.unpack(">Q", self._read_exact(8))[0] if flags & _LONG else self._read_exact(1)[0]
+        if size > self.max_frame:
+            raise BgmaskError(PROTOCOL_ERROR, "%s sent a %d-byte frame, more than the %d this client accepts"
+                              % (self.endpoint, size, self.max_frame))
+        if flags & _COMMAND and (flags & _MORE or size == 0):
+            raise BgmaskError(PROTOCOL_ERROR, "%s sent a malformed ZMTP command" % self.endpoint)
+        return flags, self._read_exact(size)
+
+    def _fill(self, wait: float) -> bool:
+        """Append what the socket has to the read buffer, waiting at most `wait`; False if nothing came."""
+        if self._pos:
+            del self._buf[:self._pos]
+            self._pos = 0
+        self._sock.settimeout(wait)
+        try:
+            data = self._sock.recv(_BIG)
+        except socket.timeout:
+            return False
+        except OSError as exc:
+            raise BgmaskError(CONNECTION_LOST, "the connection to the bgmask daemon at %s was lost (%s)"
+                              % (self.endpoint, exc.strerror or exc)) from None
+        if not data:
+            raise BgmaskError(CONNECTION_LOST, "the bgmask daemon at %s closed the connection" % self.endpoint)
+        self._buf += data
+        return True
+
+    def _read_exact(self, n: int) -> Any:
+        """n bytes from the stream: bytes for small reads, a preallocated bytearray for big frames."""
+        available = len(self._buf) - self._pos
+        if n > _BIG and n > available:
+            out = bytearray(n)
+            view = memoryview(out)
+            view[:available] = self._buf[self._pos:]
+            self._buf = bytearray()
+            self._pos = 0
+            got = available
+            self._sock.settimeout(self.timeout)
+            try:
+                while got < n:
+                    count = self._sock.recv_into(view[got:])
+                    if not count:
+                        raise BgmaskError(CONNECTION_LOST, "the bgmask daemon at %s closed the connection in the"
+                                          " middle of a message" % self.endpoint)
+                    got += count
+            except socket.timeout:
+                raise BgmaskError(TIMEOUT, "the bgmask daemon at %s stopped sending for %g s in the middle of a"
+                                  " message" % (self.endpoint, self.timeout)) from None
+            except OSError as exc:
+                raise BgmaskError(CONNECTION_LOST, "the connection to the bgmask daemon at %s was lost (%s)"
+                                  % (self.endpoint, exc.strerror or exc)) from None
+            return out
+        while len(self._buf) - self._pos < n:
+            if not self._fill(self.timeout):
+                raise BgmaskError(TIMEOUT, "the bgmask daemon at %s stopped sending for %g s in the middle of a"
+                                  " message" % (self.endpoint, self.timeout))
+        out = bytes(self._buf[self._pos:self._pos + n])
+        self._pos += n
+        return out
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# pyzmq DEALER with the same interface; a socket monitor turns libzmq's silent reconnects into the same
+# errors the built-in transport raises (refused, handshake failure, connection lost). It uses the
+# process-wide context: terminating a private one from a garbage-collected, never-closed Client can block
+# forever on a socket whose own finaliser has not run yet.
+
+class _PyzmqDealer:
+    def __init__(self, endpoint: str, timeout: float, max_frame: int = _SMALL_REPLY_CAP) -> None:
+        zmq = _zmq
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.max_frame = max_frame  # libzmq allocates frames itself; kept for interface parity
+        self._sock = zmq.Context.instance().socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
+        self._sock.setsockopt(zmq.HANDSHAKE_IVL, int(timeout * 1000))
+        self._monitor = self._sock.get_monitor_socket(
+            zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_DISCONNECTED
+            | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self._connected = False
+        self._ready = False
+        try:
+            _parse_tcp(endpoint)
+            self._sock.connect(endpoint)
+            deadline = time.monotonic() + timeout
+            while not self._ready:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if self._connected:
+                        raise BgmaskError(PROTOCOL_ERROR, "%s accepted the connection but did not complete a ZeroMQ"
+                                          " handshake within %g s; it is not a bgmask daemon, or the daemon is"
+                                          " frozen" % (endpoint, timeout))
+                    raise BgmaskError(NOT_RUNNING, "nothing answers at %s" % endpoint)
+                if self._monitor.poll(int(left * 1000) + 1):
+                    self._on_event()
+        except BaseException:
+            self.close()
+            raise
+
+    def _on_event(self) -> None:
+        zmq = _zmq
+        frames = self._monitor.recv_multipart()
+        event = struct.unpack("=H", frames[0][:2])[0]
+        if event == zmq.EVENT_CONNECTED:
+            self._connected = True
+        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._ready = True
+        elif event == zmq.EVENT_CONNECT_RETRIED and not self._connected:
+            raise BgmaskError(NOT_RUNNING, "nothing answers at %s (connection refused)" % self.endpoint)
+        elif event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                       zmq.EVENT_HANDSHAKE_FAILED_AUTH):
+            raise BgmaskError(PROTOCOL_ERROR, "%s failed the ZeroMQ handshake; is it a bgmask daemon?" % self.endpoint)
+        elif event == zmq.EVENT_DISCONNECTED:
+            if self._ready:
+                raise BgmaskError(CONNECTION_LOST, "the bgmask daemon at %s closed the connection" % self.endpoint)
+            raise BgmaskError(PROTOCOL_ERROR, "%s closed the connection during the ZeroMQ handshake; is it a"
+                              " bgmask daemon?" % self.endpoint)
+
+    def send(self, frames: Sequence[Any]) -> None:
+        try:
+            self._sock.send_multipart(frames, copy=False)
+        except _zmq.Again:
+            raise BgmaskError(TIMEOUT, "the bgmask daemon at %s stopped taking data for %g s"
+                              % (self.endpoint, self.timeout)) from None
+
+    def recv(self, wait: float) -> Optional[List[Any]]:
+        events = dict(self._poller.poll(int(wait * 1000)))
+        if self._sock in events:  # a message that arrived before a disconnect is still delivered
+            return self._sock.recv_multipart()
+        if self._monitor in events:
+            self._on_event()
+        return None
+
+    def close(self) -> None:
+        try:
+            self._sock.disable_monitor()
+        except _zmq.ZMQError:
+            pass
+        self._monitor.close(0)
+        self._sock.close(0)
+
+
+def _connect(transport: str, endpoint: str, timeout: float) -> Any:
+    return (_PyzmqDealer if transport == "pyzmq" else _ZmtpDealer)(endpoint, timeout)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-user directories, computed like platformdirs 4 (user_runtime_dir / user_config_dir with
+# appauthor=False) without importing it, so the plugins find what the daemon wrote.
+
+def _xdg(name: str) -> Optional[str]:
+    value = os.environ.get(name, "")
+    return value if posixpath.isabs(value) else None
+
+
+def _expand_user(path: str) -> str:
+    home = os.environ.get("HOME")
+    if sys.platform != "win32" and home is not None and not posixpath.isabs(home):
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_dir.rstrip("/") + path[1:] or "/"
+    return os.path.expanduser(path)
+
+
+def _geteuid() -> int:
+    return os.geteuid() if hasattr(os, "geteuid") else os.getuid()
+
+
+def _runtime_dir_problem(path: str, missing_ok: bool, check_mode: bool = True) -> bool:
+    """XDG's rule for a runtime dir: a real directory (no symlink), owned by the user, mode 0700."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return not missing_ok
+    except OSError:
+        return True
+    return (stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != _geteuid()
+            or (check_mode and info.st_mode & 0o777 != 0o700))
+
+
+def _runtime_parent_problem(path: str) -> bool:
+    """True if a parent of `path` could be swapped by another user (world-writable without sticky bit)."""
+    shared = False
+    parts = path.rstrip("/").split("/")
+    for i in range(1, len(parts)):
+        parent = "/".join(parts[:i]) or "/"
+        try:
+            if shared and os.lstat(parent).st_uid not in (0, _geteuid()):
+                return True
+            mode = os.stat(parent).st_mode
+        except OSError:
+            return False
+        shared = bool(mode & stat.S_IWOTH)
+        if shared and not mode & stat.S_ISVTX:
+            return True
+    return False
+
+
+def _win_local_appdata() -> str:
+    override = os.environ.get("WIN_PD_OVERRIDE_LOCAL_APPDATA", "").strip()
+    if _win_fully_qualified(override):
+        return override
+    try:
+        return _win_known_folder("{F1B32785-6FBA-4FCF-9D55-7B8E7F157091}")  # FOLDERID_LocalAppData
+    except (OSError, AttributeError, ValueError, ImportError):
+        value = os.environ.get("LOCALAPPDATA")
+        if not value:
+            raise BgmaskError(NOT_RUNNING, "cannot find the Local AppData folder (LOCALAPPDATA is not set)") from None
+        return value
+
+
+def _win_fully_qualified(path: str) -> bool:
+    import ntpath
+
+    drive, tail = ntpath.splitdrive(path.replace("/", "\\"))
+    if drive.startswith("\\\\"):  # UNC: \\server\share
+        return len([p for p in drive[2:].split("\\") if p]) >= 2
+    return bool(drive) and tail.startswith("\\")
+
+
+def _win_known_folder(guid: str) -> str:
+    import ctypes
+    from ctypes import wintypes
+
+    class GUID(ctypes.Structure):
+        _fields_ = [("Data1", wintypes.DWORD), ("Data2", wintypes.WORD), ("Data3", wintypes.WORD),
+                    ("Data4", wintypes.BYTE * 8)]
+
+    folder = GUID()
+    if ctypes.windll.ole32.CLSIDFromString(ctypes.c_wchar_p(guid), ctypes.byref(folder)) != 0:
+        raise OSError("CLSIDFromString failed")
+    path = ctypes.c_wchar_p()
+    try:
+        if ctypes.windll.shell32.SHGetKnownFolderPath(ctypes.byref(folder), 0x4000, None, ctypes.byref(path)) != 0:
+            raise OSError("SHGetKnownFolderPath failed")
+        if not path.value:
+            raise OSError("SHGetKnownFolderPath gave no path")
+        return path.value
+    finally:
+        ctypes.windll.ole32.CoTaskMemFree(path)
+
+
+def runtime_dir() -> str:
+    """Where the daemon writes daemon.json (endpoint, token, pid): $BGMASK_RUNTIME_DIR or platformdirs' choice."""
+    if os.environ.get("BGMASK_RUNTIME_DIR"):
+        return os.environ["BGMASK_RUNTIME_DIR"]
+    if sys.platform == "win32":
+        return os.path.join(os.path.normpath(os.path.join(_win_local_appdata(), "Temp")), APP)
+    xdg = _xdg("XDG_RUNTIME_DIR")
+    if sys.platform == "darwin":
+        if xdg and not _runtime_dir_problem(xdg, missing_ok=True):
+            return os.path.join(xdg, APP)
+        return os.path.join(_expand_user("~/Library/Caches/TemporaryItems"), APP)
+    if xdg and not (_runtime_dir_problem(xdg, missing_ok=True) or _runtime_parent_problem(xdg)):
+        return os.path.join(xdg, APP)
+    if sys.platform.startswith("openbsd"):
+        base = "/tmp/run/user/%d" % _geteuid()
+    elif sys.platform.startswith(("freebsd", "netbsd")):
+        base = "/var/run/user/%d" % _geteuid()
+    else:
+        base = "/run/user/%d" % _geteuid()
+    if _runtime_dir_problem(base, missing_ok=False):
+        import tempfile
+
+        base = posixpath.join(tempfile.gettempdir(), "runtime-%d" % _geteuid())
+    return os.path.join(base, APP)
+
+
+def config_dir() -> str:
+    """Where `bgmask serve` / `bgmask install` record config.json: $BGMASK_CONFIG_DIR or platformdirs' choice."""
+    if os.environ.get("BGMASK_CONFIG_DIR"):
+        return os.environ["BGMASK_CONFIG_DIR"]
+    if sys.platform == "win32":
+        return os.path.join(os.path.normpath(_win_local_appdata()), APP)
+    xdg = _xdg("XDG_CONFIG_HOME")
+    if xdg:
+        return os.path.join(xdg, APP)
+    if sys.platform == "darwin":
+        return os.path.join(_expand_user("~/Library/Application Support"), APP)
+    return os.path.join(_expand_user("~/.config"), APP)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Discovery and auto-start.
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if sys.platform == "win32":
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.GetLastError() == 5  # access denied: it exists
+        try:
+            code = ctypes.c_ulong()
+            return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_runtime_file() -> Optional[Dict[str, Any]]:
+    """The live daemon's runtime file, or None when it is missing, unreadable or left by a dead daemon."""
+    try:
+        with open(os.path.join(runtime_dir(), "daemon.json"), encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(info, dict) and isinstance(info.get("endpoint"), str) and isinstance(info.get("token"), str)
+            and isinstance(info.get("pid"), int) and _pid_alive(info["pid"])):
+        return None
+    return info
+
+
+def _daemon_command() -> List[str]:
+    path = os.path.join(config_dir(), "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            command = json.load(f).get("daemon_command")
+    except (OSError, ValueError, AttributeError):
+        command = None
+    if not (isinstance(command, list) and command and all(isinstance(part, str) for part in command)):
+        raise BgmaskError(NOT_RUNNING, "the bgmask daemon is not running and %s does not say how to start it:"
+                          " run `bgmask install` once, or run `bgmask serve` in a terminal" % path)
+    return command
+
+
+def _log_tail(path: str, lines: int = 5) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+
+class _SpawnLock:
+    """An exclusive lock on <runtime dir>/spawn.lock, so two plugins asking at once start one daemon."""
+
+    def __init__(self, path: str, deadline: float) -> None:
+        self.path = path
+        self.deadline = deadline
+
+    def __enter__(self) -> "_SpawnLock":
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        while True:
+            try:
+                self._lock(True)
+                return self
+            except OSError:
+                if time.monotonic() > self.deadline:
+                    os.close(self.fd)
+                    raise BgmaskError(NOT_RUNNING, "another program has been starting the bgmask daemon for too"
+                                      " long (%s is locked); run `bgmask serve` in a terminal" % self.path) from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._lock(False)
+        finally:
+            os.close(self.fd)
+
+    def _lock(self, acquire: bool) -> None:
+        if sys.platform == "win32":
+            import msvcrt
+
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            msvcrt.locking(self.fd, msvcrt.LK_NBLCK if acquire else msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(self.fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if acquire else fcntl.LOCK_UN)
+
+
+def _detached() -> Dict[str, Any]:
+    """Popen arguments that let the daemon outlive the editor and never open a console window."""
+    if sys.platform == "win32":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | 0x08000000}  # CREATE_NO_WINDOW
+    return {"start_new_session": True}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The client.
+
+class Client:
+    """A connection to the per-user bgmask daemon, opened (and the daemon started) on first use.
+
+    endpoint/token default to $BGMASK_ENDPOINT/$BGMASK_TOKEN, else the daemon's runtime file; with an
+    explicit endpoint nothing is auto-started. `timeout` is an inactivity timeout in seconds. transport
+    is "auto" (pyzmq when pyzmq and msgpack import, else built-in), "pyzmq" or "builtin".
+    """
+
+    def __init__(self, endpoint: Optional[str] = None, token: Optional[str] = None, timeout: float = 30.0,
+                 autostart: bool = True, transport: str = "auto") -> None:
+        if transport not in ("auto", "pyzmq", "builtin"):
+            raise ValueError("transport must be 'auto', 'pyzmq' or 'builtin', not %r" % (transport,))
+        if transport == "pyzmq" and not HAVE_PYZMQ:
+            raise ImportError("transport 'pyzmq' needs the pyzmq and msgpack packages")
+        self.transport = transport if transport != "auto" else ("pyzmq" if HAVE_PYZMQ else "builtin")
+        self.timeout = float(timeout)
+        self.autostart = autostart
+        self.endpoint = endpoint or os.environ.get("BGMASK_ENDPOINT") or None
+        self._explicit = self.endpoint is not None
+        self._token_arg = token if token is not None else os.environ.get("BGMASK_TOKEN")
+        self._token: Optional[str] = None
+        self._conn: Any = None
+        self._hello: Dict[str, Any] = {}
+        self._ids = 0
+        self._heard = False  # whether the daemon has sent anything about the request in flight
+        self._fresh = False  # whether the connection was opened for the call now running
+        self._lock = threading.RLock()
+        self._cancel = threading.Event()
+        self._pack = _msgpack.packb if self.transport == "pyzmq" else _packb
+        self._unpack = (lambda data: _msgpack.unpackb(data, raw=False)) if self.transport == "pyzmq" else _unpackb
+
+    # -- public API ---------------------------------------------------------------------------------
+
+    def hello(self) -> Dict[str, Any]:
+        """protocol, version, capabilities, max_message_bytes, max_pixels, provider, device, default_model."""
+        return self._call("hello", {})[0]
+
+    def status(self) -> Dict[str, Any]:
+        return self._call("status", {})[0]
+
+    def models(self) -> List[Dict[str, Any]]:
+        return self._call("models", {})[0]["models"]
+
+    def pull(self, model: str, on_progress: Optional[Callable[[str, Optional[float]], None]] = None) -> Dict[str, Any]:
+        """Download `model` into the daemon's cache (progress stage "downloading")."""
+        return self._call("pull", {"model": model}, on_progress=on_progress)[0]
+
+    def shutdown(self) -> None:
+        """Ask the daemon to finish its running job and exit."""
+        try:
+            self._call("shutdown", {})
+        finally:
+            self.close()
+
+    def cancel(self) -> None:
+        """Cancel the remove in flight on this client; safe to call from any thread."""
+        self._cancel.set()
+
+    def remove(self, pixels: Any, width: int, height: int, channels: int, sample_type: str, linear: bool = False,
+               model: Optional[str] = None, options: Optional[Dict[str, Any]] = None, out_sample_type: str = "u8",
+               stride: Optional[int] = None, on_progress: Optional[Callable[[str, Optional[float]], None]] = None,
+               cancel: Optional[Callable[[], bool]] = None) -> bytes:
+        """The soft mask of `pixels`: height rows of width samples of out_sample_type, 1.0/max = foreground."""
+        return self.remove_full(pixels, width, height, channels, sample_type, linear, model, options,
+                                out_sample_type, stride, on_progress, cancel).mask
+
+    def remove_full(self, pixels: Any, width: int, height: int, channels: int, sample_type: str,
+                    linear: bool = False, model: Optional[str] = None, options: Optional[Dict[str, Any]] = None,
+                    out_sample_type: str = "u8", stride: Optional[int] = None,
+                    on_progress: Optional[Callable[[str, Optional[float]], None]] = None,
+                    cancel: Optional[Callable[[], bool]] = None) -> RemoveResult:
+        """Like remove(), also returning the reply header (model, timings, ...) and any extra data frames."""
+        view = _check_image(pixels, width, height, channels, sample_type, stride)
+        image = {"width": width, "height": height, "channels": channels, "sample_type": sample_type,
+                 "linear": bool(linear)}
+        if stride is not None:
+            image["stride"] = stride
+        fields = {"image": image, "model": model, "options": dict(options or {}),
+                  "output": {"sample_type": out_sample_type}}
+        self._cancel.clear()
+        with self._lock:
+            self._connection()
+            max_pixels, max_bytes = _limit(self._hello, "max_pixels"), _limit(self._hello, "max_message_bytes")
+            if max_pixels is not None and width * height > max_pixels:
+                raise BgmaskError(TOO_LARGE, "The image has {:,} pixels; this daemon accepts at most {:,}."
+                                  .format(width * height, max_pixels))
+            if max_bytes is not None and view.nbytes > max_bytes:
+                raise BgmaskError(TOO_LARGE, "The image needs {:,} bytes; this daemon accepts at most {:,} per message."
+                                  .format(view.nbytes, max_bytes))
+            # The mask, and at most a colour frame of 3 f32 channels: nothing bigger is ever allocated.
+            reply_cap = max(_SMALL_REPLY_CAP, width * height * 12)
+            header, frames = self._call("remove", fields, [view], on_progress, cancel, reply_cap)
+        size = MASK_SAMPLE_SIZES.get(out_sample_type, 0) * width * height
+        if not frames or len(frames[0]) != size:
+            self.close()
+            raise BgmaskError(PROTOCOL_ERROR, "the daemon's mask has %s bytes, expected %d"
+                              % (len(frames[0]) if frames else "no", size))
+        return RemoveResult(bytes(frames[0]), header, [bytes(f) for f in frames[1:]])
+
+    def close(self) -> None:
+        """Drop the connection; the next call reconnects (re-reading the runtime file)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            if not self._explicit:
+                self.endpoint = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- requests -----------------------------------------------------------------------------------
+
+    def _call(self, op: str, fields: Dict[str, Any], frames: Sequence[memoryview] = (),
+              on_progress: Optional[Callable[[str, Optional[float]], None]] = None,
+              cancel: Optional[Callable[[], bool]] = None,
+              reply_cap: int = _SMALL_REPLY_CAP) -> Tuple[Dict[str, Any], List[Any]]:
+        with self._lock:
+            start = op != "shutdown"  # never start a daemon just to stop it
+            while True:
+                reused = self._conn is not None and not self._fresh
+                try:
+                    return self._exchange(self._connection(start), op, fields, frames, on_progress, cancel,
+                                          reply_cap)
+                except BgmaskError as exc:
+                    # A connection kept from an earlier call may lead to a daemon that has since exited (and
+                    # maybe been restarted elsewhere). If it failed before the daemon said anything about this
+                    # request, find the daemon again and try once more (on a fresh connection: no third try).
+                    if not (reused and exc.code == CONNECTION_LOST and not self._heard):
+                        raise
+                finally:
+                    self._fresh = False
+
+    def _exchange(self, conn: Any, op: str, fields: Dict[str, Any], frames: Sequence[memoryview],
+                  on_progress: Optional[Callable[[str, Optional[float]], None]],
+                  cancel: Optional[Callable[[], bool]],
+                  reply_cap: int = _SMALL_REPLY_CAP) -> Tuple[Dict[str, Any], List[Any]]:
+        """One request and its final answer; reply_cap bounds what a reply frame may claim (and allocate)."""
+        conn.max_frame = reply_cap
+        self._ids += 1
+        rid = self._ids
+        self._heard = False
+        header = dict(fields, v=PROTOCOL, id=rid, token=self._token or "", op=op)
+        try:
+            conn.send([self._pack(header)] + list(frames))
+            return self._wait(conn, rid, on_progress, cancel if op == "remove" else None, op == "remove")
+        except BgmaskError as exc:
+            if exc.code in (TIMEOUT, CONNECTION_LOST, PROTOCOL_ERROR):
+                self.close()
+            raise
+        except BaseException:  # a callback raised, or KeyboardInterrupt: the reply would arrive to nobody
+            self.close()
+            raise
+
+    def _wait(self, conn: Any, rid: int, on_progress: Optional[Callable[[str, Optional[float]], None]],
+              cancel: Optional[Callable[[], bool]], cancellable: bool) -> Tuple[Dict[str, Any], List[Any]]:
+        deadline = time.monotonic() + self.timeout
+        cancel_sent = False
+        while True:
+            if cancellable and not cancel_sent and (self._cancel.is_set() or (cancel is not None and cancel())):
+                self._ids += 1
+                conn.send([self._pack({"v": PROTOCOL, "id": self._ids, "token": self._token or "", "op": "cancel",
+                                       "target": rid})])
+                cancel_sent = True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BgmaskError(TIMEOUT, "the bgmask daemon at %s sent nothing for %g s; it may be hung (stop it"
+                                  " and run `bgmask serve`)" % (conn.endpoint, self.timeout))
+            message = conn.recv(min(_POLL_S, left))
+            if message is None:
+                continue
+            header = self._decode(message[0])
+            if header.get("id") != rid:
+                if header.get("id") is None and header.get("type") == "error":
+                    raise _error_from(header)  # the daemon could not read our request at all
+                continue  # the cancel's own reply, or a late answer to an abandoned request: not a sign of life
+            deadline = time.monotonic() + self.timeout
+            self._heard = True
+            kind = header.get("type")
+            if kind == "progress":
+                stage, fraction = _progress(header)
+                if on_progress is not None:
+                    on_progress(stage, fraction)
+                continue
+            if kind == "error":
+                raise _error_from(header)
+            if cancel_sent:  # the result was ready before our cancel arrived; the user asked to drop it
+                raise BgmaskError(CANCELLED, "the request was cancelled")
+            if kind == "reply":
+                return {k: v for k, v in header.items() if k not in ("v", "id", "type")}, message[1:]
+            raise BgmaskError(PROTOCOL_ERROR, "the daemon sent a message of unknown type %r" % (kind,))
+
+    def _decode(self, frame: Any) -> Dict[str, Any]:
+        try:
+            header = self._unpack(frame)
+        except Exception:
+            header = None
+        if not isinstance(header, dict):
+            raise BgmaskError(PROTOCOL_ERROR, "%s sent a message that is not a msgpack map; is it a bgmask daemon?"
+                              % self.endpoint)
+        return header
+
+    # -- connecting ---------------------------------------------------------------------------------
+
+    def _connection(self, start: bool = True) -> Any:
+        if self._conn is not None:
+            return self._conn
+        if self._explicit:
+            self._open(self.endpoint, self._token_arg)
+            return self._conn
+        info = _read_runtime_file()
+        if info is not None:
+            try:
+                self._open(info["endpoint"], self._token_arg if self._token_arg is not None else info["token"])
+                return self._conn
+            except BgmaskError as exc:
+                if exc.code != NOT_RUNNING:
+                    raise
+        if not (self.autostart and start):
+            raise BgmaskError(NOT_RUNNING, "the bgmask daemon is not running: run `bgmask serve` in a terminal")
+        self._start_daemon()
+        return self._conn
+
+    def _open(self, endpoint: str, token: Optional[str]) -> None:
+        """Connect and say hello, which proves a bgmask daemon is there and tells us its limits."""
+        conn = _connect(self.transport, endpoint, self.timeout)
+        self.endpoint, self._token, self._hello = endpoint, token, {}
+        try:
+            self._hello = self._exchange(conn, "hello", {}, (), None, None)[0]
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._fresh = conn, True
+
+    def _start_daemon(self) -> None:
+        rdir = runtime_dir()
+        os.makedirs(rdir, mode=0o700, exist_ok=True)
+        deadline = time.monotonic() + max(self.timeout, _START_TIMEOUT_S)
+        with _SpawnLock(os.path.join(rdir, "spawn.lock"), deadline):
+            info = _read_runtime_file()  # whoever held the lock before us may have started it
+            if info is not None:
+                try:
+                    self._open(info["endpoint"], self._token_arg if self._token_arg is not None else info["token"])
+                    return
+                except BgmaskError as exc:
+                    if exc.code != NOT_RUNNING:
+                        raise
+            command = _daemon_command()
+            log_path = os.path.join(rdir, "daemon.log")
+            try:
+                with open(log_path, "ab") as log:
+                    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                            close_fds=True, **_detached())
+            except OSError as exc:
+                raise BgmaskError(NOT_RUNNING, "could not start the bgmask daemon with %s (%s): run `bgmask install`"
+                                  " again, or `bgmask serve` in a terminal" % (command, exc)) from None
+            while time.monotonic() < deadline:
+                info = _read_runtime_file()
+                if info is not None:
+                    try:
+                        self._open(info["endpoint"], self._token_arg if self._token_arg is not None else info["token"])
+                        return
+                    except BgmaskError as exc:
+                        if exc.code != NOT_RUNNING:
+                            raise
+                elif proc.poll() is not None:
+                    raise BgmaskError(NOT_RUNNING, "the bgmask daemon exited with status %s right after starting"
+                                      " (log %s: %s); run `bgmask serve` in a terminal to see why"
+                                      % (proc.returncode, log_path, _log_tail(log_path)))
+                time.sleep(_POLL_S)
+        raise BgmaskError(NOT_RUNNING, "the bgmask daemon did not come up within %g s (log %s: %s); run `bgmask"
+                          " serve` in a terminal to see why" % (max(self.timeout, _START_TIMEOUT_S), log_path,
+                                                                  _log_tail(log_path)))
+
+
+def _limit(hello: Dict[str, Any], key: str) -> Optional[int]:
+    """A size limit from hello, or None when the daemon sent none that makes sense."""
+    value = hello.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _progress(header: Dict[str, Any]) -> Tuple[str, Optional[float]]:
+    """(stage, fraction) of a progress message, typed for the caller's callback; fraction clamped to [0, 1]."""
+    stage, fraction = header.get("stage"), header.get("fraction")
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))):
+        fraction = float("nan")
+    if not isinstance(stage, str) or (fraction is not None and fraction != fraction):
+        raise BgmaskError(PROTOCOL_ERROR, "the daemon sent a malformed progress message")
+    return stage, None if fraction is None else min(1.0, max(0.0, float(fraction)))
+
+
+def _error_from(header: Dict[str, Any]) -> BgmaskError:
+    error = header.get("error")
+    if not (isinstance(error, dict) and isinstance(error.get("code"), str)):
+        return BgmaskError(PROTOCOL_ERROR, "the daemon sent an error message without an error code")
+    return BgmaskError(error["code"], str(error.get("message", error["code"])))
+
+
+def _check_image(pixels: Any, width: int, height: int, channels: int, sample_type: str,
+                 stride: Optional[int]) -> memoryview:
+    """The pixels as flat bytes, after the daemon's own checks in its own words (protocol.parse_image), so a
+    malformed request fails before hundreds of megabytes are sent."""
+    for key, value in (("width", width), ("height", height), ("channels", channels)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BgmaskError(BAD_IMAGE, "image.%s must be an integer, got %r." % (key, value))
+    if width <= 0 or height <= 0:
+        raise BgmaskError(BAD_IMAGE, "The image size %dx%d is not valid; both sides must be positive." % (width, height))
+    if channels not in CHANNEL_NAMES:
+        raise BgmaskError(BAD_IMAGE, "image.channels must be 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA), got %d."
+                          % channels)
+    if sample_type not in SAMPLE_SIZES:
+        raise BgmaskError(BAD_IMAGE, "image.sample_type must be one of u8, u16, f16, f32, got %r." % (sample_type,))
+    row = width * channels * SAMPLE_SIZES[sample_type]
+    if stride is None:
+        stride = row
+    elif isinstance(stride, bool) or not isinstance(stride, int) or stride < row:
+        raise BgmaskError(BAD_IMAGE, "image.stride must be an integer of at least %d bytes (width x channels x sample"
+                          " size), got %r." % (row, stride))
+    try:
+        view = memoryview(pixels).cast("B")
+    except (TypeError, ValueError) as exc:
+        raise BgmaskError(BAD_IMAGE, "The pixels must be a contiguous bytes-like object (%s)." % exc) from None
+    if view.nbytes not in (stride * height, stride * (height - 1) + row):
+        raise BgmaskError(BAD_IMAGE, "The pixel frame has {:,} bytes, but a {}x{} {} {} image with a {}-byte stride"
+                          " needs {:,}.".format(view.nbytes, width, height, CHANNEL_NAMES[channels], sample_type,
+                                                stride, stride * height))
+    return view

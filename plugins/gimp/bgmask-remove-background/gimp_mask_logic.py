@@ -1,0 +1,362 @@
+"""The GIMP plug-in's logic, kept apart from its registration so that it can be tested without GIMP.
+
+Everything here talks to GIMP only through the `Gimp` and `Gegl` modules handed in by the caller
+(the plug-in passes the real ones, the unit tests a fake), and to the daemon only through a
+`bgmask_client.Client`. The plug-in does no numeric work of its own (GIMP's Python may lack numpy):
+pixels go out as the bytes GIMP gives, masks come back as bytes and are written as they are. Where a
+mask must be limited, GIMP's channel operations do it: the result is written into a temporary channel,
+and gimp-channel-combine-masks INTERSECT (the minimum of the two) limits it to the selection or to an
+existing mask. For a feathered selection that is min(mask, selection) rather than a product; for the
+usual hard selection the two are the same.
+
+Nothing changes before every daemon request has succeeded; then all changes go through undoable
+operations (add/remove mask, insert layer, combine masks into an attached channel) inside one undo
+group. Writing straight into the buffer of a drawable that belongs to the image is avoided: GIMP does
+not record such writes for undo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import bgmask_client
+
+OUTPUT_MASK = "mask"
+OUTPUT_SELECTION = "selection"
+OUTPUT_NEW_LAYER = "new-layer"
+# (nick, label, help) for the procedure's "output" choice argument; the first entry is the default.
+OUTPUT_CHOICES = (
+    (OUTPUT_MASK, "Layer mask", "Add a layer mask to the layer (white = keep); the pixels stay as they are"),
+    (OUTPUT_SELECTION, "Selection", "Select the subject instead of masking the layer"),
+    (OUTPUT_NEW_LAYER, "New layer with mask", "Add a masked copy above the layer; the layer stays as it was"),
+)
+
+EXISTING_REPLACE = "replace"
+EXISTING_INTERSECT = "intersect"
+EXISTING_CANCEL = "cancel"
+EXISTING_CHOICES = (
+    (EXISTING_REPLACE, "Replace it", "Discard the layer's mask and add the new one"),
+    (EXISTING_INTERSECT, "Intersect with it", "Keep only what both the old and the new mask keep"),
+    (EXISTING_CANCEL, "Cancel", "Change nothing and say so"),
+)
+
+# With a selection active the model sees the selection's bounds plus this much context on every side
+# (a fraction of the larger side, at least MIN_CONTEXT_PADDING pixels): small subjects then get more of
+# the model's resolution, and the subject's edges are not cut at the crop. Until the daemon takes a
+# `region` (issue 7) the crop is made here, by choosing which rectangle of the layer to read.
+CONTEXT_PADDING = 0.15
+MIN_CONTEXT_PADDING = 16
+
+STAGE_TEXT = {
+    "queued": "Waiting for the bgmask daemon",
+    "downloading": "Downloading the model",
+    "loading": "Loading the model",
+    "inferring": "Finding the subject",
+    "refining": "Refining the edges",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The procedure's arguments, as the dialog or a PDB caller set them."""
+
+    model: str = ""  # empty: the daemon's default model
+    output: str = OUTPUT_MASK
+    refine: bool = True
+    existing_mask: str = EXISTING_REPLACE
+
+
+class PluginError(Exception):
+    """A failure meant for the user. Raised before the image is touched, so it is left as it was.
+
+    `cancelled` marks an outcome the user chose (existing mask + "cancel", a cancelled request), which
+    the plug-in reports as a cancel rather than an error.
+    """
+
+    def __init__(self, message: str, cancelled: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.cancelled = cancelled
+
+
+@dataclass(frozen=True)
+class Rect:
+    x: int
+    y: int
+    w: int
+    h: int
+
+    def intersect(self, other: "Rect") -> Optional["Rect"]:
+        x0, y0 = max(self.x, other.x), max(self.y, other.y)
+        x1, y1 = min(self.x + self.w, other.x + other.w), min(self.y + self.h, other.y + other.h)
+        return Rect(x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
+
+
+@dataclass(frozen=True)
+class SampleFormat:
+    """A babl format name and what the protocol calls the same bytes."""
+
+    babl: str  # e.g. "R'G'B'A u16", "Y float"
+    channels: int
+    sample_type: str  # protocol sample type: u8, u16, f16, f32
+    linear: bool
+
+
+# GIMP precision component -> (babl type, protocol type) for the layer's pixels and for the mask.
+# The protocol has no 32-bit integer or double samples: u32 and double layers are read as "float"
+# (f32), which holds every u32 value to 24 bits, more than any model or mask can use. Masks come back
+# as u8, u16 or f32; babl turns f32 into a half, u32 or double mask when it is written.
+_PIXEL_TYPES = {"u8": ("u8", "u8"), "u16": ("u16", "u16"), "u32": ("float", "f32"),
+                "half": ("half", "f16"), "float": ("float", "f32"), "double": ("float", "f32")}
+_MASK_TYPES = {"u8": ("u8", "u8"), "u16": ("u16", "u16"), "u32": ("float", "f32"),
+               "half": ("float", "f32"), "float": ("float", "f32"), "double": ("float", "f32")}
+
+
+def split_precision(nick: str) -> Tuple[str, bool]:
+    """'u16-linear' -> ('u16', True); 'u8-non-linear' and 'half-perceptual' -> (..., False)."""
+    component, _, trc = nick.partition("-")
+    if component not in _PIXEL_TYPES or trc not in ("linear", "non-linear", "perceptual"):
+        raise PluginError(f"Unsupported image precision '{nick}'.")
+    return component, trc == "linear"
+
+
+def pixel_format(base_type: str, has_alpha: bool, precision: str) -> SampleFormat:
+    """How a layer's pixels are read: in the image's own precision and encoding, so the daemon sees
+    exactly the samples the user sees. Indexed layers are read as 8-bit RGB(A) for the request only.
+
+    `base_type` is the Gimp.ImageBaseType nick ('rgb', 'gray', 'indexed'), `precision` the
+    Gimp.Precision nick. Perceptual and non-linear images use the primed (') babl formats with
+    linear=False, linear images the plain ones with linear=True.
+    """
+    component, linear = split_precision(precision)
+    if base_type == "indexed":
+        component, linear = "u8", False
+    elif base_type not in ("rgb", "gray"):
+        raise PluginError(f"Unsupported image mode '{base_type}'.")
+    names = "RGB" if base_type in ("rgb", "indexed") else "Y"
+    prime = "" if linear else "'"
+    babl_type, sample_type = _PIXEL_TYPES[component]
+    model = "".join(c + prime for c in names) + ("A" if has_alpha else "")
+    return SampleFormat(f"{model} {babl_type}", len(names) + has_alpha, sample_type, linear)
+
+
+def mask_format(precision: str) -> SampleFormat:
+    """How the mask is requested and written: linear "Y" in the mask's own precision, which is the
+    layer mask's native format, so no precision is lost and nothing is re-encoded."""
+    component, _ = split_precision(precision)
+    babl_type, sample_type = _MASK_TYPES[component]
+    return SampleFormat(f"Y {babl_type}", 1, sample_type, True)
+
+
+def context_crop(layer: Rect, selection: Optional[Rect]) -> Optional[Rect]:
+    """The layer-local rectangle to send: the whole layer, or, with a selection, the part of the layer
+    under the selection's bounds grown by the context padding. None if the selection misses the layer.
+
+    `layer` and `selection` are in image coordinates (the layer's offsets and size)."""
+    if selection is None:
+        return Rect(0, 0, layer.w, layer.h)
+    under = layer.intersect(selection)
+    if under is None:
+        return None
+    pad = max(MIN_CONTEXT_PADDING, round(CONTEXT_PADDING * max(under.w, under.h)))
+    grown = Rect(under.x - pad, under.y - pad, under.w + 2 * pad, under.h + 2 * pad).intersect(layer)
+    assert grown is not None
+    return Rect(grown.x - layer.x, grown.y - layer.y, grown.w, grown.h)
+
+
+def user_message(error: Exception, settings: Settings) -> str:
+    """A sentence that says what went wrong and what to do about it."""
+    code = getattr(error, "code", "")
+    detail = getattr(error, "message", str(error))
+    model = settings.model or "the default model"
+    hints = {
+        "unknown_model": f"There is no model called '{settings.model}'. Leave the model empty for the "
+                         "default one, or run `bgmask models` to see the names.",
+        "model_unavailable": f"The model {model} could not be downloaded or loaded ({detail}). Check the "
+                             "internet connection, or fetch it once with `bgmask pull`, then try again.",
+        "too_large": f"The layer is too large for the bgmask daemon ({detail}). Select a smaller area, "
+                     "scale the image down, or raise the daemon's limits (`bgmask serve --help`).",
+        "busy": "The bgmask daemon is busy with other images. Try again in a moment.",
+        "device_unavailable": f"{detail} Start the daemon without `--device gpu` to use the CPU.",
+        "shutting_down": "The bgmask daemon is shutting down. Try again once it has restarted.",
+        "unauthorized": "The bgmask daemon refused the request (wrong token). Restart it with "
+                        "`bgmask stop` and try again.",
+        "not_running": f"The bgmask daemon is not running and could not be started ({detail}). Start it "
+                       "with `bgmask serve` in a terminal, or run `bgmask install` again so that GIMP can "
+                       "start it.",
+        "timeout": f"The bgmask daemon stopped answering ({detail}). Nothing was changed.",
+        "connection_lost": "The bgmask daemon went away during the request (it may have crashed). Run "
+                           "`bgmask serve` in a terminal to see why, then try again.",
+    }
+    return hints.get(code, f"Removing the background failed: {detail} Nothing was changed.")
+
+
+class ProgressFeed:
+    """Feeds the daemon's progress messages into GIMP's progress bar. With several layers the bar
+    covers them all; the stage text says what the daemon is doing, so a long model download or a
+    queue wait is not mistaken for a hang."""
+
+    def __init__(self, gimp: Any, jobs: int) -> None:
+        self._gimp = gimp
+        self._jobs = jobs
+        self._index = 0
+        gimp.progress_init("Removing the background")
+
+    def start(self, index: int) -> None:
+        self._index = index
+        self._gimp.progress_update(index / self._jobs)
+
+    def __call__(self, stage: str, fraction: Optional[float]) -> None:
+        """bgmask_client's on_progress callback."""
+        text = STAGE_TEXT.get(stage, "Removing the background")
+        if self._jobs > 1:
+            text += f" (layer {self._index + 1} of {self._jobs})"
+        self._gimp.progress_set_text(text)
+        if fraction is None:
+            self._gimp.progress_pulse()
+        else:
+            self._gimp.progress_update((self._index + fraction) / self._jobs)
+
+
+@dataclass
+class Job:
+    layer: Any
+    crop: Rect  # layer-local
+    mask: bytes = b""
+
+
+def selected_layers(drawables: Sequence[Any]) -> List[Any]:
+    """The layers to work on; masks and channels cannot take a layer mask, so they are refused."""
+    if not drawables:
+        raise PluginError("Select a layer first.")
+    for drawable in drawables:
+        if not drawable.is_layer():
+            raise PluginError(f"'{drawable.get_name()}' is not a layer. Select the layer itself "
+                              "(not its mask or a channel) and try again.")
+    return list(drawables)
+
+
+def selection_bounds(gimp: Any, image: Any) -> Optional[Rect]:
+    """The selection's bounding box in image coordinates, or None when nothing is selected."""
+    _, non_empty, x1, y1, x2, y2 = gimp.Selection.bounds(image)
+    return Rect(x1, y1, x2 - x1, y2 - y1) if non_empty else None
+
+
+def layer_rect(layer: Any) -> Rect:
+    _, x, y = layer.get_offsets()
+    return Rect(x, y, layer.get_width(), layer.get_height())
+
+
+def remove_background(gimp: Any, gegl: Any, image: Any, drawables: Sequence[Any], settings: Settings,
+                      make_client: Callable[[], Any]) -> None:
+    """Run the whole operation: check, read, ask the daemon, then change the image in one undo step.
+
+    `make_client` returns a bgmask_client.Client; it is called only once the checks have passed.
+
+    Every check and every daemon request happens before the image is touched, so a failure (or a
+    cancel from GIMP's progress bar, which ends this process) leaves the image exactly as it was.
+    """
+    layers = selected_layers(drawables)
+    if settings.output != OUTPUT_SELECTION and settings.existing_mask == EXISTING_CANCEL:
+        for layer in layers:
+            if layer.get_mask() is not None:
+                raise PluginError(f"Layer '{layer.get_name()}' already has a mask; nothing was changed. "
+                                  "Choose 'Replace it' or 'Intersect with it' to use the new mask.",
+                                  cancelled=True)
+    selection = selection_bounds(gimp, image)
+    precision = image.get_precision().value_nick
+    out = mask_format(precision)
+    jobs = []
+    for layer in layers:
+        crop = context_crop(layer_rect(layer), selection)
+        if crop is None:
+            raise PluginError(f"The selection does not overlap layer '{layer.get_name()}'. Select part "
+                              "of that layer, or Select > None to use all of it.")
+        jobs.append(Job(layer, crop))
+
+    progress = ProgressFeed(gimp, len(jobs))
+    try:
+        client = make_client()
+        for index, job in enumerate(jobs):
+            progress.start(index)
+            fmt = pixel_format(image.get_base_type().value_nick, job.layer.has_alpha(), precision)
+            rect = gegl.Rectangle.new(job.crop.x, job.crop.y, job.crop.w, job.crop.h)
+            pixels = job.layer.get_buffer().get(rect, 1.0, fmt.babl, gegl.AbyssPolicy.CLAMP)
+            job.mask = client.remove(bytes(pixels), job.crop.w, job.crop.h, fmt.channels, fmt.sample_type,
+                                     linear=fmt.linear, model=settings.model or None,
+                                     options={"refine": settings.refine}, out_sample_type=out.sample_type,
+                                     on_progress=progress)
+    except bgmask_client.BgmaskError as error:
+        raise PluginError(user_message(error, settings), cancelled=error.code == "cancelled") from error
+    # From here on the image changes; ending the progress removes its cancel button, so a cancel can
+    # no longer stop this process half-way through the undo group.
+    gimp.progress_end()
+
+    image.undo_group_start()
+    try:
+        if settings.output == OUTPUT_SELECTION:
+            _select(gimp, gegl, image, jobs, out, selection is not None)
+        else:
+            for job in jobs:
+                _add_mask(gimp, gegl, image, job, out, settings, selection is not None)
+    finally:
+        image.undo_group_end()
+
+
+def _result_channel(gimp: Any, gegl: Any, image: Any, job: Job, out: SampleFormat) -> Any:
+    """A layer-sized, unattached channel holding the mask in the crop and 0 around it. Channels are
+    created in the image's precision, so copying one into a layer mask loses nothing."""
+    channel = gimp.Channel.new(image, "bgmask result", job.layer.get_width(), job.layer.get_height(),
+                               100.0, gegl.Color.new("black"))
+    buffer = channel.get_buffer()
+    buffer.set(gegl.Rectangle.new(job.crop.x, job.crop.y, job.crop.w, job.crop.h), out.babl, job.mask)
+    buffer.flush()  # the core reads the channel next (combine_masks): push the tiles out first
+    return channel
+
+
+def _add_mask(gimp: Any, gegl: Any, image: Any, job: Job, out: SampleFormat, settings: Settings,
+              has_selection: bool) -> None:
+    layer = job.layer
+    if settings.output == OUTPUT_NEW_LAYER:
+        copy = layer.copy()
+        image.insert_layer(copy, layer.get_parent(), image.get_item_position(layer))
+        copy.set_name(f"{layer.get_name()} (subject)")
+        layer = copy
+    result = _result_channel(gimp, gegl, image, job, out)
+    try:
+        if has_selection:  # 0 outside the selection, and feathered selections stay feathered
+            _, x, y = layer.get_offsets()
+            result.combine_masks(image.get_selection(), gimp.ChannelOps.INTERSECT, -x, -y)
+        existing = layer.get_mask()
+        if existing is not None and settings.existing_mask == EXISTING_INTERSECT:
+            existing.combine_masks(result, gimp.ChannelOps.INTERSECT, 0, 0)
+        else:
+            if existing is not None:
+                layer.remove_mask(gimp.MaskApplyMode.DISCARD)
+            mask = layer.create_mask(gimp.AddMaskType.BLACK)
+            layer.add_mask(mask)
+            mask.combine_masks(result, gimp.ChannelOps.ADD, 0, 0)
+    finally:
+        result.delete()
+
+
+def _select(gimp: Any, gegl: Any, image: Any, jobs: Sequence[Job], out: SampleFormat,
+            has_selection: bool) -> None:
+    """The union of the layers' masks becomes the selection; an active selection limits it."""
+    union = gimp.Channel.new(image, "bgmask subject", image.get_width(), image.get_height(), 100.0,
+                             gegl.Color.new("black"))
+    try:
+        for job in jobs:
+            result = _result_channel(gimp, gegl, image, job, out)
+            try:
+                _, x, y = job.layer.get_offsets()
+                union.combine_masks(result, gimp.ChannelOps.ADD, x, y)
+            finally:
+                result.delete()
+        if not has_selection:
+            gimp.Selection.all(image)
+        image.get_selection().combine_masks(union, gimp.ChannelOps.INTERSECT, 0, 0)
+    finally:
+        union.delete()
+

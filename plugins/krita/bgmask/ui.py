@@ -1,0 +1,371 @@
+"""The Krita side: a "Background Removal" docker, a Layer-menu action, and the thread that talks to the daemon.
+
+One Controller per Krita process runs at most one request at a time; every docker (one per window)
+and the menu action go through it. Requests run in a QThread, results are applied on the UI thread
+(queued signals), and errors are shown in the docker and in a message box.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, List, Optional
+
+from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Extension, Krita
+from PyQt5.QtCore import QObject, QThread, Qt, pyqtSignal
+from PyQt5.QtGui import QIcon
+from PyQt5.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QMessageBox,
+                             QProgressBar, QPushButton, QToolButton, QVBoxLayout, QWidget)
+
+from . import core
+
+DOCKER_ID = "bgmask_docker"
+ACTION_ID = "bgmask_remove_background"
+SETTINGS_GROUP = "bgmask"
+STAGES = {"queued": "Waiting in the daemon's queue", "downloading": "Downloading the model",
+          "loading": "Loading the model", "inferring": "Finding the subject", "refining": "Refining edges",
+          "connecting": "Connecting to the daemon"}
+
+
+def _client_module() -> Any:
+    """bgmask_client.py is copied into this package by `bgmask install --krita`."""
+    try:
+        from . import bgmask_client
+    except ImportError as exc:
+        raise core.PluginError("bgmask_client.py is missing from the plugin folder; "
+                               f"reinstall the plugin with `bgmask install --krita` ({exc}).") from exc
+    return bgmask_client
+
+
+def _make_client(autostart: bool) -> Any:
+    """A client for the user's daemon: $BGMASK_ENDPOINT/$BGMASK_TOKEN (never auto-started) or the runtime file."""
+    return _client_module().Client(autostart=autostart)
+
+
+def load_settings() -> core.Settings:
+    app = Krita.instance()
+    output = app.readSetting(SETTINGS_GROUP, "output", core.OUTPUT_MASK)
+    return core.Settings(model=app.readSetting(SETTINGS_GROUP, "model", "") or None,
+                         output=output if output in core.OUTPUTS else core.OUTPUT_MASK,
+                         refine=app.readSetting(SETTINGS_GROUP, "refine", "true") != "false")
+
+
+def save_settings(settings: core.Settings) -> None:
+    app = Krita.instance()
+    app.writeSetting(SETTINGS_GROUP, "model", settings.model or "")
+    app.writeSetting(SETTINGS_GROUP, "output", settings.output)
+    app.writeSetting(SETTINGS_GROUP, "refine", "true" if settings.refine else "false")
+
+
+class _RemovalThread(QThread):
+    """Runs one Job.run off the UI thread; the outcome comes back as queued signals."""
+
+    progressed = pyqtSignal(str, float)   # stage, fraction (-1: unknown)
+    succeeded = pyqtSignal(bytes, str)    # mask, model that made it
+    failed = pyqtSignal(str, str)         # code, message
+
+    def __init__(self, job: core.Job, client: Any, parent: QObject) -> None:
+        super().__init__(parent)
+        self.job, self.client = job, client
+        self.cancel_event = threading.Event()
+
+    def _on_progress(self, stage: str, fraction: Optional[float]) -> None:
+        self.progressed.emit(stage, -1.0 if fraction is None else float(fraction))
+
+    def run(self) -> None:
+        errors = _client_module()
+        try:
+            mask, model = self.job.run(self.client, on_progress=self._on_progress, cancel=self.cancel_event.is_set)
+        except errors.BgmaskError as exc:
+            self.failed.emit(exc.code, exc.message)
+        except Exception as exc:  # noqa: BLE001 - a bug must reach the user, not kill the thread silently
+            self.failed.emit("internal", f"{type(exc).__name__}: {exc}")
+        else:
+            self.succeeded.emit(mask, model or "")
+        finally:
+            self.client.close()
+
+
+class _StatusThread(QThread):
+    """Asks the daemon (never starting one) for its status and model list."""
+
+    done = pyqtSignal(object, list, str)  # status dict or None, model names, why not connected
+
+    def run(self) -> None:
+        explicit = False
+        try:
+            with _make_client(autostart=False) as client:
+                explicit = client.endpoint is not None  # $BGMASK_ENDPOINT: never auto-started
+                status = client.status()
+                names = [m["name"] for m in client.models()]
+        except Exception as exc:  # noqa: BLE001 - any failure just means "not connected"
+            if getattr(exc, "code", "") == "not_running" and not explicit:
+                self.done.emit(None, [], "not running; it starts when you remove a background.")
+            else:
+                self.done.emit(None, [], getattr(exc, "message", None) or str(exc))
+        else:
+            self.done.emit(status, names, "")
+
+
+class Controller(QObject):
+    """Runs requests one at a time and tells every docker what is going on."""
+
+    busy_changed = pyqtSignal(bool)
+    progress = pyqtSignal(str, int)        # text, percent (-1: unknown)
+    status_changed = pyqtSignal(str)
+    models_changed = pyqtSignal(list)      # model names
+    outcome = pyqtSignal(bool, str)        # ok, sentence
+
+    def __init__(self, parent: QObject) -> None:
+        super().__init__(parent)
+        self._thread: Optional[_RemovalThread] = None
+        self._status_thread: Optional[_StatusThread] = None
+        self._status: Optional[Dict[str, Any]] = None
+        self._status_error = ""
+        self.models: List[str] = []
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None
+
+    def status_text(self) -> str:
+        return core.describe_status(self._status, load_settings().model, self._status_error)
+
+    def refresh_status(self) -> None:
+        if self._status_thread is not None:
+            return
+        self._status_thread = _StatusThread(self)
+        self._status_thread.done.connect(self._on_status)
+        self._status_thread.finished.connect(self._status_thread.deleteLater)
+        self._status_thread.start()
+
+    def _on_status(self, status: Optional[Dict[str, Any]], names: List[str], error: str) -> None:
+        self._status_thread = None
+        self._status, self._status_error = status, error
+        if status is not None and names != self.models:
+            self.models = names
+            self.models_changed.emit(names)
+        self.status_changed.emit(self.status_text())
+
+    def start(self) -> None:
+        """Remove the background of the active layer of the active document with the saved settings."""
+        if self.busy:
+            self._report(False, "A background removal is already running.")
+            return
+        settings = load_settings()
+        try:
+            doc = Krita.instance().activeDocument()
+            job = core.prepare(doc, core.target_layer(doc), settings)
+            client = _make_client(autostart=True)
+        except core.PluginError as exc:
+            self._report(False, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - a Krita API failure: tell the user; nothing was changed
+            self._report(False, f"Could not read the layer: {type(exc).__name__}: {exc}")
+            return
+        self._thread = _RemovalThread(job, client, self)
+        self._thread.progressed.connect(self._on_progress)
+        self._thread.succeeded.connect(self._on_success)
+        self._thread.failed.connect(self._on_failure)
+        self._thread.finished.connect(self._thread.deleteLater)
+        self.busy_changed.emit(True)
+        self.progress.emit(STAGES["connecting"], -1)
+        self._thread.start()
+
+    def cancel(self) -> None:
+        if self._thread is not None:
+            self._thread.cancel_event.set()  # polled by the client, which then sends the daemon a cancel
+            self.progress.emit("Cancelling", -1)
+
+    def _on_progress(self, stage: str, fraction: float) -> None:
+        text = STAGES.get(stage, stage)
+        self.progress.emit(text, -1 if fraction < 0 else int(round(100 * fraction)))
+
+    def _on_success(self, mask: bytes, model: str) -> None:
+        try:
+            self._report(True, core.apply(self._thread.job, mask, model or None))
+        except core.PluginError as exc:
+            self._report(False, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a Krita API failure: tell the user rather than lose it
+            self._report(False, f"Could not add the result to the image: {type(exc).__name__}: {exc}")
+        finally:
+            self._done()
+
+    def _on_failure(self, code: str, message: str) -> None:
+        if code == "cancelled":
+            self.outcome.emit(True, "Cancelled; the image was not changed.")
+        else:
+            self._report(False, f"{message} [{code}]")
+        self._done()
+
+    def _done(self) -> None:
+        """Idle again only once the outcome is in the document: applying it may spin Krita's event loop
+        (Node.addChildNode waits for its stroke), and a second click must not slip in meanwhile."""
+        self._thread = None
+        self.busy_changed.emit(False)
+        self.refresh_status()
+
+    def _report(self, ok: bool, text: str) -> None:
+        """Show the outcome in every docker; errors also in a (non-blocking) message box."""
+        self.outcome.emit(ok, text)
+        window = Krita.instance().activeWindow()
+        if ok:
+            view = window.activeView() if window is not None else None
+            if view is not None:
+                view.showFloatingMessage(text, QIcon(), 4000, 1)
+            return
+        box = QMessageBox(QMessageBox.Warning, "Background Removal", text, QMessageBox.Ok,
+                          window.qwindow() if window is not None else None)
+        box.setObjectName("bgmask_error_box")
+        box.setAttribute(Qt.WA_DeleteOnClose)
+        box.open()
+
+
+_controller: Optional[Controller] = None
+
+
+def controller() -> Controller:
+    global _controller
+    if _controller is None:
+        _controller = Controller(Krita.instance())
+    return _controller
+
+
+class BgmaskDocker(DockWidget):
+    """Settings > Dockers > Background Removal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setObjectName(DOCKER_ID)
+        self.setWindowTitle("Background Removal")
+        self.ctl = controller()
+        settings = load_settings()
+        root = QWidget(self)
+        layout = QVBoxLayout(root)
+
+        self.button = QPushButton("Remove Background", root)
+        self.button.setObjectName("bgmask_remove")
+        self.button.setToolTip("Find the subject of the active paint layer and hide its background")
+        layout.addWidget(self.button)
+
+        form = QFormLayout()
+        self.model = QComboBox(root)
+        self.model.setObjectName("bgmask_model")
+        self._fill_models(self.ctl.models, settings.model)
+        form.addRow("Model:", self.model)
+        self.output = QComboBox(root)
+        self.output.setObjectName("bgmask_output")
+        for key, label in core.OUTPUTS.items():
+            self.output.addItem(label, key)
+        self.output.setCurrentIndex(self.output.findData(settings.output))
+        form.addRow("Output:", self.output)
+        self.refine = QCheckBox("Refine edges", root)
+        self.refine.setObjectName("bgmask_refine")
+        self.refine.setChecked(settings.refine)
+        form.addRow(self.refine)
+        layout.addLayout(form)
+
+        row = QHBoxLayout()
+        self.progress = QProgressBar(root)
+        self.progress.setObjectName("bgmask_progress")
+        self.cancel = QPushButton("Cancel", root)
+        self.cancel.setObjectName("bgmask_cancel")
+        row.addWidget(self.progress, 1)
+        row.addWidget(self.cancel)
+        layout.addLayout(row)
+
+        status_row = QHBoxLayout()
+        self.status = QLabel(self.ctl.status_text(), root)
+        self.status.setObjectName("bgmask_status")
+        self.status.setWordWrap(True)
+        self.refresh = QToolButton(root)
+        self.refresh.setObjectName("bgmask_refresh")
+        self.refresh.setText("Refresh")
+        self.refresh.setToolTip("Ask the daemon for its status again")
+        status_row.addWidget(self.status, 1)
+        status_row.addWidget(self.refresh, 0, Qt.AlignTop)
+        layout.addLayout(status_row)
+
+        self.message = QLabel("", root)
+        self.message.setObjectName("bgmask_message")
+        self.message.setWordWrap(True)
+        self.message.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        layout.addWidget(self.message)
+        layout.addStretch(1)
+        self.setWidget(root)
+
+        self.button.clicked.connect(self._on_remove)
+        self.cancel.clicked.connect(self.ctl.cancel)
+        self.refresh.clicked.connect(self.ctl.refresh_status)
+        for signal in (self.model.currentIndexChanged, self.output.currentIndexChanged, self.refine.toggled):
+            signal.connect(self._save)
+        self.ctl.busy_changed.connect(self._on_busy)
+        self.ctl.progress.connect(self._on_progress)
+        self.ctl.status_changed.connect(self.status.setText)
+        self.ctl.models_changed.connect(lambda names: self._fill_models(names, load_settings().model))
+        self.ctl.outcome.connect(self._on_outcome)
+        self._on_busy(self.ctl.busy)
+        self.ctl.refresh_status()
+
+    def _fill_models(self, names: List[str], chosen: Optional[str]) -> None:
+        self.model.blockSignals(True)
+        self.model.clear()
+        self.model.addItem("Daemon default", "")
+        for name in names:
+            self.model.addItem(name, name)
+        if chosen and self.model.findData(chosen) < 0:  # remembered, though the daemon is not there now
+            self.model.addItem(chosen, chosen)
+        self.model.setCurrentIndex(max(0, self.model.findData(chosen or "")))
+        self.model.blockSignals(False)
+
+    def settings(self) -> core.Settings:
+        return core.Settings(model=self.model.currentData() or None, output=self.output.currentData(),
+                             refine=self.refine.isChecked())
+
+    def _save(self, *_: Any) -> None:
+        save_settings(self.settings())
+        self.status.setText(self.ctl.status_text())
+
+    def _on_remove(self) -> None:
+        save_settings(self.settings())
+        self.ctl.start()
+
+    def _on_busy(self, busy: bool) -> None:
+        self.button.setEnabled(not busy)
+        self.cancel.setEnabled(busy)
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        self.progress.setFormat("%p%" if busy else "Idle")
+        if busy:
+            self.message.setText("")
+
+    def _on_progress(self, text: str, percent: int) -> None:
+        if percent < 0:
+            self.progress.setRange(0, 0)  # busy indicator
+        else:
+            self.progress.setRange(0, 100)
+            self.progress.setValue(percent)
+        self.progress.setFormat(f"{text} %p%" if percent >= 0 else text)
+
+    def _on_outcome(self, ok: bool, text: str) -> None:
+        self.message.setText(text if ok else f"Error: {text}")
+
+    def canvasChanged(self, canvas: Any) -> None:
+        """Required by DockWidget; the docker always works on the active document."""
+
+
+class BgmaskExtension(Extension):
+    """Adds Layer > Remove Background, so the action can get a keyboard shortcut."""
+
+    def setup(self) -> None:
+        pass
+
+    def createActions(self, window: Any) -> None:
+        action = window.createAction(ACTION_ID, "Remove Background", "layer")
+        action.setToolTip("Hide the background of the active paint layer with a transparency mask")
+        action.triggered.connect(lambda: controller().start())
+
+
+def register() -> None:
+    app = Krita.instance()
+    app.addExtension(BgmaskExtension(app))
+    app.addDockWidgetFactory(DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockRight, BgmaskDocker))

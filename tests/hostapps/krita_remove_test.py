@@ -1,0 +1,413 @@
+# Runs inside real Krita (bgmask_testrunner plugin, see tests/hostapps/run-krita-test.sh), driven by
+# tests/test_krita_hostapp.py. It works the bgmask docker the way a user would: it makes documents,
+# activates a layer, sets the docker's choices, clicks its buttons, and waits for the outcome by
+# returning to Krita's event loop (`yield`). It records what a user would see into result.json, and
+# dumps layer and mask pixels beside it; the host side compares those with its own daemon requests.
+#
+# Globals from the runner: Krita, result_path, data_dir.
+# Environment: BGMASK_ENDPOINT/BGMASK_TOKEN (the test daemon), KRITA_TEST_DEAD_ENDPOINT (nothing listens
+# there), KRITA_TEST_CASES (comma-separated names from CASES; all when unset).
+import hashlib
+import json
+import os
+import sys
+import time
+import traceback
+
+from PyQt5.QtWidgets import QApplication, QCheckBox, QComboBox, QLabel, QMessageBox, QProgressBar, QPushButton
+
+OUT = os.path.dirname(result_path)
+OFFSET = (-40, -30)          # the photo layer sticks out of the 400x300 canvas on the left and top
+WAIT_S = 300                 # the longest a request may take (a cold daemon loads the model first)
+
+
+def photo_pixels(app, name, model, depth, profile):
+    """A photo from data_dir as raw pixels in (model, depth, profile), converted by Krita itself."""
+    src = app.openDocument(os.path.join(data_dir, name))
+    src.setBatchmode(True)
+    if (model, depth) != ("RGBA", "U8") or src.colorProfile() != profile:
+        if not src.setColorSpace(model, depth, profile):
+            raise RuntimeError("Krita could not convert %s to %s/%s %s" % (name, model, depth, profile))
+    layer = src.topLevelNodes()[0]
+    w, h = src.width(), src.height()
+    data = bytes(layer.pixelData(0, 0, w, h))
+    src.close()
+    return data, w, h
+
+
+def new_document(app, win, model, depth, photo="astronaut.jpg", canvas=(400, 300), offset=OFFSET):
+    """A document with a white background and a photo layer "subject" inside a group "group", moved by offset."""
+    doc = app.createDocument(canvas[0], canvas[1], "bgmask-" + model + depth, model, depth, "", 72.0)
+    doc.setBatchmode(True)
+    pixels, w, h = photo_pixels(app, photo, model, depth, doc.colorProfile())
+    group = doc.createGroupLayer("group")
+    doc.rootNode().addChildNode(group, None)
+    layer = doc.createNode("subject", "paintlayer")
+    group.addChildNode(layer, None)
+    layer.setPixelData(pixels, 0, 0, w, h)
+    layer.move(*offset)
+    win.addView(doc)
+    app.setActiveDocument(doc)
+    return doc, layer
+
+
+def tree(node):
+    return [node.name(), node.type(), [tree(c) for c in node.childNodes()]]
+
+
+def fingerprint(doc):
+    """What a user could see change: the layer tree, every layer's pixels, the selection, the modified flag."""
+    digest = hashlib.sha256()
+
+    def walk(node):
+        b = node.bounds()
+        digest.update(("%s|%s|%d,%d,%d,%d" % (node.name(), node.type(), b.x(), b.y(), b.width(), b.height())).encode())
+        digest.update(bytes(node.pixelData(b.x(), b.y(), b.width(), b.height())))
+        for c in node.childNodes():
+            walk(c)
+
+    walk(doc.rootNode())
+    sel = doc.selection()
+    return {"tree": tree(doc.rootNode()), "pixels": digest.hexdigest(), "modified": doc.modified(),
+            "selection": None if sel is None else [sel.x(), sel.y(), sel.width(), sel.height()]}
+
+
+def rect(node):
+    b = node.bounds()
+    return [b.x(), b.y(), b.width(), b.height()]
+
+
+def dump(name, data):
+    with open(os.path.join(OUT, name), "wb") as f:
+        f.write(bytes(data))
+
+
+class Docker:
+    """The bgmask docker's widgets, found by object name like a user finds them by label."""
+
+    def __init__(self, app):
+        found = [d for d in app.dockers() if d.objectName() == "bgmask_docker"]
+        if not found:
+            raise RuntimeError("no bgmask docker; dockers: %s" % [d.objectName() for d in app.dockers()])
+        d = found[0]
+        self.button = d.findChild(QPushButton, "bgmask_remove")
+        self.cancel = d.findChild(QPushButton, "bgmask_cancel")
+        self.model = d.findChild(QComboBox, "bgmask_model")
+        self.output = d.findChild(QComboBox, "bgmask_output")
+        self.refine = d.findChild(QCheckBox, "bgmask_refine")
+        self.status = d.findChild(QLabel, "bgmask_status")
+        self.progress = d.findChild(QProgressBar, "bgmask_progress")
+        self.message = d.findChild(QLabel, "bgmask_message")
+
+    def choose(self, output="mask", refine=True, model=""):
+        self.output.setCurrentIndex(self.output.findData(output))
+        self.refine.setChecked(refine)
+        index = self.model.findData(model)
+        if index < 0:
+            raise RuntimeError("model %r not offered: %s" % (model, [self.model.itemData(i) for i in range(self.model.count())]))
+        self.model.setCurrentIndex(index)
+
+    def wait(self, rec):
+        """Back to the event loop until the button is enabled again; close and record error boxes."""
+        deadline = time.time() + WAIT_S
+        shown = rec.setdefault("progress", [])
+        while not self.button.isEnabled() and time.time() < deadline:
+            if self.progress.format() not in shown:
+                shown.append(self.progress.format())
+            yield 0.05
+        rec["finished"] = self.button.isEnabled()
+        rec["message"] = self.message.text()
+        boxes = [w for w in QApplication.topLevelWidgets()
+                 if isinstance(w, QMessageBox) and w.objectName() == "bgmask_error_box" and w.isVisible()]
+        rec["error_boxes"] = [b.text() for b in boxes]
+        for b in boxes:
+            b.accept()
+        yield 0.2
+
+    def click(self, rec):
+        """Click Remove Background; the click must return at once, with the request still running."""
+        self.button.click()
+        rec["busy_after_click"] = not self.button.isEnabled()
+        for step in self.wait(rec):
+            yield step
+
+
+def activate(doc, layer):
+    yield 0.2                  # let the GUI learn about new nodes before activating one
+    doc.setActiveNode(layer)
+    yield 0.2
+
+
+def undo(app):
+    app.action("edit_undo").trigger()
+    yield 0.5
+
+
+def photo_case(app, win, dk, rec, model, depth, refine=True, model_choice=""):
+    doc, layer = new_document(app, win, model, depth)
+    for step in activate(doc, layer):
+        yield step
+    doc.setModified(False)
+    dk.choose("mask", refine, model_choice)
+    rec.update(model=model, depth=depth, profile=layer.colorProfile(), refine=refine, layer_rect=rect(layer),
+               active=doc.activeNode().name() if doc.activeNode() else None)
+    for step in dk.click(rec):
+        yield step
+    masks = [c for c in layer.childNodes() if c.type() == "transparencymask"]
+    rec["children"] = [[c.name(), c.type(), c.colorModel(), c.colorDepth()] for c in layer.childNodes()]
+    rec["layer_rect_after"] = rect(layer)
+    if masks:
+        x, y, w, h = rec["layer_rect"]
+        dump(rec["name"] + ".layer", layer.pixelData(x, y, w, h))
+        dump(rec["name"] + ".mask", masks[0].pixelData(x, y, w, h))
+        rec["mask_outside_layer"] = sum(bytes(masks[0].pixelData(x - 8, y, 8, h)))
+    for step in undo(app):
+        yield step
+    rec["children_after_undo"] = [c.name() for c in layer.childNodes()]
+    doc.setModified(False)
+    doc.close()
+
+
+def case_kra_round_trip(app, win, dk, rec):
+    """Mask on an RGBA/U8 photo layer; undo, redo; save .kra; reopen: the mask is still there, byte for byte."""
+    doc, layer = new_document(app, win, "RGBA", "U8")
+    for step in activate(doc, layer):
+        yield step
+    dk.choose("mask", True, "u2netp")
+    for step in dk.click(rec):
+        yield step
+    x, y, w, h = rect(layer)
+    before = bytes(layer.childNodes()[0].pixelData(x, y, w, h))
+    for step in undo(app):
+        yield step
+    rec["children_after_undo"] = [c.name() for c in layer.childNodes()]
+    app.action("edit_redo").trigger()
+    yield 0.5
+    rec["children_after_redo"] = [c.name() for c in layer.childNodes()]
+    path = os.path.join(OUT, "roundtrip.kra")
+    rec["saved"] = bool(doc.saveAs(path))
+    doc.waitForDone()
+    doc.setModified(False)
+    doc.close()
+    yield 0.3
+    again = app.openDocument(path)
+    again.setBatchmode(True)
+    subject = again.nodeByName("subject")
+    masks = [c for c in subject.childNodes() if c.type() == "transparencymask"] if subject else []
+    rec["reopened_tree"] = tree(again.rootNode())
+    rec["reopened_mask_equal"] = bool(masks) and bytes(masks[0].pixelData(x, y, w, h)) == before
+    rec["reopened_layer_rect"] = rect(subject) if subject else None
+    again.close()
+
+
+def case_selection(app, win, dk, rec):
+    """A selection on the cat's face: the model sees its bounds plus padding, the mask is 0 outside it."""
+    doc, layer = new_document(app, win, "RGBA", "U8", photo="chelsea.jpg", canvas=(600, 400), offset=(60, 50))
+    from krita import Selection
+    sel = Selection()
+    sel.select(160, 90, 200, 180, 255)
+    doc.setSelection(sel)
+    for step in activate(doc, layer):
+        yield step
+    dk.choose("mask", True, "")
+    rec.update(selection=[160, 90, 200, 180], layer_rect=rect(layer))
+    for step in dk.click(rec):
+        yield step
+    x, y, w, h = rec["layer_rect"]
+    masks = [c for c in layer.childNodes() if c.type() == "transparencymask"]
+    dump("selection.layer", layer.pixelData(x, y, w, h))
+    if masks:
+        dump("selection.mask", masks[0].pixelData(x, y, w, h))
+    doc.setModified(False)
+    doc.close()
+
+
+def case_output_selection(app, win, dk, rec):
+    """Output "Selection": the global selection becomes the soft mask; no node is added."""
+    doc, layer = new_document(app, win, "RGBA", "U8")
+    for step in activate(doc, layer):
+        yield step
+    rec["tree_before"] = tree(doc.rootNode())
+    dk.choose("selection", True, "")
+    for step in dk.click(rec):
+        yield step
+    rec["tree_after"] = tree(doc.rootNode())
+    rec["layer_children"] = [c.name() for c in layer.childNodes()]
+    sel = doc.selection()
+    x, y, w, h = rect(layer)
+    rec["has_selection"] = sel is not None
+    if sel is not None:
+        dump("output_selection.mask", sel.pixelData(x, y, w, h))
+        dump("output_selection.layer", layer.pixelData(x, y, w, h))
+    rec["layer_rect"] = [x, y, w, h]
+    doc.setModified(False)
+    doc.close()
+
+
+def case_output_layer(app, win, dk, rec):
+    """Output "New layer with mask": a copy above the layer carries the mask; one undo removes the copy."""
+    doc, layer = new_document(app, win, "RGBA", "U8")
+    for step in activate(doc, layer):
+        yield step
+    dk.choose("layer", True, "")
+    for step in dk.click(rec):
+        yield step
+    group = doc.nodeByName("group")
+    rec["group_children"] = [c.name() for c in group.childNodes()]
+    rec["layer_children"] = [c.name() for c in layer.childNodes()]
+    copies = [c for c in group.childNodes() if c.name() != "subject"]
+    x, y, w, h = rect(layer)
+    rec["layer_rect"] = [x, y, w, h]
+    if copies:
+        copy = copies[0]
+        rec["copy_children"] = [[c.name(), c.type()] for c in copy.childNodes()]
+        rec["copy_pixels_equal"] = bytes(copy.pixelData(x, y, w, h)) == bytes(layer.pixelData(x, y, w, h))
+        masks = [c for c in copy.childNodes() if c.type() == "transparencymask"]
+        if masks:
+            dump("output_layer.mask", masks[0].pixelData(x, y, w, h))
+            dump("output_layer.layer", layer.pixelData(x, y, w, h))
+    for step in undo(app):
+        yield step
+    rec["group_children_after_undo"] = [c.name() for c in group.childNodes()]
+    doc.setModified(False)
+    doc.close()
+
+
+def case_menu_action(app, win, dk, rec):
+    """Layer > Remove Background does what the button does (so it can have a shortcut)."""
+    doc, layer = new_document(app, win, "GRAYA", "U8", photo="chelsea.jpg")
+    for step in activate(doc, layer):
+        yield step
+    dk.choose("mask", True, "")
+    menu = [m.menu() for m in win.qwindow().menuBar().actions() if m.menu() and m.menu().objectName().lower() == "layer"]
+    rec["in_layer_menu"] = bool(menu) and any(a.objectName() == "bgmask_remove_background" for a in menu[0].actions())
+    app.action("bgmask_remove_background").trigger()
+    for step in dk.wait(rec):
+        yield step
+    rec["children"] = [[c.name(), c.type()] for c in layer.childNodes()]
+    doc.setModified(False)
+    doc.close()
+
+
+def error_case(app, win, dk, rec, prepare, model=""):
+    """Click with something wrong (prepare sets it up); the document must stay exactly as it was."""
+    doc, layer = new_document(app, win, "RGBA", "U8", photo="chelsea.jpg")
+    for step in activate(doc, layer):
+        yield step
+    target = prepare(doc, layer)
+    if target is not layer:
+        for step in activate(doc, target):
+            yield step
+    dk.choose("mask", True, model)
+    doc.setModified(False)
+    before = fingerprint(doc)
+    for step in dk.click(rec):
+        yield step
+    rec["untouched"] = fingerprint(doc) == before
+    rec["fingerprint"] = fingerprint(doc)
+    doc.setModified(False)
+    doc.close()
+
+
+def case_unsupported_layer(app, win, dk, rec):
+    def group_active(doc, layer):
+        return doc.nodeByName("group")
+    for step in error_case(app, win, dk, rec, group_active):
+        yield step
+
+
+def case_daemon_down(app, win, dk, rec):
+    live = os.environ["BGMASK_ENDPOINT"]
+    os.environ["BGMASK_ENDPOINT"] = os.environ["KRITA_TEST_DEAD_ENDPOINT"]
+    try:
+        for step in error_case(app, win, dk, rec, lambda doc, layer: layer):
+            yield step
+    finally:
+        os.environ["BGMASK_ENDPOINT"] = live
+
+
+def case_unknown_model(app, win, dk, rec):
+    """A remembered model the daemon does not know (the docker keeps offering a remembered choice)."""
+    dk.model.addItem("no-such-model", "no-such-model")
+    try:
+        for step in error_case(app, win, dk, rec, lambda doc, layer: layer, model="no-such-model"):
+            yield step
+    finally:
+        dk.model.removeItem(dk.model.findData("no-such-model"))
+
+
+def case_cancel(app, win, dk, rec):
+    """Cancel right after the click: the outcome is "Cancelled" and the document is untouched."""
+    doc, layer = new_document(app, win, "RGBA", "F32")
+    for step in activate(doc, layer):
+        yield step
+    dk.choose("mask", True, "")
+    doc.setModified(False)
+    before = fingerprint(doc)
+    dk.button.click()
+    rec["cancel_enabled"] = dk.cancel.isEnabled()
+    dk.cancel.click()
+    for step in dk.wait(rec):
+        yield step
+    rec["untouched"] = fingerprint(doc) == before
+    doc.setModified(False)
+    doc.close()
+
+
+PHOTO_CASES = {
+    "rgba_u8": ("RGBA", "U8"), "rgba_u16": ("RGBA", "U16"), "rgba_f16": ("RGBA", "F16"),
+    "rgba_f32": ("RGBA", "F32"), "graya_u8": ("GRAYA", "U8"), "graya_u16": ("GRAYA", "U16"),
+    "graya_f16": ("GRAYA", "F16"), "graya_f32": ("GRAYA", "F32"),
+    "cmyka_u8": ("CMYKA", "U8"), "laba_u16": ("LABA", "U16"), "xyza_f32": ("XYZA", "F32"),
+}
+NO_REFINE = {"rgba_f16"}      # one depth with edge refinement off, to check the option reaches the daemon
+CASES = dict(
+    {name: (lambda name, m, d: lambda app, win, dk, rec: photo_case(
+        app, win, dk, rec, m, d, refine=name not in NO_REFINE, model_choice="u2netp" if name == "rgba_u8" else ""))(name, m, d)
+     for name, (m, d) in PHOTO_CASES.items()},
+    kra_round_trip=case_kra_round_trip, selection=case_selection, output_selection=case_output_selection,
+    output_layer=case_output_layer, menu_action=case_menu_action, unsupported_layer=case_unsupported_layer,
+    unknown_model=case_unknown_model, daemon_down=case_daemon_down, cancel=case_cancel)
+
+
+def main():
+    res = {"ok": False, "cases": {}}
+    app = Krita.instance()
+
+    def save():
+        with open(result_path, "w") as f:
+            json.dump(res, f, indent=1)
+
+    try:
+        import bgmask.bgmask_client as client
+        res["krita"] = app.version()
+        res["python"] = sys.version.split()[0]
+        res["client_transport"] = "pyzmq" if client.HAVE_PYZMQ else "builtin"
+        for mod in ("zmq", "msgpack"):
+            try:
+                __import__(mod)
+                res["import_" + mod] = "ok"
+            except ImportError as exc:
+                res["import_" + mod] = str(exc)
+        win = app.activeWindow()
+        dk = Docker(app)
+        deadline = time.time() + 30
+        while "u2netp" not in [dk.model.itemData(i) for i in range(dk.model.count())] and time.time() < deadline:
+            yield 0.1          # the docker asks the daemon for its status and models in the background
+        res["status_line"] = dk.status.text()
+        res["models_offered"] = [dk.model.itemData(i) for i in range(dk.model.count())]
+        wanted = [c for c in os.environ.get("KRITA_TEST_CASES", "").split(",") if c] or list(CASES)
+        for name in wanted:
+            rec = res["cases"][name] = {"name": name}
+            try:
+                for step in CASES[name](app, win, dk, rec):
+                    yield step
+            except Exception:  # noqa: BLE001 - record and go on with the other cases
+                rec["error"] = traceback.format_exc()
+            save()
+        res["status_line_end"] = dk.status.text()
+        res["ok"] = all("error" not in rec for rec in res["cases"].values())
+    except Exception:  # noqa: BLE001
+        res["error"] = traceback.format_exc()
+    finally:
+        save()

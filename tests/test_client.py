@@ -1,0 +1,53 @@
+"""The shared client against the session daemon, twice: with pyzmq + msgpack in this process, and in an
+isolated `python -I` subprocess where they cannot be imported (the built-in ZMTP / msgpack path that
+GIMP's and Krita's Pythons get). The checks themselves live in tests/client_suite.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from types import ModuleType
+
+import pytest
+
+import client_suite as suite
+
+NAMES = sorted(suite.CHECKS)
+
+
+@pytest.fixture(scope="module")
+def bc() -> ModuleType:
+    return suite.load_client()
+
+
+@pytest.fixture
+def suite_env(client_env: dict, daemon, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """This process's environment pointed at the session daemon (client_env set the BGMASK_* variables)."""
+    monkeypatch.setenv("BGMASK_TEST_DAEMON_PID", str(daemon.pid))
+    return dict(os.environ)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_with_pyzmq(name: str, bc: ModuleType, suite_env: dict) -> None:
+    assert bc.HAVE_PYZMQ and bc.Client().transport == "pyzmq"
+    suite.CHECKS[name](bc)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_builtin_without_pyzmq(name: str, suite_env: dict) -> None:
+    proc = subprocess.run([sys.executable, "-I", str(suite.__file__), name], env=suite_env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+
+def test_abandoned_pyzmq_clients_never_hang_the_process(suite_env: dict) -> None:
+    """Plugins and the CLI drop Clients without close(); collecting them must not block on libzmq."""
+    code = ("import gc, sys; sys.path.insert(0, sys.argv[1]); import client_suite as s; bc = s.load_client()\n"
+            "for _ in range(20):\n"
+            "    c = bc.Client(transport='pyzmq', timeout=10); c.hello(); del c; gc.collect()\n"
+            "print('done')")
+    proc = subprocess.run([sys.executable, "-c", code, os.path.dirname(suite.__file__)], env=suite_env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr

@@ -1,0 +1,284 @@
+"""The GIMP plug-in in real GIMP 3 (Debian trixie chroot, see tests/hostapps/), against a real daemon.
+
+GIMP runs its GUI under Xvfb so that undo can be checked the way a user undoes: one Ctrl+Z (GIMP 3 has no
+PDB procedure for undo). tests/hostapps/gimp_batch_remove.py runs every case inside one GIMP session and
+records what it saw; the tests below judge it. The whole suite runs twice: with GIMP's Python having
+pyzmq and msgpack, and with both hidden (run-gimp-test.sh's HOSTAPPS_HIDE_PYZMQ: stub packages that raise
+ImportError, first on GIMP's PYTHONPATH), which makes the client use its built-in ZMTP transport.
+
+Without a chroot the tests are skipped with the reason. With $CI set a missing chroot is built first
+(tests/hostapps/setup-chroot.sh) and the tests are skipped only if that fails for lack of root or network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from conftest import EXAMPLES, REPO, RunningDaemon
+
+HOSTAPPS = REPO / "tests" / "hostapps"
+PLUGIN = REPO / "plugins" / "gimp" / "bgmask-remove-background"
+BATCH = HOSTAPPS / "gimp_batch_remove.py"
+ROOT = Path(os.environ.get("HOSTAPPS_ROOT", "/var/tmp/hostapps/trixie"))
+CANNOT_BUILD = {77, 78}  # setup-chroot.sh: not root / no network
+SELECTION = (150, 40, 200, 160)  # as in the batch script, image coordinates
+
+pytestmark = pytest.mark.hostapp
+
+
+def _chroot_problem() -> Optional[str]:
+    """None when the chroot is ready (building it if $CI is set), else why the tests must be skipped."""
+    if not (ROOT / ".hostapps-ready").exists() and not os.environ.get("CI"):
+        return (f"no hostapps chroot at {ROOT}: build it with `sudo bash tests/hostapps/setup-chroot.sh` "
+                "(or set CI=1 to let the tests build it)")
+    proc = subprocess.run(["bash", str(HOSTAPPS / "setup-chroot.sh")], capture_output=True, text=True,
+                          timeout=1800)
+    if proc.returncode in CANNOT_BUILD:
+        reason = (proc.stderr.strip().splitlines() or ["setup-chroot.sh gave no reason"])[-1]
+        print(reason)
+        return reason
+    if proc.returncode != 0:
+        pytest.fail(f"setup-chroot.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return None
+
+
+@pytest.fixture(scope="module")
+def chroot() -> Path:
+    problem = _chroot_problem()
+    if problem:
+        pytest.skip(problem)
+    return ROOT
+
+
+def run_gimp(out: Path, env: dict[str, str], gui: bool, hide_pyzmq: bool) -> dict[str, Any]:
+    """Run the batch script in GIMP and return its report; fails with GIMP's log if it did not finish."""
+    env = dict(os.environ, **env)
+    env["HOSTAPPS_PASSENV"] = "BGMASK_ENDPOINT BGMASK_TOKEN BGMASK_TEST_CASES BGMASK_TEST_MODEL"
+    env["BGMASK_TEST_MODEL"] = "u2netp"
+    env.pop("HOSTAPPS_GIMP_GUI", None)
+    env.pop("HOSTAPPS_HIDE_PYZMQ", None)
+    if gui:
+        env["HOSTAPPS_GIMP_GUI"] = "1"
+    if hide_pyzmq:
+        env["HOSTAPPS_HIDE_PYZMQ"] = "1"
+    photos = [str(p) for p in sorted(EXAMPLES.glob("*.jpg"))]
+    proc = subprocess.run(["bash", str(HOSTAPPS / "run-gimp-test.sh"), str(PLUGIN), str(BATCH), str(out), *photos],
+                          env=env, capture_output=True, text=True, timeout=800)
+    result = out / "result.json"
+    log = (out / "gimp.log").read_text(errors="replace") if (out / "gimp.log").exists() else ""
+    assert result.exists(), f"GIMP wrote no result ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n{log[-4000:]}"
+    report = json.loads(result.read_text())
+    assert report["ok"], report.get("error", "") + log[-4000:]
+    hidden = out / "hidden-imports.log"
+    report["hidden_imports"] = hidden.read_text().splitlines() if hidden.exists() else []
+    return report
+
+
+@pytest.fixture(scope="module", params=["pyzmq", "builtin"])
+def gimp(request: pytest.FixtureRequest, chroot: Path, daemon: RunningDaemon,
+         tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One GIMP session running every case, with GIMP's pyzmq and msgpack visible or hidden."""
+    hide = request.param == "builtin"
+    out = tmp_path_factory.mktemp(f"gimp-{request.param}")
+    report = run_gimp(out, {"BGMASK_ENDPOINT": daemon.endpoint, "BGMASK_TOKEN": daemon.token}, gui=True,
+                      hide_pyzmq=hide)
+    report["variant"] = request.param
+    return report
+
+
+def case(report: dict[str, Any], name: str) -> dict[str, Any]:
+    result = report["cases"][name]
+    assert "crash" not in result, result["crash"]
+    return result
+
+
+def assert_soft_mask(stats: dict[str, float]) -> None:
+    """A real subject mask: both background and foreground, full range, and soft edges between them."""
+    assert stats["min"] <= 0.01 and stats["max"] >= 0.99, stats
+    assert 0.1 < stats["fg"] < 0.95, stats
+    assert stats["soft"] > 0.002 and stats["levels"] > 50, stats
+
+
+def assert_layer_masked(result: dict[str, Any]) -> None:
+    assert result["status"] == "success", result["message"]
+    mask = result["mask"]
+    assert mask is not None
+    assert mask["size"] == result["layer_size"]
+    assert mask["offsets"] == result["layer_offsets"]
+    assert result["pixels_unchanged"], "the layer's pixels changed"
+    assert result["undo_restores"] is True, "one Ctrl+Z did not give back the image as it was"
+
+
+def test_environment(gimp: dict[str, Any]) -> None:
+    env = gimp["env"]
+    has_pyzmq = gimp["variant"] == "pyzmq"
+    assert env["zmq"] is has_pyzmq and env["msgpack"] is has_pyzmq
+    assert env["client_transport"] == gimp["variant"]
+    # the plug-in's own process (not only the batch script) found the stubs and fell back
+    plugin_hit = any(line.startswith("bgmask-remove-background.py ") for line in gimp["hidden_imports"])
+    assert plugin_hit is not has_pyzmq, gimp["hidden_imports"]
+    assert env["menu_paths"] == ["<Image>/Layer/"]
+    assert env["select_menu_paths"] == ["<Image>/Select/"]
+    assert env["arguments"] == ["run-mode", "image", "drawables", "model", "output", "refine", "existing-mask"]
+
+
+@pytest.mark.parametrize("name, mask_format", [
+    ("rgb8", "Y u8"),                  # RGB, 8-bit perceptual
+    ("rgba16_linear", "Y u16"),        # RGBA, 16-bit linear
+    ("gray_f32", "Y float"),           # gray, 32-bit float perceptual
+    ("graya_half_linear", "Y half"),   # gray + alpha, 16-bit float linear
+    ("rgb_u32", "Y u32"),              # RGB, 32-bit integer (sent as f32)
+    ("indexed", "Y u8"),               # indexed: converted for the request only
+])
+def test_layer_mask_in_each_precision(gimp: dict[str, Any], name: str, mask_format: str) -> None:
+    result = case(gimp, name)
+    assert_layer_masked(result)
+    assert result["mask"]["format"] == mask_format
+    assert_soft_mask(result["mask"]["stats"])
+
+
+def test_same_photo_gives_the_same_mask_in_any_precision(gimp: dict[str, Any]) -> None:
+    """chelsea.jpg as 16-bit linear RGBA and as 32-bit integer RGB: the daemon sees the same picture."""
+    a = case(gimp, "rgba16_linear")["mask"]["stats"]
+    b = case(gimp, "rgb_u32")["mask"]["stats"]
+    assert abs(a["mean"] - b["mean"]) < 0.02 and abs(a["fg"] - b["fg"]) < 0.02, (a, b)
+
+
+def test_refine_off_gives_another_soft_mask(gimp: dict[str, Any]) -> None:
+    plain = case(gimp, "no_refine")
+    assert_layer_masked(plain)
+    assert_soft_mask(plain["mask"]["stats"])
+    assert plain["mask"]["digest"] != case(gimp, "rgb8")["mask"]["digest"], "refine=False changed nothing"
+
+
+def test_offset_layer_smaller_than_canvas(gimp: dict[str, Any]) -> None:
+    result = case(gimp, "offset_layer")
+    assert result["layer_size"] == [300, 300] and result["layer_offsets"] == [420, 260]
+    assert_layer_masked(result)  # the mask has the layer's size and offsets, also where it leaves the canvas
+    assert_soft_mask(result["mask"]["stats"])
+
+
+def test_existing_mask_intersect(gimp: dict[str, Any]) -> None:
+    """The old mask is black on the left half: intersecting keeps that half at 0."""
+    result = case(gimp, "existing_intersect")
+    assert_layer_masked(result)
+    stats = result["mask"]["stats"]
+    assert stats["max"] == 0.0, "the intersection let through what the old mask hid"
+    assert stats["outside_max"] >= 0.99
+
+
+def test_existing_mask_replace(gimp: dict[str, Any]) -> None:
+    result = case(gimp, "existing_replace")
+    assert_layer_masked(result)
+    assert result["mask"]["stats"]["fg"] > 0.3, "the old mask's black half survived a replace"
+
+
+def test_existing_mask_cancel(gimp: dict[str, Any]) -> None:
+    result = case(gimp, "existing_cancel")
+    assert result["status"] == "cancel"
+    assert result["untouched"] and result["pixels_unchanged"]
+    stats = result["mask"]["stats"]
+    assert stats["max"] == 0.0 and stats["outside_max"] == 1.0 and stats["soft"] == 0.0  # the old mask
+
+
+@pytest.mark.parametrize("name", ["selection_mask", "selection_mask_offset"])
+def test_selection_limits_the_mask(gimp: dict[str, Any], name: str) -> None:
+    """Around the astronaut's head: the mask is 0 outside the selection and a soft subject inside."""
+    result = case(gimp, name)
+    assert_layer_masked(result)
+    stats = result["mask"]["stats"]
+    assert stats["outside_max"] == 0.0
+    assert 0.1 < stats["fg"] < 0.95 and stats["max"] >= 0.99, stats
+    assert stats["soft"] > 0.002 and stats["levels"] > 50, stats
+
+
+@pytest.mark.parametrize("name", ["select_subject", "output_selection"])
+def test_subject_becomes_the_selection(gimp: dict[str, Any], name: str) -> None:
+    result = case(gimp, name)
+    assert result["status"] == "success", result["message"]
+    assert result["mask"] is None, "a selection output must not add a layer mask"
+    assert result["non_empty"]
+    assert_soft_mask(result["stats"])
+    width, height = result["image_size"]
+    x1, y1, x2, y2 = result["bounds"]
+    assert (x2 - x1, y2 - y1) != (width, height), "the whole image was selected"
+    assert result["pixels_unchanged"] and result["undo_restores"] is True
+
+
+def test_select_subject_within_a_selection(gimp: dict[str, Any]) -> None:
+    result = case(gimp, "select_subject_in_selection")
+    assert result["status"] == "success", result["message"]
+    x, y, w, h = SELECTION
+    x1, y1, x2, y2 = result["bounds"]
+    assert x <= x1 and y <= y1 and x2 <= x + w and y2 <= y + h
+    assert result["stats"]["outside_max"] == 0.0 and result["stats"]["fg"] > 0.05
+    assert result["undo_restores"] is True
+
+
+def test_new_layer_keeps_the_original(gimp: dict[str, Any]) -> None:
+    result = case(gimp, "new_layer")
+    assert result["status"] == "success", result["message"]
+    assert result["layers"] == 2 and result["copy_is_above"]
+    assert result["original_untouched"], "the original layer changed"
+    assert result["copy_pixels_same"]
+    assert result["mask"]["size"] == [512, 512]
+    assert_soft_mask(result["mask"]["stats"])
+    assert result["undo_restores"] is True
+
+
+def test_two_layers_each_get_their_mask(gimp: dict[str, Any]) -> None:
+    result = case(gimp, "two_layers")
+    assert result["status"] == "success", result["message"]
+    for mask, size in zip(result["masks"], result["sizes"]):
+        assert mask is not None and mask["size"] == size
+        assert_soft_mask(mask["stats"])
+    assert result["masks"][1]["offsets"] == [200, 300]
+    assert result["undo_restores"] is True
+
+
+def test_dialog_and_last_values(gimp: dict[str, Any]) -> None:
+    result = case(gimp, "dialog_then_last_values")
+    assert result["status"] == "success", result["message"]
+    assert result["selection_non_empty"] and result["mask"] is None, "the dialog's Output choice was not used"
+    again = result["again"]
+    assert again["status"] == "success", again["message"]
+    assert again["selection_non_empty"] and again["mask"] is None, "the last values were not remembered"
+
+
+def test_cancel_from_the_progress_bar_leaves_the_image_untouched(gimp: dict[str, Any]) -> None:
+    result = case(gimp, "cancel")
+    assert result["status"] == "cancel", f"the request was not cancelled: {result}"
+    assert result["untouched"] and result["mask"] is None
+    # the daemon keeps serving: the cases after this one (alphabetically) still got their masks
+    assert case(gimp, "rgb8")["status"] == "success"
+
+
+def test_a_layer_mask_is_refused(gimp: dict[str, Any]) -> None:
+    result = case(gimp, "not_a_layer")
+    assert result["status"] == "execution-error"
+    assert "not a layer" in result["message"]
+    assert result["untouched"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("variant", ["pyzmq", "builtin"])
+def test_unreachable_daemon_leaves_the_image_untouched(chroot: Path, tmp_path: Path, variant: str) -> None:
+    report = run_gimp(tmp_path, {"BGMASK_ENDPOINT": f"tcp://127.0.0.1:{_closed_port()}", "BGMASK_TOKEN": "x",
+                                 "BGMASK_TEST_CASES": "unreachable"}, gui=False, hide_pyzmq=variant == "builtin")
+    assert report["env"]["client_transport"] == variant
+    result = case(report, "unreachable")
+    assert result["status"] == "execution-error"
+    assert "not running" in result["message"] and "bgmask serve" in result["message"], result["message"]
+    assert result["untouched"] and not result["dirty"]

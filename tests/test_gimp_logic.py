@@ -1,0 +1,298 @@
+"""The GIMP plug-in's logic without GIMP: a fake `Gimp` module (tests/fakes/fake_gimp.py), the real client
+and a real daemon. What real GIMP does with the same calls is checked by tests/test_gimp_hostapp.py."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from typing import Any, Callable
+
+import pytest
+from PIL import Image as PILImage
+
+from bgmask.clientlib import load_client
+from conftest import REPO, RunningDaemon, example, start_daemon
+from fakes.fake_gimp import FakeGimp, Gegl, Image
+
+bgmask_client = load_client()
+sys.path.insert(0, str(REPO / "plugins" / "gimp" / "bgmask-remove-background"))
+import gimp_mask_logic as logic  # noqa: E402
+
+Rect = logic.Rect
+
+
+# -- formats -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("base, alpha, precision, babl, channels, sample_type, linear", [
+    ("rgb", False, "u8-non-linear", "R'G'B' u8", 3, "u8", False),
+    ("rgb", True, "u8-perceptual", "R'G'B'A u8", 4, "u8", False),
+    ("rgb", True, "u16-linear", "RGBA u16", 4, "u16", True),
+    ("rgb", False, "u32-linear", "RGB float", 3, "f32", True),  # no 32-bit integers in the protocol
+    ("rgb", True, "half-non-linear", "R'G'B'A half", 4, "f16", False),
+    ("rgb", False, "double-linear", "RGB float", 3, "f32", True),
+    ("gray", False, "float-perceptual", "Y' float", 1, "f32", False),
+    ("gray", True, "half-linear", "YA half", 2, "f16", True),
+    ("gray", True, "u16-non-linear", "Y'A u16", 2, "u16", False),
+    ("indexed", True, "u8-non-linear", "R'G'B'A u8", 4, "u8", False),
+    ("indexed", False, "u8-non-linear", "R'G'B' u8", 3, "u8", False),
+])
+def test_pixels_are_read_in_the_layers_own_precision(base: str, alpha: bool, precision: str, babl: str,
+                                                      channels: int, sample_type: str, linear: bool) -> None:
+    assert logic.pixel_format(base, alpha, precision) == logic.SampleFormat(babl, channels, sample_type, linear)
+
+
+@pytest.mark.parametrize("precision, babl, sample_type", [
+    ("u8-non-linear", "Y u8", "u8"), ("u8-linear", "Y u8", "u8"), ("u16-perceptual", "Y u16", "u16"),
+    ("u32-linear", "Y float", "f32"), ("half-non-linear", "Y float", "f32"), ("float-linear", "Y float", "f32"),
+    ("double-perceptual", "Y float", "f32"),
+])
+def test_mask_comes_back_linear_in_the_masks_precision(precision: str, babl: str, sample_type: str) -> None:
+    assert logic.mask_format(precision) == logic.SampleFormat(babl, 1, sample_type, True)
+
+
+@pytest.mark.parametrize("precision", ["u64-linear", "u8-gamma", "float"])
+def test_unknown_precision_is_a_user_error(precision: str) -> None:
+    with pytest.raises(logic.PluginError, match="Unsupported image precision"):
+        logic.mask_format(precision)
+
+
+# -- crop geometry -------------------------------------------------------------------------------------
+
+def test_without_selection_the_whole_layer_is_sent() -> None:
+    assert logic.context_crop(Rect(30, 40, 200, 100), None) == Rect(0, 0, 200, 100)
+
+
+def test_selection_bounds_grow_by_the_context_padding() -> None:
+    # 200x100 selection inside a big layer: 15 % of 200 = 30 px on every side
+    assert logic.context_crop(Rect(0, 0, 1000, 1000), Rect(400, 400, 200, 100)) == Rect(370, 370, 260, 160)
+
+
+def test_small_selections_get_at_least_the_minimum_padding() -> None:
+    pad = logic.MIN_CONTEXT_PADDING
+    assert logic.context_crop(Rect(0, 0, 500, 500), Rect(100, 100, 10, 10)) == \
+        Rect(100 - pad, 100 - pad, 10 + 2 * pad, 10 + 2 * pad)
+
+
+def test_crop_is_layer_local_and_clipped_to_the_layer() -> None:
+    # layer at (100, 50), 300x200; the selection (80, 20)-(180, 120) sticks out to the left and above.
+    # Under the layer it covers (100, 50)-(180, 120); 16 px of padding grow that to (84, 34)-(196, 136),
+    # which the layer clips to (100, 50)-(196, 136): layer-local (0, 0), 96x86.
+    assert logic.MIN_CONTEXT_PADDING == 16
+    assert logic.context_crop(Rect(100, 50, 300, 200), Rect(80, 20, 100, 100)) == Rect(0, 0, 96, 86)
+
+
+def test_selection_that_misses_the_layer_gives_no_crop() -> None:
+    assert logic.context_crop(Rect(0, 0, 100, 100), Rect(100, 0, 50, 50)) is None
+
+
+# -- messages and progress -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("code, words", [
+    ("not_running", "bgmask serve"), ("model_unavailable", "bgmask pull"), ("too_large", "smaller area"),
+    ("unknown_model", "bgmask models"), ("busy", "Try again"), ("timeout", "Nothing was changed"),
+    ("connection_lost", "bgmask serve"), ("internal", "Nothing was changed"),
+])
+def test_every_error_says_what_to_do(code: str, words: str) -> None:
+    error = bgmask_client.BgmaskError(code, "detail from the daemon")
+    assert words in logic.user_message(error, logic.Settings(model="u2netp"))
+
+
+def test_progress_spans_all_layers_and_names_the_stage() -> None:
+    gimp = FakeGimp()
+    feed = logic.ProgressFeed(gimp, 2)
+    feed.start(1)
+    feed("inferring", 0.5)
+    feed("downloading", None)
+    assert ("update", 0.75) in gimp.progress
+    assert ("text", "Finding the subject (layer 2 of 2)") in gimp.progress
+    assert gimp.progress[-1] == ("pulse", None)  # unknown fraction: the bar pulses instead of lying
+
+
+# -- the whole flow, against a real daemon -------------------------------------------------------------
+
+def photo(name: str, size: tuple[int, int]) -> Callable[[int, int], list[float]]:
+    """fill(x, y) for a fake layer: a real photo, scaled to `size`, as RGBA floats."""
+    img = PILImage.open(example(name)).convert("RGB").resize(size, PILImage.Resampling.BILINEAR)
+    px = img.load()
+    return lambda x, y: [c / 255 for c in px[x, y]] + [1.0]
+
+
+def connect(daemon: RunningDaemon) -> Callable[[], Any]:
+    return lambda: bgmask_client.Client(endpoint=daemon.endpoint, token=daemon.token, timeout=60)
+
+
+def run(image: Image, drawables: list, daemon: RunningDaemon, gimp: FakeGimp | None = None, **settings: Any) -> None:
+    logic.remove_background(gimp or FakeGimp(), Gegl, image, drawables,
+                            logic.Settings(model="u2netp", **settings), connect(daemon))
+
+
+def values(channel: Any) -> list[float]:
+    return [p[0] for p in channel.pixels]
+
+
+def assert_soft(vals: list[float]) -> None:
+    assert min(vals) <= 0.01 and max(vals) >= 0.99
+    assert sum(1 for v in vals if 0.02 < v < 0.98) > 0.002 * len(vals)
+    assert 0.1 < sum(1 for v in vals if v >= 0.5) / len(vals) < 0.95
+
+
+def assert_one_undo_step(image: Image) -> None:
+    assert image.changes, "nothing changed"
+    assert all(inside for _, inside in image.changes), image.changes
+    assert not any(what.startswith("NOT UNDOABLE") for what, _ in image.changes), image.changes
+    assert image.undo_groups == 1 and image.undo_depth == 0
+
+
+def test_layer_mask_on_an_offset_layer(daemon: RunningDaemon) -> None:
+    image = Image(200, 150)
+    layer = image.add_layer("astronaut", 96, 96, offsets=(150, 100), fill=photo("astronaut.jpg", (96, 96)))
+    pixels = [list(p) for p in layer.pixels]
+    gimp = FakeGimp()
+    run(image, [layer], daemon, gimp)
+    mask = layer.get_mask()
+    assert (mask.width, mask.height, mask.get_offsets()) == (96, 96, (True, 150, 100))
+    assert_soft(values(mask))
+    assert layer.pixels == pixels, "the layer's pixels were touched"
+    assert_one_undo_step(image)
+    assert image.reads == [(layer, (0, 0, 96, 96), "R'G'B'A u8")]
+    assert image.deleted_channels == 1, "the temporary channel was left behind"
+    assert ("end", None) in gimp.progress and gimp.progress.index(("end", None)) == len(gimp.progress) - 1
+
+
+def test_linear_16_bit_gray_is_sent_as_such(daemon: RunningDaemon) -> None:
+    image = Image(64, 64, base_type="gray", precision="u16-linear")
+    layer = image.add_layer("cat", 64, 64, has_alpha=False, fill=photo("chelsea.jpg", (64, 64)))
+    run(image, [layer], daemon)
+    assert image.reads[0][2] == "Y u16"
+    mask = values(layer.get_mask())  # (the fake has no TRCs: the daemon sees a brightened cat)
+    assert len(mask) == 64 * 64 and min(mask) <= 0.01 and max(mask) >= 0.99
+
+
+def test_selection_crops_the_request_and_limits_the_mask(daemon: RunningDaemon) -> None:
+    image = Image(128, 128)
+    layer = image.add_layer("astronaut", 128, 128, fill=photo("astronaut.jpg", (128, 128)))
+    image.select_rect(40, 10, 50, 40)
+    run(image, [layer], daemon)
+    pad = logic.MIN_CONTEXT_PADDING  # the padded box is clipped at the layer's top edge
+    assert image.reads[0][1] == (40 - pad, 0, 50 + 2 * pad, 10 + 40 + pad)
+    mask = layer.get_mask()
+    inside = [mask.value(x, y) for y in range(10, 50) for x in range(40, 90)]
+    outside = [mask.value(x, y) for y in range(128) for x in range(128) if not (40 <= x < 90 and 10 <= y < 50)]
+    assert max(outside) == 0.0
+    assert max(inside) >= 0.99 and any(0.02 < v < 0.98 for v in inside)
+    assert_one_undo_step(image)
+
+
+@pytest.mark.parametrize("policy", ["replace", "intersect"])
+def test_existing_mask(daemon: RunningDaemon, policy: str) -> None:
+    image = Image(96, 96)
+    layer = image.add_layer("astronaut", 96, 96, fill=photo("astronaut.jpg", (96, 96)))
+    old = layer.create_mask(FakeGimp.AddMaskType.WHITE)
+    layer.add_mask(old)
+    old.pixels = [[0.0 if i % 96 < 48 else 1.0] for i in range(96 * 96)]  # left half hidden
+    image.changes.clear()
+    run(image, [layer], daemon, existing_mask=policy)
+    left = [layer.get_mask().value(x, y) for y in range(96) for x in range(48)]
+    if policy == "intersect":
+        assert layer.get_mask() is old and max(left) == 0.0
+    else:
+        assert layer.get_mask() is not old and max(left) >= 0.99
+    assert_one_undo_step(image)
+
+
+def test_existing_mask_cancel_changes_nothing_and_asks_nothing(daemon: RunningDaemon) -> None:
+    image = Image(64, 64)
+    layer = image.add_layer("a", 64, 64)
+    layer.add_mask(layer.create_mask(FakeGimp.AddMaskType.WHITE))
+    image.changes.clear()
+    before = image.state()
+    with pytest.raises(logic.PluginError, match="already has a mask") as info:
+        run(image, [layer], daemon, existing_mask="cancel")
+    assert info.value.cancelled
+    assert image.state() == before and not image.changes and not image.reads
+
+
+def test_new_layer_keeps_the_original(daemon: RunningDaemon) -> None:
+    image = Image(96, 96)
+    layer = image.add_layer("astronaut", 96, 96, fill=photo("astronaut.jpg", (96, 96)))
+    pixels = [list(p) for p in layer.pixels]
+    run(image, [layer], daemon, output="new-layer")
+    copy, original = image.get_layers()
+    assert original is layer and layer.get_mask() is None and layer.pixels == pixels
+    assert copy.name == "astronaut (subject)" and copy.pixels == pixels
+    assert_soft(values(copy.get_mask()))
+    assert_one_undo_step(image)
+
+
+def test_selection_output_is_the_union_within_the_selection(daemon: RunningDaemon) -> None:
+    image = Image(160, 100)
+    first = image.add_layer("astronaut", 80, 80, offsets=(0, 0), fill=photo("astronaut.jpg", (80, 80)))
+    second = image.add_layer("coffee", 90, 60, offsets=(100, 40), fill=photo("coffee.jpg", (90, 60)))
+    run(image, [first, second], daemon, output="selection")
+    sel = image.get_selection()
+    assert first.get_mask() is None and second.get_mask() is None
+    left = [sel.value(x, y) for y in range(80) for x in range(80)]
+    right = [sel.value(x, y) for y in range(40, 100) for x in range(100, 160)]  # clipped at the canvas
+    assert max(left) >= 0.99 and max(right) >= 0.99
+    assert max(sel.value(x, y) for y in range(80, 100) for x in range(0, 100)) == 0.0  # under no layer
+    assert_one_undo_step(image)
+    assert image.deleted_channels == 3  # two layer results and the union
+
+
+def test_not_a_layer_is_refused_before_anything_happens(daemon: RunningDaemon) -> None:
+    image = Image(32, 32)
+    layer = image.add_layer("a", 32, 32)
+    mask = layer.create_mask(FakeGimp.AddMaskType.WHITE)
+    layer.add_mask(mask)
+    image.changes.clear()
+    with pytest.raises(logic.PluginError, match="is not a layer"):
+        run(image, [mask], daemon)
+    assert not image.changes and not image.reads
+
+
+def test_selection_that_misses_the_layer_is_an_error(daemon: RunningDaemon) -> None:
+    image = Image(100, 100)
+    layer = image.add_layer("small", 20, 20, offsets=(0, 0))
+    image.select_rect(50, 50, 10, 10)
+    with pytest.raises(logic.PluginError, match="does not overlap"):
+        run(image, [layer], daemon)
+    assert not image.changes
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_daemon_leaves_the_image_as_it_was() -> None:
+    image = Image(48, 48)
+    layer = image.add_layer("a", 48, 48, fill=photo("astronaut.jpg", (48, 48)))
+    before = image.state()
+    endpoint = f"tcp://127.0.0.1:{_closed_port()}"
+    with pytest.raises(logic.PluginError, match="bgmask serve") as info:
+        logic.remove_background(FakeGimp(), Gegl, image, [layer], logic.Settings(),
+                                lambda: bgmask_client.Client(endpoint=endpoint, token="x"))
+    assert not info.value.cancelled
+    assert image.state() == before and not image.changes and image.undo_groups == 0
+
+
+def test_unknown_model_names_the_model(daemon: RunningDaemon) -> None:
+    image = Image(48, 48)
+    layer = image.add_layer("a", 48, 48)
+    with pytest.raises(logic.PluginError, match="no model called 'no-such-model'"):
+        logic.remove_background(FakeGimp(), Gegl, image, [layer], logic.Settings(model="no-such-model"),
+                                connect(daemon))
+    assert not image.changes
+
+
+def test_too_large_layer_says_what_to_do(isolated_dirs: dict[str, str]) -> None:
+    small = start_daemon(isolated_dirs, "--max-pixels", "1000", "--preload-delay", "-1")
+    try:
+        image = Image(64, 64)
+        layer = image.add_layer("a", 64, 64)
+        with pytest.raises(logic.PluginError, match="too large.*smaller area"):
+            run(image, [layer], small)
+        assert not image.changes
+    finally:
+        small.stop()

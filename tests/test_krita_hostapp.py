@@ -1,0 +1,238 @@
+"""The Krita plugin in real Krita 5.2 (Xvfb, Debian trixie chroot) against a real daemon.
+
+Two Krita launches per session: one with Krita's pyzmq and msgpack, running every case of
+tests/hostapps/krita_remove_test.py, and one with them hidden (the client's built-in ZMTP path),
+running a few. The in-Krita script works the docker and dumps layer and mask pixels; here each mask
+is compared with this process's own request to the same daemon for the same pixels, reordered from
+Krita's layout independently (numpy), which checks channel order, precision, the linear flag and the
+geometry at once. Skipped, with the reason, where the chroot cannot be built (not root, no network).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import List
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLES, REPO
+
+pytestmark = pytest.mark.hostapp
+
+RUNNER = REPO / "tests" / "hostapps" / "run-krita-test.sh"
+TEST_PY = REPO / "tests" / "hostapps" / "krita_remove_test.py"
+PHOTOS = [EXAMPLES / "astronaut.jpg", EXAMPLES / "chelsea.jpg"]
+SKIP_CODES = {77: "not root", 78: "no network"}
+MASK = "Background Removal (u2netp)"
+PHOTO_RECT = [-40, -30, 512, 512]  # astronaut.jpg, moved out of the 400x300 canvas's top-left corner
+# case: numpy sample type, channels, stored B,G,R,A (Krita's integer RGBA), linear (Krita's default profile)
+NATIVE = {
+    "rgba_u8": ("<u1", 4, True, False), "rgba_u16": ("<u2", 4, True, True),
+    "rgba_f16": ("<f2", 4, False, True), "rgba_f32": ("<f4", 4, False, True),
+    "graya_u8": ("<u1", 2, False, False), "graya_u16": ("<u2", 2, False, True),
+    "graya_f16": ("<f2", 2, False, True), "graya_f32": ("<f4", 2, False, True),
+}
+CONVERTED = ["cmyka_u8", "laba_u16", "xyza_f32"]
+NO_PYZMQ_CASES = ["rgba_u8", "graya_f32", "cancel", "daemon_down"]
+SAMPLE_TYPES = {"<u1": "u8", "<u2": "u16", "<f2": "f16", "<f4": "f32"}
+
+
+def closed_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"tcp://127.0.0.1:{port}"  # closed again on leaving the block: nothing listens there
+
+
+def run_krita(out: Path, daemon, cases: List[str], hide_pyzmq: bool) -> SimpleNamespace:
+    """One Krita launch running `cases` (all when empty); skips when the chroot cannot be built."""
+    env = dict(os.environ, BGMASK_ENDPOINT=daemon.endpoint, BGMASK_TOKEN=daemon.token,
+               KRITA_TEST_DEAD_ENDPOINT=closed_endpoint(), KRITA_TEST_CASES=",".join(cases),
+               HOSTAPPS_PASSENV="BGMASK_ENDPOINT BGMASK_TOKEN KRITA_TEST_DEAD_ENDPOINT KRITA_TEST_CASES",
+               HOSTAPPS_PYTHON=sys.executable)
+    if hide_pyzmq:
+        env["HOSTAPPS_HIDE_PYZMQ"] = "1"
+    proc = subprocess.run(["bash", str(RUNNER), str(TEST_PY), str(out), *map(str, PHOTOS)],
+                          env=env, capture_output=True, text=True, timeout=1500)
+    if proc.returncode in SKIP_CODES:
+        reason = (proc.stderr.strip().splitlines() or [SKIP_CODES[proc.returncode]])[-1]
+        pytest.skip(f"real Krita unavailable: {reason}")
+    result_file = out / "result.json"
+    assert result_file.exists(), f"no result from Krita (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    result = json.loads(result_file.read_text())
+    assert "error" not in result, result["error"]
+    return SimpleNamespace(out=out, result=result, cases=result["cases"])
+
+
+@pytest.fixture(scope="module")
+def krita(tmp_path_factory, daemon) -> SimpleNamespace:
+    return run_krita(tmp_path_factory.mktemp("krita"), daemon, [], hide_pyzmq=False)
+
+
+@pytest.fixture(scope="module")
+def krita_no_pyzmq(tmp_path_factory, daemon) -> SimpleNamespace:
+    return run_krita(tmp_path_factory.mktemp("krita-no-pyzmq"), daemon, NO_PYZMQ_CASES, hide_pyzmq=True)
+
+
+@pytest.fixture(scope="module")
+def client(daemon):
+    spec = importlib.util.spec_from_file_location("bgmask_client", REPO / "plugins" / "common" / "bgmask_client.py")
+    module: ModuleType = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with module.Client(endpoint=daemon.endpoint, token=daemon.token) as client:
+        yield client
+
+
+def case(run: SimpleNamespace, name: str) -> dict:
+    rec = run.cases[name]
+    assert "error" not in rec, rec["error"]
+    return rec
+
+
+def dumped(run: SimpleNamespace, name: str, rect) -> np.ndarray:
+    return np.frombuffer((run.out / name).read_bytes(), np.uint8).reshape(rect[3], rect[2])
+
+
+def reference(client, run: SimpleNamespace, name: str, rect, dtype="<u1", channels=4, bgra=True, linear=False,
+              refine=True, region=None) -> np.ndarray:
+    """This process's own request for the layer pixels Krita dumped (Krita layout -> protocol order here)."""
+    pixels = np.frombuffer((run.out / name).read_bytes(), dtype).reshape(rect[3], rect[2], channels)
+    if bgra:
+        pixels = pixels[..., [2, 1, 0, 3]]
+    if region is not None:
+        x, y, w, h = region
+        pixels = pixels[y - rect[1]:y - rect[1] + h, x - rect[0]:x - rect[0] + w]
+    h, w = pixels.shape[:2]
+    mask = client.remove(np.ascontiguousarray(pixels).tobytes(), w, h, channels, SAMPLE_TYPES[dtype],
+                         linear=linear, model="u2netp", options={"refine": refine})
+    return np.frombuffer(mask, np.uint8).reshape(h, w)
+
+
+def test_docker_shows_the_connected_daemon_and_its_models(krita):
+    assert krita.result["client_transport"] == "pyzmq" and krita.result["import_zmq"] == "ok"
+    assert krita.result["status_line"].startswith("Connected to bgmask"), krita.result["status_line"]
+    assert "cpu" in krita.result["status_line"] and "u2netp" in krita.result["status_line"]
+    assert "u2netp" in krita.result["models_offered"] and "isnet-general-use" in krita.result["models_offered"]
+
+
+@pytest.mark.parametrize("name", list(NATIVE))
+def test_each_depth_is_sent_in_its_own_precision_and_gets_the_daemons_mask(krita, client, name):
+    dtype, channels, bgra, linear = NATIVE[name]
+    rec = case(krita, name)
+    assert rec["busy_after_click"] and rec["finished"], rec  # the click returned while the request ran
+    assert rec["message"].startswith("Added"), rec["message"]
+    # the progress bar followed the daemon's stages (the texts are the docker's names for them)
+    assert any(p.startswith(("Waiting in", "Loading", "Finding", "Refining")) for p in rec["progress"]), rec["progress"]
+    assert rec["children"] == [[MASK, "transparencymask", "A", "U8"]]
+    assert rec["layer_rect"] == rec["layer_rect_after"] == PHOTO_RECT
+    assert ("g10" in rec["profile"]) is linear
+    mask = dumped(krita, f"{name}.mask", PHOTO_RECT)
+    expected = reference(client, krita, f"{name}.layer", PHOTO_RECT, dtype, channels, bgra, linear, rec["refine"])
+    assert np.array_equal(mask, expected)
+    assert mask[200:300, 200:300].mean() > 200 and mask[:40, -40:].mean() < 60  # the astronaut, not the wall
+    assert rec["mask_outside_layer"] == 0
+    assert rec["children_after_undo"] == []  # one undo removes the mask
+
+
+@pytest.mark.parametrize("name", CONVERTED)
+def test_other_colour_models_are_converted_for_the_request_only(krita, name):
+    rec = case(krita, name)
+    assert "was converted to RGBA for the request" in rec["message"], rec["message"]
+    assert rec["children"] == [[MASK, "transparencymask", "A", "U8"]]
+    assert rec["layer_rect_after"] == PHOTO_RECT
+    mask = dumped(krita, f"{name}.mask", PHOTO_RECT).astype(int)
+    rgba = dumped(krita, "rgba_u8.mask", PHOTO_RECT).astype(int)
+    assert np.abs(mask - rgba).mean() < 3   # the same photo, round-tripped through another colour model
+    assert rec["children_after_undo"] == []
+
+
+def test_mask_survives_undo_redo_and_a_kra_round_trip(krita):
+    rec = case(krita, "kra_round_trip")
+    assert rec["children_after_undo"] == [] and rec["children_after_redo"] == [MASK]
+    assert rec["saved"] and rec["reopened_mask_equal"], rec
+    assert rec["reopened_layer_rect"] == PHOTO_RECT
+
+
+def test_selection_limits_the_request_and_the_mask(krita, client):
+    rec = case(krita, "selection")
+    rect, (sx, sy, sw, sh) = rec["layer_rect"], rec["selection"]
+    assert rect == [60, 50, 451, 300]
+    mask = dumped(krita, "selection.mask", rect)
+    inside = mask[sy - rect[1]:sy - rect[1] + sh, sx - rect[0]:sx - rect[0] + sw]
+    assert inside.max() == 255 and mask.sum() == inside.sum()   # nothing outside the selection
+    pad = 20  # bounds plus 10% of their longer side on every side (at least 16 px), clipped to the layer
+    region = (sx - pad, sy - pad, sw + 2 * pad, sh + 2 * pad)
+    expected = reference(client, krita, "selection.layer", rect, region=region)
+    assert np.array_equal(inside, expected[pad:pad + sh, pad:pad + sw])
+
+
+def test_selection_output_replaces_the_selection_with_the_soft_mask(krita):
+    rec = case(krita, "output_selection")
+    assert rec["has_selection"] and rec["layer_children"] == []
+    new_nodes = [n for n in rec["tree_after"][2] if n not in rec["tree_before"][2]]
+    assert [n[1] for n in new_nodes] in ([], ["selectionmask"])   # Krita keeps the global selection as a node
+    selection = dumped(krita, "output_selection.mask", PHOTO_RECT)
+    assert np.array_equal(selection, dumped(krita, "rgba_u8.mask", PHOTO_RECT))
+    assert len(np.unique(selection)) > 100  # soft, not thresholded
+
+
+def test_new_layer_output_adds_a_masked_copy_above_in_one_undo_step(krita):
+    rec = case(krita, "output_layer")
+    assert rec["group_children"] == ["subject", "subject (background removed)"]
+    assert rec["layer_children"] == [] and rec["copy_pixels_equal"]
+    assert rec["copy_children"] == [[MASK, "transparencymask"]]
+    assert np.array_equal(dumped(krita, "output_layer.mask", PHOTO_RECT), dumped(krita, "rgba_u8.mask", PHOTO_RECT))
+    assert rec["group_children_after_undo"] == ["subject"]
+
+
+def test_layer_menu_action_does_what_the_button_does(krita):
+    rec = case(krita, "menu_action")
+    assert rec["in_layer_menu"]
+    assert rec["children"] == [[MASK, "transparencymask"]], rec
+
+
+def test_unsupported_layer_is_refused_and_the_document_untouched(krita):
+    rec = case(krita, "unsupported_layer")
+    assert "group layer" in rec["message"] and rec["message"].startswith("Error:"), rec["message"]
+    assert rec["error_boxes"] and "group layer" in rec["error_boxes"][0]
+    assert rec["untouched"], rec["fingerprint"]
+
+
+def test_model_the_daemon_does_not_know_is_reported_and_the_document_untouched(krita):
+    rec = case(krita, "unknown_model")
+    assert "[unknown_model]" in rec["message"] and rec["error_boxes"], rec
+    assert rec["untouched"], rec["fingerprint"]
+
+
+def test_stopped_daemon_is_reported_and_the_document_untouched(krita):
+    rec = case(krita, "daemon_down")
+    assert rec["busy_after_click"] and rec["finished"]
+    assert "[not_running]" in rec["message"] and rec["error_boxes"], rec
+    assert rec["untouched"], rec["fingerprint"]
+
+
+def test_cancel_stops_the_request_and_leaves_the_document_untouched(krita):
+    rec = case(krita, "cancel")
+    assert rec["cancel_enabled"] and rec["finished"]
+    assert rec["message"].startswith("Cancelled") and rec["error_boxes"] == [], rec
+    assert rec["untouched"]
+
+
+def test_without_pyzmq_and_msgpack_the_builtin_transport_gives_the_same_masks(krita, krita_no_pyzmq):
+    run = krita_no_pyzmq
+    assert run.result["client_transport"] == "builtin"
+    assert "hidden" in run.result["import_zmq"] and "hidden" in run.result["import_msgpack"]
+    for name in ("rgba_u8", "graya_f32"):
+        rec = case(run, name)
+        assert rec["children"] == [[MASK, "transparencymask", "A", "U8"]] and rec["children_after_undo"] == []
+        assert np.array_equal(dumped(run, f"{name}.mask", PHOTO_RECT), dumped(krita, f"{name}.mask", PHOTO_RECT))
+    assert case(run, "cancel")["message"].startswith("Cancelled") and case(run, "cancel")["untouched"]
+    assert "[not_running]" in case(run, "daemon_down")["message"] and case(run, "daemon_down")["untouched"]

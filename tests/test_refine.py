@@ -1,0 +1,184 @@
+"""Carrying a model-resolution prediction to the full-resolution mask: refine.upsample and refine.refine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from bgmask import errors as E
+from bgmask import refine as R
+from bgmask.errors import BgmaskError
+
+
+def area_down(x: np.ndarray, w: int, h: int) -> np.ndarray:
+    """What a model at (w, h) sees of a full-resolution matte: the area average."""
+    return np.asarray(Image.fromarray(x.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BOX), dtype=np.float32)
+
+
+def disk_scene(H: int = 900, W: int = 1200, radius: float = 250.0):
+    """A hard-edged disk (1 px anti-aliased) of one colour over a textured background of another."""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32) + 0.5
+    dist = np.hypot(xx - W / 2, yy - H / 2)
+    alpha = np.clip(radius - dist + 0.5, 0, 1).astype(np.float32)
+    rng = np.random.default_rng(7)
+    fg = np.array([0.8, 0.3, 0.2], np.float32)
+    bg = np.array([0.2, 0.5, 0.7], np.float32) + rng.normal(0, 0.03, (H, W, 3)).astype(np.float32)
+    image = np.clip(fg * alpha[..., None] + bg * (1 - alpha[..., None]), 0, 1).astype(np.float32)
+    return alpha, image, dist
+
+
+def crossing_width(profile: np.ndarray) -> float:
+    """Distance in pixels over which a monotonic profile goes from 0.1 to 0.9."""
+    xs = np.arange(profile.size)
+    if profile[0] > profile[-1]:
+        profile = profile[::-1]
+    return float(np.interp(0.9, profile, xs) - np.interp(0.1, profile, xs))
+
+
+def test_upsample_is_plain_bilinear_and_stays_in_range():
+    rng = np.random.default_rng(0)
+    pred = rng.random((320, 320)).astype(np.float32)
+    out = R.upsample(pred, 1000, 700)
+    ref = np.asarray(Image.fromarray(pred, mode="F").resize((1000, 700), Image.Resampling.BILINEAR))
+    assert out.shape == (700, 1000) and out.dtype == np.float32
+    assert np.abs(out - ref).max() < 1e-5
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_upsample_shrinks_without_aliasing():
+    stripes = np.tile(np.array([0.0, 1.0], np.float32), (320, 160))  # 1-px stripes: only their mean survives
+    out = R.upsample(stripes, 100, 80)
+    assert out.shape == (80, 100)
+    assert np.abs(out - 0.5).max() < 0.05  # point sampling would give 0s and 1s
+
+
+def test_perfect_prediction_keeps_flat_regions_exact():
+    alpha, image, dist = disk_scene()
+    pred = area_down(alpha, 320, 320)
+    for guide in (image, image @ np.array([0.299, 0.587, 0.114], np.float32)):
+        out = R.refine(pred, guide)
+        assert out.shape == alpha.shape and out.dtype == np.float32
+        # Twelve model pixels (each ~3.75 px here) away from the edge the result is exactly 0 or 1.
+        assert np.all(out[dist < 205] == 1.0)
+        assert np.all(out[dist > 295] == 0.0)
+
+
+def test_blurred_edge_is_sharpened_toward_the_guides_edge():
+    H, W = 400, 1600
+    x = np.arange(W, dtype=np.float32) + 0.5
+    edge = 803.3
+    alpha = np.clip(edge - x + 0.5, 0, 1)[None].repeat(H, 0)  # foreground on the left
+    image = np.stack([0.2 + 0.6 * alpha, 0.7 - 0.4 * alpha, 0.4 + 0.0 * alpha], axis=2).astype(np.float32)
+    # The model's edge is softer than the truth: its prediction blurred over a few model pixels.
+    kernel = np.array([1, 2, 3, 2, 1], np.float32) / 9
+    soft = np.apply_along_axis(lambda r: np.convolve(np.pad(r, 2, mode="edge"), kernel, mode="valid"), 1,
+                               area_down(alpha, 320, 80)).astype(np.float32)
+    plain = R.upsample(soft, W, H)[H // 2]
+    sharp = R.refine(soft, image)[H // 2]
+    assert crossing_width(plain) > 12
+    assert crossing_width(sharp) < crossing_width(plain) / 2
+    assert abs(np.interp(0.5, sharp[::-1], np.arange(W)[::-1] + 0.5) - edge) < 1.0
+
+
+def test_hair_finer_than_a_model_pixel_comes_back_from_the_image():
+    """One-pixel strands that the 4x smaller prediction only shows as faint smears."""
+    H, W = 480, 640
+    rng = np.random.default_rng(3)
+    alpha = np.zeros((H, W), np.float32)
+    alpha[:, :200] = 1.0
+    for x0 in rng.integers(205, 600, 40):
+        alpha[60:420, x0] = np.maximum(alpha[60:420, x0], rng.uniform(0.6, 1.0))
+    fg = np.array([0.85, 0.7, 0.4], np.float32)
+    bg = np.array([0.15, 0.25, 0.45], np.float32)
+    image = (fg * alpha[..., None] + bg * (1 - alpha[..., None])).astype(np.float32)
+    pred = area_down(alpha, W // 4, H // 4)
+    err_plain = np.mean((R.upsample(pred, W, H) - alpha) ** 2)
+    err_refined = np.mean((R.refine(pred, image) - alpha) ** 2)
+    assert err_refined < err_plain / 4
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    h=st.integers(1, 40), w=st.integers(1, 40), H=st.integers(1, 90), W=st.integers(1, 90),
+    channels=st.sampled_from([1, 3]), seed=st.integers(0, 2**32 - 1),
+    extremes=st.booleans(),
+)
+def test_refine_never_leaves_the_unit_interval(h, w, H, W, channels, seed, extremes):
+    rng = np.random.default_rng(seed)
+    pred = rng.random((h, w)).astype(np.float32)
+    guide = rng.random((H, W, channels)).astype(np.float32)
+    if extremes:  # saturated predictions and guides with hard jumps push the linear model hardest
+        pred = np.round(pred)
+        guide = np.round(guide)
+    out = R.refine(pred, guide if channels == 3 else guide[..., 0])
+    assert out.shape == (H, W) and out.dtype == np.float32
+    assert np.isfinite(out).all()
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 700), (700, 1), (2, 3)])
+def test_tiny_and_one_pixel_wide_images(shape):
+    pred = np.full((320, 320), 0.25, np.float32)
+    pred[:, 160:] = 1.0
+    guide = np.random.default_rng(1).random(shape + (3,)).astype(np.float32)
+    for out in (R.refine(pred, guide), R.upsample(pred, shape[1], shape[0])):
+        assert out.shape == shape
+        assert out.min() >= 0 and out.max() <= 1
+    flat = R.refine(np.full((320, 320), 0.4, np.float32), guide)
+    assert np.allclose(flat, 0.4, atol=1e-3)
+
+
+def test_huge_image_in_strips():
+    H, W = 6000, 8000
+    guide = np.zeros((H, W), np.float32)
+    guide[:, W // 2:] = 1.0
+    pred = np.zeros((1024, 1024), np.float32)
+    pred[:, 512:] = 1.0
+    out = R.refine(pred, guide)
+    assert out.shape == (H, W)
+    assert out[:, : W // 2 - 100].max() == 0.0 and out[:, W // 2 + 100:].min() == 1.0
+    assert float(out[:, W // 2 - 1].mean()) < 0.05 and float(out[:, W // 2].mean()) > 0.85  # a 1 px edge
+
+
+def test_integer_guides_match_float_guides():
+    rng = np.random.default_rng(2)
+    img8 = (rng.random((300, 400, 4)) * 255).astype(np.uint8)  # RGBA: the RGB view is strided
+    pred = R.upsample(rng.random((40, 40)).astype(np.float32), 320, 320)
+    as_float = R.refine(pred, img8[..., :3].astype(np.float32) / 255)
+    assert np.abs(R.refine(pred, img8[..., :3]) - as_float).max() < 2e-3
+    assert np.abs(R.refine(pred, img8[..., :3].astype(np.uint16) * 257) - as_float).max() < 2e-3
+
+
+def test_guide_small_is_used_as_what_the_model_saw():
+    alpha, image, _ = disk_scene(300, 400, 100.0)
+    pred = area_down(alpha, 320, 320)
+    small = np.stack([area_down(image[..., c], 320, 320) for c in range(3)], axis=2)
+    out = R.refine(pred, image, guide_small=small)
+    assert np.mean((out - alpha) ** 2) < np.mean((R.upsample(pred, 400, 300) - alpha) ** 2)
+    with pytest.raises(ValueError):
+        R.refine(pred, image, guide_small=small[..., :1])
+
+
+def test_cancel_stops_with_the_cancelled_code():
+    calls = []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(BgmaskError) as info:
+        R.refine(np.zeros((320, 320), np.float32), np.zeros((2000, 3000), np.float32), cancel=cancel)
+    assert info.value.code == E.CANCELLED
+
+
+def test_a_gray_image_as_an_rgb_guide_stays_finite():
+    """R = G = B makes every window's colour covariance singular but for the regularisation."""
+    alpha, image, _ = disk_scene(300, 400, 100.0)
+    gray = image.mean(axis=2)
+    pred = area_down(alpha, 320, 320)
+    out = R.refine(pred, np.repeat(gray[..., None], 3, axis=2))
+    assert np.isfinite(out).all()
+    assert np.abs(out - R.refine(pred, gray)).max() < 0.05
