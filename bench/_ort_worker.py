@@ -26,8 +26,7 @@ import onnxruntime as ort
 from PIL import Image
 
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH.parent / "server"))
-sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH))  # the bgmask tree under test comes from PYTHONPATH (set by speed.py)
 
 from bgmask import pixels, providers  # noqa: E402
 from bgmask.catalog import Catalog  # noqa: E402

@@ -144,11 +144,12 @@ def proc_status(pid: int, key: str) -> Optional[int]:
     return None
 
 
-def server_env(dirs: dict[str, str]) -> dict[str, str]:
+def server_env(dirs: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The environment of a daemon, CLI or worker process running the bgmask source tree under test."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SERVER), os.environ.get("PYTHONPATH")])))
     for key in ("BGMASK_ENDPOINT", "BGMASK_TOKEN"):
         env.pop(key, None)
-    env.update(dirs)
+    env.update(dirs or {})
     return env
 
 
@@ -304,7 +305,7 @@ DAEMON_TODAY = {"name": "daemon session", "file": "shipped", "daemon": True}
 def ort_worker(model: str, files: dict[str, str], image: Path, configs: list[dict], rounds: int,
                extra: Optional[dict] = None, env: Optional[dict[str, str]] = None) -> dict:
     args = dict({"model": model, "files": files, "image": str(image), "configs": configs, "rounds": rounds}, **(extra or {}))
-    return run_json([sys.executable, str(BENCH / "_ort_worker.py"), json.dumps(args)], env=env)
+    return run_json([sys.executable, str(BENCH / "_ort_worker.py"), json.dumps(args)], env=dict(server_env(), **(env or {})))
 
 
 def bench_floor(model: str, files: dict[str, Path], image: Path, rounds: int) -> dict[str, Any]:
@@ -397,12 +398,12 @@ def bench_experiments(model: str, files: dict[str, Path], prepared: dict[str, Pa
             f"  diff {r['max_diff_255']:.3f}/255")
     memory = []
     for cfg in memory_configs():
-        env = dict(os.environ, **cfg.get("env", {}))
+        env = cfg.get("env", {})
         cfg = {k: v for k, v in cfg.items() if k != "env"}
         wait_quiet(f"memory: {cfg['name']}")
         res = ort_worker(model, paths, image, [cfg], rounds, {"tensor": str(tensor)}, env=env)
         r = res["results"][0]
-        entry = {"config": cfg, "env": sorted(set(env.items()) - set(os.environ.items())), "min_s": r["min_s"],
+        entry = {"config": cfg, "env": env, "min_s": r["min_s"],
                  "median_s": r["median_s"],
                  "cpu_min_s": r["cpu_min_s"], "loaded_rss": res["loaded_rss"], "peak_rss": res["peak_rss"],
                  "rss_after": res["rss_after"]}
@@ -523,6 +524,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=0, help="timed runs per figure (default 5 for u2netp, 3 for IS-Net)")
     p.add_argument("--cold-size", default="1mp", help="image size of the one-file CLI comparison (default 1mp)")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/speed-<date>.json)")
+    p.add_argument("--server", type=Path, default=SERVER,
+                   help="the bgmask source tree whose daemon and CLI are measured (default server/ of this checkout;"
+                        " a patched copy, with plugins/ beside it, measures a proposed change)")
     p.add_argument("--quiet-wait", type=float, default=180.0,
                    help="before each timed part, wait up to this many seconds for the machine to be idle (default 180)")
     args = p.parse_args(argv)
@@ -547,11 +551,12 @@ def machine() -> dict[str, Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    global QUIET_WAIT
-    QUIET_WAIT = args.quiet_wait
+    global QUIET_WAIT, SERVER
+    QUIET_WAIT, SERVER = args.quiet_wait, args.server.resolve()
     started = datetime.datetime.now()
     out_path = args.out or RESULTS / f"speed-{started.strftime('%Y-%m-%dT%H-%M-%S')}.json"
-    res: dict[str, Any] = {"started": started.isoformat(timespec="seconds"), "machine": machine(), "models": args.models,
+    res: dict[str, Any] = {"started": started.isoformat(timespec="seconds"), "machine": machine(), "server": str(SERVER),
+                           "models": args.models,
                            "sizes": args.sizes, "photo": PHOTO.name, "by_model": {m: {} for m in args.models}}
     images = make_images(sorted(set(args.sizes) | ({args.cold_size} if "cold" in args.parts else set()), key=list(SIZES).index))
     files = model_files(args.models)

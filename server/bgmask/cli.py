@@ -149,7 +149,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         print(f"bgmask: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 1
     deadline = time.monotonic() + args.timeout
-    while runtime.pid_alive(record["pid"]) and time.monotonic() < deadline:
+    while runtime.read_runtime() is not None and time.monotonic() < deadline:  # removed just before it exits
         time.sleep(0.05)
     print(f"bgmask: daemon (pid {record['pid']}) stopped.")
     return 0

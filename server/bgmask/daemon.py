@@ -86,6 +86,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def seed_libc_random() -> None:
+    """libzmq numbers anonymous peers from the C library's unseeded rand(), so the next id is predictable;
+    a local stranger who claims it makes libzmq abort on the next connection. A secret seed prevents that."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None) if sys.platform != "win32" else ctypes.cdll.msvcrt
+        libc.srand(ctypes.c_uint(secrets.randbits(32)))
+    except (OSError, AttributeError):
+        log.warning("could not seed the C library's random generator")
+
+
 def rss_bytes() -> Optional[int]:
     """Current resident memory of this process (Linux /proc; peak RSS elsewhere)."""
     try:
@@ -112,6 +124,7 @@ class Daemon:
         self.default_model = config.default_model or Catalog.load().default_name()
         Catalog.load().get(self.default_model)  # an unknown --default-model fails at start, not per request
         self.token = secrets.token_urlsafe(32)
+        seed_libc_random()
         self.ctx = zmq.Context()
         self.endpoint = ""
         self.started = time.time()

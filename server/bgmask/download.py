@@ -98,6 +98,12 @@ def model_state(spec: ModelSpec) -> str:
     return "downloaded" if installed(spec) is not None else "not_downloaded"
 
 
+def distrust(spec: ModelSpec) -> None:
+    """Drop the size/mtime stamp, so the next ensure_model hashes the file in full: loading a model re-verifies
+    what will run (bit rot keeps size and mtime), and a file ONNX Runtime cannot load is checked again."""
+    _stamp_path(spec).unlink(missing_ok=True)
+
+
 def installed(spec: ModelSpec) -> Optional[Installed]:
     """The verified file of `spec`, or None. Cheap when its stamp still matches the file's size and mtime."""
     return _verify_existing(spec, _Reporter(None), lambda: False, delete_bad=False)

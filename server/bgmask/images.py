@@ -66,7 +66,8 @@ def save_mask(path: Path, mask: np.ndarray) -> None:
     if mask.dtype == np.uint8:
         Image.fromarray(mask, "L").save(path)
     else:
-        Image.fromarray(mask.astype(np.uint16), "I;16").save(path)
+        height, width = mask.shape
+        Image.frombytes("I;16", (width, height), mask.astype("<u2").tobytes()).save(path)
 
 
 def save_cutout(path: Path, picture: Image.Image, mask8: np.ndarray) -> None:

@@ -4,6 +4,7 @@ so tests, sandboxes and Flatpak setups can point the daemon and its clients at t
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import platformdirs
@@ -18,7 +19,10 @@ def _dir(env: str, default: str) -> Path:
 
 def runtime_dir() -> Path:
     """Holds daemon.json (endpoint + token) and daemon.lock; private to the user."""
-    return _dir("BGMASK_RUNTIME_DIR", platformdirs.user_runtime_dir(APP, appauthor=False))
+    with warnings.catch_warnings():  # no XDG_RUNTIME_DIR (cron, ssh, containers): the fallback is fine
+        warnings.simplefilter("ignore")
+        default = platformdirs.user_runtime_dir(APP, appauthor=False)
+    return _dir("BGMASK_RUNTIME_DIR", default)
 
 
 def config_dir() -> Path:

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
+
 from bgmask import errors as E
 from bgmask import decontaminate, matte_ops, pixels, refine
 from bgmask.errors import BgmaskError

@@ -68,13 +68,17 @@ def _encoded_channel(arr: np.ndarray, c: int, spec: ImageSpec) -> np.ndarray:
 
 
 def _u8_srgb_image(data: memoryview | bytes, spec: ImageSpec) -> Optional[Image.Image]:
-    """Pillow's zero-copy view for the common case (8-bit sRGB RGB/RGBA), where its C code is fastest."""
+    """Pillow's view for the common case (8-bit sRGB RGB/RGBA), where its C code is fastest. Pillow wants
+    stride x height bytes: a crop or a short last row is packed into one contiguous copy first, so every
+    layout of the same pixels gives the model exactly the same input."""
     if spec.sample_type != "u8" or spec.channels < 3 or spec.linear:
         return None
-    if len(memoryview(data).cast("B")) < spec.stride * spec.height:
-        return None  # a crop or a short last row: Pillow wants stride x height bytes, the numpy view does not
     raw = "RGB" if spec.channels == 3 else "RGBA"
-    return Image.frombuffer("RGBX" if spec.channels == 4 else "RGB", (spec.width, spec.height), data, "raw", raw, spec.stride, 1)
+    mode = "RGBX" if spec.channels == 4 else "RGB"
+    if len(memoryview(data).cast("B")) >= spec.stride * spec.height:
+        return Image.frombuffer(mode, (spec.width, spec.height), data, "raw", raw, spec.stride, 1)
+    packed = np.ascontiguousarray(view(data, spec))
+    return Image.frombuffer(mode, (spec.width, spec.height), packed, "raw", raw, spec.row_bytes, 1)
 
 
 def model_rgb(data: memoryview | bytes, spec: ImageSpec, size: tuple[int, int]) -> np.ndarray:

@@ -73,6 +73,7 @@ class SessionPool:
     def fetch(self, name: str, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> download.Installed:
         """Download (if needed) and verify a model without loading it: the `pull` operation."""
         spec = self.catalog().get(name)
+        download.distrust(spec)  # a pull vouches for the file: hash it in full
         download.ensure_model(spec, progress=self._download_progress(progress), cancel=cancel)
         found = download.installed(spec)
         if found is None:  # removed between the download and now
@@ -96,6 +97,7 @@ class SessionPool:
         try:
             if download.model_state(spec) != "downloaded":
                 report("downloading", 0.0)
+            download.distrust(spec)
             path = download.ensure_model(spec, progress=self._download_progress(report), cancel=cancel)
             report("loading", None)
             session = MattingSession(spec, path, self.choice)

@@ -56,7 +56,8 @@ def request_id(header: Mapping[str, Any]) -> Any:
 
 def check_envelope(header: Mapping[str, Any], token: str) -> str:
     """Version, then token (constant time), then op: returns the op."""
-    if header.get("v") != PROTOCOL_VERSION:
+    version = header.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:  # True and 1.0 equal 1 in Python, not on the wire
         raise BgmaskError(
             E.UNSUPPORTED_VERSION,
             f"This bgmask daemon speaks protocol {PROTOCOL_VERSION}, but the request uses "
