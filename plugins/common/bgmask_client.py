@@ -740,7 +740,7 @@ def config_dir() -> str:
 # ---------------------------------------------------------------------------------------------------
 # Discovery and auto-start.
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
     if sys.platform == "win32":
@@ -772,7 +772,7 @@ def _read_runtime_file() -> Optional[Dict[str, Any]]:
     except (OSError, ValueError):
         return None
     if not (isinstance(info, dict) and isinstance(info.get("endpoint"), str) and isinstance(info.get("token"), str)
-            and isinstance(info.get("pid"), int) and _pid_alive(info["pid"])):
+            and isinstance(info.get("pid"), int) and pid_alive(info["pid"])):
         return None
     return info
 

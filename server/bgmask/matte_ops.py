@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from bgmask.refine import CancelFn, _block_mean, _check, _expand_cols, _lerp_rows
+from bgmask.refine import CancelFn, _block_mean, _check, _expand_cols, _lerp_rows, box_mean_1d
 
 MAX_SHIFT = 100.0
 MAX_FEATHER = 500.0
@@ -164,25 +164,6 @@ def shift(alpha: np.ndarray, distance: float, cancel: Optional[CancelFn] = None)
 
 # ---------------------------------------------------------------------------------------------- feather
 
-def _box_1d(x: np.ndarray, r: int, axis: int) -> np.ndarray:
-    """Mean over 2r+1 samples along `axis`, over the samples that exist at the borders (so a border does
-    not fade the matte); direct sums, so a run of identical values keeps its value exactly."""
-    n = x.shape[axis]
-    total = x.copy()
-    for k in range(1, min(r, n - 1) + 1):
-        hi = [slice(None)] * x.ndim
-        lo = [slice(None)] * x.ndim
-        hi[axis], lo[axis] = slice(k, None), slice(None, n - k)
-        total[tuple(hi)] += x[tuple(lo)]
-        total[tuple(lo)] += x[tuple(hi)]
-    idx = np.arange(n)
-    count = (np.minimum(idx + r + 1, n) - np.maximum(idx - r, 0)).astype(np.float32)
-    shape = [1] * x.ndim
-    shape[axis] = n
-    total /= count.reshape(shape)
-    return total
-
-
 def _box_radii(sigma: float, passes: int = 3) -> list[int]:
     """Radii of `passes` box filters whose composition has variance sigma^2 as closely as integer radii
     allow (a box of radius r has variance r(r+1)/3)."""
@@ -211,9 +192,9 @@ def _gaussian_small(x: np.ndarray, sigma: float, cancel: Optional[CancelFn]) -> 
         ya, yb = max(0, y0 - halo), min(H, y1 + halo)
         s = x[ya:yb]
         for r in radii:
-            s = _box_1d(s, r, axis=1)
+            s = box_mean_1d(s, r, axis=1)
         for r in radii:
-            s = _box_1d(s, r, axis=0)
+            s = box_mean_1d(s, r, axis=0)
         out[y0:y1] = s[y0 - ya:y1 - ya]
     return out
 

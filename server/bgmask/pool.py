@@ -83,8 +83,9 @@ class SessionPool:
     @staticmethod
     def _download_progress(progress: Optional[ProgressFn]) -> Callable[[str, int, Optional[int]], None]:
         def on_download(stage: str, done: int, total: Optional[int]) -> None:
+            # the model manager's own stages: waiting, verifying (hashing a cached file), downloading, extracting
             if progress is not None:
-                progress("downloading", (done / total) if total else None)
+                progress("loading" if stage == "verifying" else "downloading", (done / total) if total else None)
 
         return on_download
 

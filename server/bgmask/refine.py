@@ -164,27 +164,29 @@ def _block_mean(guide: np.ndarray, ky: int, kx: int, cancel: Optional[CancelFn])
     return np.moveaxis(out, -1, 0)
 
 
-def _box(x: np.ndarray, r: int) -> np.ndarray:
-    """Mean over a (2r+1)^2 window, clipped at the borders, of float32 maps (..., h, w).
+def box_mean_1d(x: np.ndarray, r: int, axis: int) -> np.ndarray:
+    """Mean over 2r+1 samples along `axis`, over the samples that exist at the borders (so a border does
+    not fade the map). Direct sums of shifted slices rather than running sums: a run of identical values
+    averages to exactly that value, which keeps flat regions of an exact 0/1 prediction exact."""
+    n = x.shape[axis]
+    total = x.copy()
+    for k in range(1, min(r, n - 1) + 1):
+        hi = [slice(None)] * x.ndim
+        lo = [slice(None)] * x.ndim
+        hi[axis], lo[axis] = slice(k, None), slice(None, n - k)
+        total[tuple(hi)] += x[tuple(lo)]
+        total[tuple(lo)] += x[tuple(hi)]
+    idx = np.arange(n)
+    count = (np.minimum(idx + r + 1, n) - np.maximum(idx - r, 0)).astype(np.float32)
+    shape = [1] * x.ndim
+    shape[axis] = n
+    total /= count.reshape(shape)
+    return total
 
-    Direct sums of shifted slices rather than running sums: a window of identical values averages to
-    exactly that value, which keeps flat regions of an exact 0/1 prediction exact."""
-    for axis in (-1, -2):
-        n = x.shape[axis]
-        total = x.copy()
-        for k in range(1, min(r, n - 1) + 1):
-            hi = [slice(None)] * x.ndim
-            lo = [slice(None)] * x.ndim
-            hi[axis], lo[axis] = slice(k, None), slice(None, n - k)
-            total[tuple(hi)] += x[tuple(lo)]
-            total[tuple(lo)] += x[tuple(hi)]
-        idx = np.arange(n)
-        count = (np.minimum(idx + r + 1, n) - np.maximum(idx - r, 0)).astype(np.float32)
-        shape = [1] * x.ndim
-        shape[axis] = n
-        total /= count.reshape(shape)
-        x = total
-    return x
+
+def _box(x: np.ndarray, r: int) -> np.ndarray:
+    """Mean over a (2r+1)^2 window, clipped at the borders, of float32 maps (..., h, w)."""
+    return box_mean_1d(box_mean_1d(x, r, axis=-1), r, axis=-2)
 
 
 def _coefficients(guide: np.ndarray, pred: np.ndarray, radius: int, eps: float) -> np.ndarray:

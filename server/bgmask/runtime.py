@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bgmask import paths
+from bgmask.clientlib import load_client
 
 if sys.platform == "win32":
     import msvcrt
@@ -18,24 +19,9 @@ else:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (a stale runtime file names a dead one)."""
-    if pid <= 0:
-        return False
-    if sys.platform == "win32":
-        import ctypes
-
-        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        if not handle:
-            return False
-        ctypes.windll.kernel32.CloseHandle(handle)
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether a process with this pid exists (a stale runtime file names a dead one); the client's check,
+    so daemon and clients agree on staleness on every OS."""
+    return bool(load_client().pid_alive(pid))
 
 
 class DaemonLock:
