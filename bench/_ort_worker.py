@@ -115,6 +115,8 @@ def main() -> None:
         if "save_tensor" in args:
             np.save(args["save_tensor"], tensor)
     first = [r(tensor) for r in runners]  # warm-up, and the outputs to compare
+    if "save_output" in args:
+        np.save(args["save_output"], first[0])
     wall: list[list[float]] = [[] for _ in runners]
     cpu: list[list[float]] = [[] for _ in runners]
     for _ in range(args["rounds"]):

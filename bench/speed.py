@@ -35,6 +35,7 @@ SERVER = REPO / "server"
 sys.path.insert(0, str(SERVER))
 sys.path.insert(0, str(BENCH))
 
+import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -48,7 +49,7 @@ MODELS = ("u2netp", "isnet-general-use")
 SIZES = {"1mp": (1224, 816), "12mp": (4242, 2828), "24mp": (6000, 4000)}  # the photo's 3:2, like a camera's
 PHOTO = REPO / "examples" / "coffee.jpg"
 PARTS = ("floor", "bgmask", "rembg", "cold", "experiments")
-DEFAULT_REPEAT = {"u2netp": 5, "isnet-general-use": 3}
+DEFAULT_REPEAT = 5
 TRANSPORTS = ("builtin", "pyzmq")
 TARGETS = {  # from the issue: (figure, model) -> upper bound of the ratio
     ("e2e_24mp/floor", "isnet-general-use"): 1.10, ("e2e_24mp/floor", "u2netp"): 1.5,
@@ -308,13 +309,22 @@ def ort_worker(model: str, files: dict[str, str], image: Path, configs: list[dic
     return run_json([sys.executable, str(BENCH / "_ort_worker.py"), json.dumps(args)], env=dict(server_env(), **(env or {})))
 
 
-def bench_floor(model: str, files: dict[str, Path], image: Path, rounds: int) -> dict[str, Any]:
-    """session.run alone on the prepared input: the shipped file with ORT defaults, and the daemon's session."""
+def bench_floor(model: str, files: dict[str, Path], image: Path, rounds: int,
+                earlier: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """session.run alone on the prepared input: the shipped file with ORT defaults, and the daemon's session,
+    interleaved. Measured before and again after the model's other parts; `earlier` is the first sitting,
+    whose runs are merged in, so one busy spell cannot make the floor."""
     wait_quiet(f"the floor of {model}")
     res = ort_worker(model, {"shipped": str(files[model])}, image, [FLOOR, DAEMON_TODAY], rounds)
-    floor, today = res["results"]
-    log(f"  floor {model}: {floor['min_s']:.3f} s; daemon session today {today['min_s']:.3f} s")
-    return {"floor": floor, "daemon_session": today}
+    out = {}
+    for key, r in zip(("floor", "daemon_session"), res["results"]):
+        if earlier:
+            r["times"] = earlier[key]["times"] + r["times"]
+            r["min_s"], r["median_s"] = min(r["times"]), sorted(r["times"])[len(r["times"]) // 2]
+            r["cpu_min_s"] = min(r["cpu_min_s"], earlier[key]["cpu_min_s"])
+        out[key] = r
+    log(f"  floor {model}: {out['floor']['min_s']:.3f} s; daemon session today {out['daemon_session']['min_s']:.3f} s")
+    return out
 
 
 def bench_rembg(model: str, image: Path, repeat: int) -> dict[str, Any]:
@@ -352,65 +362,67 @@ def bench_cold(model: str, image: Path, repeat: int, tmp: Path) -> dict[str, Any
 
 
 # ------------------------------------------------------------------------------------------ experiments
-PROPOSED = {"file": "prepared", "pattern": False, "arena": False, "trim": True}
 HUGEPAGES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+PROPOSED = {"file": "prepared", "pattern": False, "arena": False, "trim": True, "env": HUGEPAGES}
 
 
-def timing_configs() -> list[dict]:
-    """What each proposal buys, one change at a time, against the floor and today's daemon session."""
+def experiment_configs() -> list[dict]:
+    """One change at a time against the floor; `env` is the environment the process starts with."""
     return [
         FLOOR,
-        DAEMON_TODAY,
         {"name": "floor, all outputs (as rembg runs it)", "file": "shipped", "outputs": "all"},
         {"name": "shipped, no spinning", "file": "shipped", "spin": False},
         {"name": "shipped, level extended (no NCHWc)", "file": "shipped", "level": "extended"},
+        {"name": "shipped + glibc.malloc.hugetlb=1", "file": "shipped", "env": HUGEPAGES},
         {"name": "prepared (fp32, 1 output, resize mode)", "file": "prepared"},
-        {"name": "prepared, no spinning", "file": "prepared", "spin": False},
         {"name": "prepared, 1 thread", "file": "prepared", "threads": 1},
-        {"name": "prepared, no mem pattern", "file": "prepared", "pattern": False},
-        dict(PROPOSED, name="proposed: prepared, no pattern, no arena, trim"),
-    ]
-
-
-def memory_configs() -> list[dict]:
-    """Each in a process of its own, so that its peak and what it keeps afterwards are its alone."""
-    return [
-        FLOOR,
-        {"name": "prepared", "file": "prepared"},
-        {"name": "prepared, no mem pattern", "file": "prepared", "pattern": False},
-        {"name": "prepared, no pattern, arena shrink, trim", "file": "prepared", "pattern": False, "shrink": True,
-         "trim": True},
-        dict(PROPOSED, name="proposed: prepared, no pattern, no arena, trim"),
-        dict(PROPOSED, name="proposed + glibc.malloc.hugetlb=1", env=HUGEPAGES),
-        dict(FLOOR, name="floor + glibc.malloc.hugetlb=1", env=HUGEPAGES),
+        {"name": "A: prepared, no mem pattern", "file": "prepared", "pattern": False},
+        {"name": "B: A, no arena, malloc_trim", "file": "prepared", "pattern": False, "arena": False, "trim": True},
+        dict(PROPOSED, name="proposed: B + glibc.malloc.hugetlb=1"),
     ]
 
 
 def bench_experiments(model: str, files: dict[str, Path], prepared: dict[str, Path], image: Path, rounds: int,
-                      tmp: Path) -> dict[str, Any]:
-    """Session settings measured on raw ORT: interleaved timings, then each memory setting in its own process."""
+                      tmp: Path, sittings: int = 2) -> dict[str, Any]:
+    """Session settings on raw ORT, each configuration in a process of its own (its peak, what it keeps
+    afterwards and its timings are its alone), all of them in turn, `sittings` times over, so that a busy
+    spell of the machine does not fall on one configuration only."""
     paths = {"shipped": str(files[model]), "prepared": str(prepared[model])}
     tensor = tmp / f"tensor-{model}.npy"
-    wait_quiet(f"the experiments with {model}")
-    timing = ort_worker(model, paths, image, timing_configs(), rounds, {"save_tensor": str(tensor)})
-    for r in timing["results"]:
-        log(f"  {model} {r['config']['name']:<52} min {r['min_s']:.3f} s  med {r['median_s']:.3f}  cpu {r['cpu_min_s']:.3f}"
-            f"  diff {r['max_diff_255']:.3f}/255")
-    memory = []
-    for cfg in memory_configs():
-        env = cfg.get("env", {})
-        cfg = {k: v for k, v in cfg.items() if k != "env"}
-        wait_quiet(f"memory: {cfg['name']}")
-        res = ort_worker(model, paths, image, [cfg], rounds, {"tensor": str(tensor)}, env=env)
-        r = res["results"][0]
-        entry = {"config": cfg, "env": env, "min_s": r["min_s"],
-                 "median_s": r["median_s"],
-                 "cpu_min_s": r["cpu_min_s"], "loaded_rss": res["loaded_rss"], "peak_rss": res["peak_rss"],
-                 "rss_after": res["rss_after"]}
-        memory.append(entry)
-        log(f"  {model} memory {cfg['name']:<44} peak {res['peak_rss'] / 2**20:6.0f} MiB  after {res['rss_after'] / 2**20:6.0f}"
-            f"  (loaded {res['loaded_rss'] / 2**20:.0f})  min {r['min_s']:.3f} s  cpu {r['cpu_min_s']:.3f} s")
-    return {"timing": timing, "memory": memory}
+    ort_worker(model, paths, image, [DAEMON_TODAY], 0, {"save_tensor": str(tensor)})
+    configs = experiment_configs()
+    runs: list[list[dict]] = [[] for _ in configs]
+    for sitting in range(sittings):
+        wait_quiet(f"the experiments with {model} ({sitting + 1}/{sittings})")
+        for n, cfg in enumerate(configs):
+            output = tmp / f"output-{model}-{n}.npy"
+            spec = {k: v for k, v in cfg.items() if k != "env"}
+            res = ort_worker(model, paths, image, [spec], rounds, {"tensor": str(tensor), "save_output": str(output)},
+                             env=cfg.get("env"))
+            runs[n].append(dict(res["results"][0], loaded_rss=res["loaded_rss"], peak_rss=res["peak_rss"],
+                                rss_after=res["rss_after"]))
+    reference = normalised(np.load(tmp / f"output-{model}-0.npy"))
+    results = []
+    for n, (cfg, sits) in enumerate(zip(configs, runs)):
+        times = [t for r in sits for t in r["times"]]
+        out = normalised(np.load(tmp / f"output-{model}-{n}.npy"))
+        results.append({
+            "config": cfg, "times": times, "min_s": min(times), "median_s": sorted(times)[len(times) // 2],
+            "cpu_min_s": min(r["cpu_min_s"] for r in sits), "load_s": min(r["load_s"] for r in sits),
+            "loaded_rss": max(r["loaded_rss"] for r in sits), "peak_rss": max(r["peak_rss"] for r in sits),
+            "rss_after": max(r["rss_after"] for r in sits),
+            "max_diff_255": float(np.abs(out - reference).max() * 255.0),
+        })
+        r = results[-1]
+        log(f"  {model} {cfg['name']:<44} min {r['min_s']:.3f} s  cpu {r['cpu_min_s']:.3f}  peak {mib(r['peak_rss'])}"
+            f"  after {mib(r['rss_after'])}  loaded {mib(r['loaded_rss'])} MiB  diff {r['max_diff_255']:.3f}/255")
+    return {"results": results, "rounds": rounds, "sittings": sittings}
+
+
+def normalised(pred: np.ndarray) -> np.ndarray:
+    """The daemon's min-max normalisation: what the mask is made from."""
+    pred = pred.astype(np.float64)
+    return (pred - pred.min()) / max(float(pred.max() - pred.min()), 1e-12)
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -474,14 +486,12 @@ def report(res: dict[str, Any]) -> list[str]:
             add(f"  {key:<24}{fmt(value, 2):>7}{verdict(key, model, value)}")
         e = m.get("experiments")
         if e:
-            add("experiments (raw ORT, interleaved; min / median / CPU s; mask diff vs floor in 1/255):")
-            for r in e["timing"]["results"]:
-                add(f"  {r['config']['name']:<52}{r['min_s']:>7.3f}{r['median_s']:>7.3f}{r['cpu_min_s']:>7.3f}"
-                    f"{r['max_diff_255']:>7.3f}  x{r['min_s'] / e['timing']['results'][0]['min_s']:.2f}")
-            add("  one process each: peak / after the runs / loaded (MiB); min / median / CPU s")
-            for r in e["memory"]:
-                add(f"  {r['config']['name']:<52}{mib(r['peak_rss']):>7}{mib(r['rss_after']):>7}{mib(r['loaded_rss']):>7}"
-                    f"{r['min_s']:>7.3f}{r['median_s']:>7.3f}{r['cpu_min_s']:>7.3f}")
+            add(f"experiments (raw ORT, a process per configuration, {e['sittings']} sittings of {e['rounds']} runs):")
+            add(f"  {'':<44}{'min s':>7}{'x floor':>8}{'CPU s':>7}{'peak':>7}{'after':>7}{'loaded':>7}  MiB, diff/255")
+            floor_s = e["results"][0]["min_s"]
+            for r in e["results"]:
+                add(f"  {r['config']['name']:<44}{r['min_s']:>7.3f}{r['min_s'] / floor_s:>8.2f}{r['cpu_min_s']:>7.3f}"
+                    f"{mib(r['peak_rss']):>7}{mib(r['rss_after']):>7}{mib(r['loaded_rss']):>7}  {r['max_diff_255']:.3f}")
         add("")
     return lines
 
@@ -521,7 +531,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated sizes (default {','.join(SIZES)})")
     p.add_argument("--parts", default=",".join(PARTS[:-1]), help=f"what to run (default all but experiments): {','.join(PARTS)}")
     p.add_argument("--experiments", action="store_true", help="also run the ORT session experiments")
-    p.add_argument("--repeat", type=int, default=0, help="timed runs per figure (default 5 for u2netp, 3 for IS-Net)")
+    p.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, help=f"timed runs per figure (default {DEFAULT_REPEAT})")
     p.add_argument("--cold-size", default="1mp", help="image size of the one-file CLI comparison (default 1mp)")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/speed-<date>.json)")
     p.add_argument("--server", type=Path, default=SERVER,
@@ -569,7 +579,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         tmp = Path(tmpdir)
         for model in args.models:
             m = res["by_model"][model]
-            repeat = args.repeat or DEFAULT_REPEAT.get(model, 3)
+            repeat = args.repeat
             log(f"{model} ({files[model].name})")
             if "floor" in args.parts:
                 m["floor"] = bench_floor(model, files, images[args.sizes[0]], max(repeat, 5))
@@ -579,8 +589,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 m["rembg"] = {s: bench_rembg(model, images[s], repeat) for s in args.sizes}
             if "cold" in args.parts:
                 m["cold"] = bench_cold(model, images[args.cold_size], repeat, tmp)
+            if "floor" in args.parts:
+                m["floor"] = bench_floor(model, files, images[args.sizes[0]], max(repeat, 5), m["floor"])
             if "experiments" in args.parts:
-                m["experiments"] = bench_experiments(model, files, prepared, images[args.sizes[0]], max(repeat, 6), tmp)
+                m["experiments"] = bench_experiments(model, files, prepared, images[args.sizes[0]], repeat, tmp)
     res["machine"]["load_avg_end"] = os.getloadavg()
     res["ratios"] = ratios(res)
     lines = report(res)
