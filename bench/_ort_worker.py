@@ -99,6 +99,7 @@ def model_tensor(session: MattingSession, image: Path) -> np.ndarray:
 
 
 def normalised(pred: np.ndarray) -> np.ndarray:
+    """The daemon's min-max normalisation of a prediction: what the mask is made from."""
     lo, hi = float(pred.min()), float(pred.max())
     return (pred - lo) / max(hi - lo, 1e-12)
 

@@ -41,6 +41,7 @@ from PIL import Image  # noqa: E402
 
 import _modelprep  # noqa: E402
 import rembg_env  # noqa: E402
+from _ort_worker import normalised  # noqa: E402
 from bgmask import download, paths  # noqa: E402
 from bgmask.catalog import Catalog  # noqa: E402
 from bgmask.clientlib import load_client  # noqa: E402
@@ -389,7 +390,7 @@ def bench_experiments(model: str, files: dict[str, Path], prepared: dict[str, Pa
     spell of the machine does not fall on one configuration only."""
     paths = {"shipped": str(files[model]), "prepared": str(prepared[model])}
     tensor = tmp / f"tensor-{model}.npy"
-    ort_worker(model, paths, image, [DAEMON_TODAY], 0, {"save_tensor": str(tensor)})
+    ort_worker(model, paths, image, [DAEMON_TODAY], 1, {"save_tensor": str(tensor)})
     configs = experiment_configs()
     runs: list[list[dict]] = [[] for _ in configs]
     for sitting in range(sittings):
@@ -417,12 +418,6 @@ def bench_experiments(model: str, files: dict[str, Path], prepared: dict[str, Pa
         log(f"  {model} {cfg['name']:<44} min {r['min_s']:.3f} s  cpu {r['cpu_min_s']:.3f}  peak {mib(r['peak_rss'])}"
             f"  after {mib(r['rss_after'])}  loaded {mib(r['loaded_rss'])} MiB  diff {r['max_diff_255']:.3f}/255")
     return {"results": results, "rounds": rounds, "sittings": sittings}
-
-
-def normalised(pred: np.ndarray) -> np.ndarray:
-    """The daemon's min-max normalisation: what the mask is made from."""
-    pred = pred.astype(np.float64)
-    return (pred - pred.min()) / max(float(pred.max() - pred.min()), 1e-12)
 
 
 # ------------------------------------------------------------------------------------------ report
