@@ -19,8 +19,10 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import pytest
 
+from bgmask.clientlib import load_client
 from conftest import EXAMPLES, REPO, RunningDaemon
 
 HOSTAPPS = REPO / "tests" / "hostapps"
@@ -78,6 +80,8 @@ def run_gimp(out: Path, env: dict[str, str], gui: bool, hide_pyzmq: bool) -> dic
     assert report["ok"], report.get("error", "") + log[-4000:]
     hidden = out / "hidden-imports.log"
     report["hidden_imports"] = hidden.read_text().splitlines() if hidden.exists() else []
+    report["out"] = out
+    report["log"] = log
     return report
 
 
@@ -91,6 +95,32 @@ def gimp(request: pytest.FixtureRequest, chroot: Path, daemon: RunningDaemon,
                       hide_pyzmq=hide)
     report["variant"] = request.param
     return report
+
+
+@pytest.fixture(scope="module")
+def client(daemon: RunningDaemon) -> Any:
+    with load_client().Client(endpoint=daemon.endpoint, token=daemon.token, timeout=60) as client:
+        yield client
+
+
+def dumped(report: dict[str, Any], name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """What the batch script dumped for the test (pixels or a mask)."""
+    return np.frombuffer((report["out"] / name).read_bytes(), dtype).reshape(shape)
+
+
+def own_mask(client: Any, pixels: np.ndarray, **options: Any) -> np.ndarray:
+    """This process's request for the same R'G'B' u8 pixels the plug-in sent (u2netp, u8 mask)."""
+    h, w = pixels.shape[:2]
+    return np.frombuffer(client.remove(pixels.tobytes(), w, h, 3, "u8", model="u2netp", options=options),
+                         np.uint8).reshape(h, w)
+
+
+def grown_by(before: np.ndarray, after: np.ndarray) -> float:
+    """How far the subject (mask >= 128) grew, in pixels: the area gained over the length of its outline."""
+    fg = before >= 128
+    inner = fg[1:-1, 1:-1] & fg[:-2, 1:-1] & fg[2:, 1:-1] & fg[1:-1, :-2] & fg[1:-1, 2:]
+    outline = int(fg[1:-1, 1:-1].sum() - inner.sum())
+    return int((after >= 128).sum() - fg.sum()) / outline
 
 
 def case(report: dict[str, Any], name: str) -> dict[str, Any]:
@@ -126,7 +156,9 @@ def test_environment(gimp: dict[str, Any]) -> None:
     assert plugin_hit is not has_pyzmq, gimp["hidden_imports"]
     assert env["menu_paths"] == ["<Image>/Layer/"]
     assert env["select_menu_paths"] == ["<Image>/Select/"]
-    assert env["arguments"] == ["run-mode", "image", "drawables", "model", "output", "refine", "existing-mask"]
+    assert env["arguments"] == ["run-mode", "image", "drawables", "model", "output", "refine", "existing-mask",
+                                "hardness", "shift-edge", "feather", "fill-holes", "remove-specks", "padding"]
+    assert "mnemonic" not in gimp["log"].lower(), "GIMP warned about clashing mnemonics in the dialog"
 
 
 @pytest.mark.parametrize("name, mask_format", [
@@ -149,6 +181,40 @@ def test_same_photo_gives_the_same_mask_in_any_precision(gimp: dict[str, Any]) -
     a = case(gimp, "rgba16_linear")["mask"]["stats"]
     b = case(gimp, "rgb_u32")["mask"]["stats"]
     assert abs(a["mean"] - b["mean"]) < 0.02 and abs(a["fg"] - b["fg"]) < 0.02, (a, b)
+
+
+def test_mask_options_reach_the_daemon(gimp: dict[str, Any], client: Any) -> None:
+    """With every option set (shift edge +5 among them) the mask is the daemon's own for those options, so
+    the arguments reach the request with their values and types; the subject grew by about 5 px all round."""
+    result = case(gimp, "mask_options")
+    assert_layer_masked(result)
+    pixels = dumped(gimp, "mask_options.layer", "<u1", (512, 512, 3))
+    mask = dumped(gimp, "mask_options.mask", "<u1", (512, 512))
+    assert np.array_equal(mask, own_mask(client, pixels, **result["args"]))
+    plain = dumped(gimp, "rgb8.mask", "<u1", (512, 512))
+    assert np.array_equal(dumped(gimp, "rgb8.layer", "<u1", (512, 512, 3)), pixels)
+    assert 0.7 < grown_by(plain, mask) / 5 < 1.4
+
+
+def test_decontaminated_colours_become_a_new_layer(gimp: dict[str, Any], client: Any) -> None:
+    """A copy above the 16-bit linear RGBA layer, in its format, holding the daemon's decontaminated colours
+    and the layer's alpha, with the daemon's mask; the source untouched; one Ctrl+Z removes it all."""
+    result = case(gimp, "decontaminated")
+    assert result["status"] == "success", result["message"]
+    assert result["layers"] == 2 and result["copy_is_above"] and result["copy_name"].endswith(" (decontaminated)")
+    assert result["original_untouched"], "the source layer changed"
+    assert result["format"] == result["copy_format"] == "RGBA u16"
+    assert result["mask"]["format"] == "Y u16"
+    w, h = result["size"]
+    source = dumped(gimp, "decontaminated.layer", "<u2", (h, w, 4))
+    reply = client.remove_full(source.tobytes(), w, h, 4, "u16", linear=True, model="u2netp",
+                               options={"decontaminate": True}, out_sample_type="u16")
+    colours = np.frombuffer(reply.extra[0], "<u2").reshape(h, w, 3)
+    copy = dumped(gimp, "decontaminated.copy", "<u2", (h, w, 4))
+    assert np.array_equal(copy, np.dstack([colours, source[..., 3]]))
+    assert not np.array_equal(copy, source), "no edge colour changed"
+    assert dumped(gimp, "decontaminated.mask", "<u2", (h, w)).tobytes() == reply.mask
+    assert result["undo_restores"] is True
 
 
 def test_refine_off_gives_another_soft_mask(gimp: dict[str, Any]) -> None:
@@ -186,6 +252,14 @@ def test_existing_mask_cancel(gimp: dict[str, Any]) -> None:
     assert result["untouched"] and result["pixels_unchanged"]
     stats = result["mask"]["stats"]
     assert stats["max"] == 0.0 and stats["outside_max"] == 1.0 and stats["soft"] == 0.0  # the old mask
+
+
+def test_selection_is_sent_as_the_region(gimp: dict[str, Any], client: Any) -> None:
+    """Only the selection plus its context is sent, yet the mask is what the daemon makes of the whole
+    layer with the selection as its region and the default padding."""
+    pixels = dumped(gimp, "selection_mask.layer", "<u1", (512, 512, 3))
+    mask = dumped(gimp, "selection_mask.mask", "<u1", (512, 512))
+    assert np.array_equal(mask, own_mask(client, pixels, region=list(SELECTION), padding=0.15))
 
 
 @pytest.mark.parametrize("name", ["selection_mask", "selection_mask_offset"])
@@ -244,12 +318,16 @@ def test_two_layers_each_get_their_mask(gimp: dict[str, Any]) -> None:
 
 
 def test_dialog_and_last_values(gimp: dict[str, Any]) -> None:
+    """Output = Selection and Shift edge = 20 px chosen in the dialog; a last-values run repeats both."""
     result = case(gimp, "dialog_then_last_values")
-    assert result["status"] == "success", result["message"]
-    assert result["selection_non_empty"] and result["mask"] is None, "the dialog's Output choice was not used"
-    again = result["again"]
+    first, again = result["first"], result["again"]
+    assert first["status"] == "success", first["message"]
+    assert first["selection_non_empty"] and first["mask"] is None, "the dialog's Output choice was not used"
+    plain = case(gimp, "output_selection")["stats"]  # the same photo and output, no shift
+    assert first["stats"]["fg"] > plain["fg"] + 0.02, "the dialog's Shift edge was not used"
     assert again["status"] == "success", again["message"]
     assert again["selection_non_empty"] and again["mask"] is None, "the last values were not remembered"
+    assert again["stats"] == first["stats"], "the last values lost an option"
 
 
 def test_cancel_from_the_progress_bar_leaves_the_image_untouched(gimp: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ and a real daemon. What real GIMP does with the same calls is checked by tests/t
 from __future__ import annotations
 
 import socket
+import struct
 import sys
 from typing import Any, Callable
 
@@ -65,24 +66,48 @@ def test_without_selection_the_whole_layer_is_sent() -> None:
 def test_selection_bounds_grow_by_the_context_padding() -> None:
     # 200x100 selection inside a big layer: 15 % of 200 = 30 px on every side
     assert logic.context_crop(Rect(0, 0, 1000, 1000), Rect(400, 400, 200, 100)) == Rect(370, 370, 260, 160)
-
-
-def test_small_selections_get_at_least_the_minimum_padding() -> None:
-    pad = logic.MIN_CONTEXT_PADDING
-    assert logic.context_crop(Rect(0, 0, 500, 500), Rect(100, 100, 10, 10)) == \
-        Rect(100 - pad, 100 - pad, 10 + 2 * pad, 10 + 2 * pad)
+    assert logic.context_crop(Rect(0, 0, 1000, 1000), Rect(400, 400, 200, 100), 0.5) == Rect(300, 300, 400, 300)
+    assert logic.context_crop(Rect(0, 0, 1000, 1000), Rect(400, 400, 200, 100), 0.0) == Rect(400, 400, 200, 100)
 
 
 def test_crop_is_layer_local_and_clipped_to_the_layer() -> None:
     # layer at (100, 50), 300x200; the selection (80, 20)-(180, 120) sticks out to the left and above.
-    # Under the layer it covers (100, 50)-(180, 120); 16 px of padding grow that to (84, 34)-(196, 136),
-    # which the layer clips to (100, 50)-(196, 136): layer-local (0, 0), 96x86.
-    assert logic.MIN_CONTEXT_PADDING == 16
-    assert logic.context_crop(Rect(100, 50, 300, 200), Rect(80, 20, 100, 100)) == Rect(0, 0, 96, 86)
+    # Under the layer it covers (100, 50)-(180, 120), 80x70; 15 % of 80 = 12 px of padding grow that to
+    # (88, 38)-(192, 132), which the layer clips to (100, 50)-(192, 132): layer-local (0, 0), 92x82. The
+    # region is the part under the selection, relative to that crop.
+    layer, selection = Rect(100, 50, 300, 200), Rect(80, 20, 100, 100)
+    crop = logic.context_crop(layer, selection)
+    assert crop == Rect(0, 0, 92, 82)
+    assert logic.crop_region(layer, selection, crop) == Rect(0, 0, 80, 70)
+    assert logic.crop_region(layer, None, crop) is None
 
 
 def test_selection_that_misses_the_layer_gives_no_crop() -> None:
     assert logic.context_crop(Rect(0, 0, 100, 100), Rect(100, 0, 50, 50)) is None
+
+
+# -- arguments -----------------------------------------------------------------------------------------
+
+def test_mask_arguments_offer_what_the_daemon_accepts_with_its_defaults() -> None:
+    from bgmask.protocol import NUMERIC_OPTIONS, RemoveOptions
+
+    names = {name.replace("-", "_") for name, *_ in logic.NUMBER_ARGUMENTS}
+    assert names == set(NUMERIC_OPTIONS) and names <= set(logic.Settings.__dataclass_fields__)
+    for name, kind, label, help_text, low, high, default in logic.NUMBER_ARGUMENTS:
+        key = name.replace("-", "_")
+        assert (low, default) == (NUMERIC_OPTIONS[key][0], getattr(RemoveOptions(), key)), name
+        assert high == min(NUMERIC_OPTIONS[key][1], logic.MAX_AREA), name
+        assert getattr(logic.Settings(), key) == default and isinstance(default, kind) and help_text
+
+
+def test_mnemonics_do_not_clash() -> None:
+    """GIMP warns about every clash; the other arguments and the dialog's buttons have these."""
+    # _Model, Ou_tput, _Edge refinement, mas_k; _OK, _Cancel, _Reset, _Help, _Load/_Save Settings
+    taken = ["m", "t", "e", "k", "o", "c", "r", "h", "l", "s"]
+    for _, _, label, *_ in logic.NUMBER_ARGUMENTS:
+        assert label.count("_") == 1, label
+        taken.append(label[label.index("_") + 1].lower())
+    assert len(taken) == len(set(taken)), taken
 
 
 # -- messages and progress -----------------------------------------------------------------------------
@@ -168,19 +193,114 @@ def test_linear_16_bit_gray_is_sent_as_such(daemon: RunningDaemon) -> None:
     assert len(mask) == 64 * 64 and min(mask) <= 0.01 and max(mask) >= 0.99
 
 
-def test_selection_crops_the_request_and_limits_the_mask(daemon: RunningDaemon) -> None:
+# The selection (40, 10, 50, 40) grown by padding x 50 px: 8 px, or 25 px clipped at the layer's top edge
+@pytest.mark.parametrize("padding, crop", [(0.15, (32, 2, 66, 56)), (0.5, (15, 0, 100, 75))])
+def test_selection_crops_the_request_and_limits_the_mask(daemon: RunningDaemon, padding: float,
+                                                         crop: tuple[int, int, int, int]) -> None:
     image = Image(128, 128)
     layer = image.add_layer("astronaut", 128, 128, fill=photo("astronaut.jpg", (128, 128)))
     image.select_rect(40, 10, 50, 40)
-    run(image, [layer], daemon)
-    pad = logic.MIN_CONTEXT_PADDING  # the padded box is clipped at the layer's top edge
-    assert image.reads[0][1] == (40 - pad, 0, 50 + 2 * pad, 10 + 40 + pad)
+    run(image, [layer], daemon, padding=padding)
+    assert image.reads[0][1] == crop
     mask = layer.get_mask()
     inside = [mask.value(x, y) for y in range(10, 50) for x in range(40, 90)]
     outside = [mask.value(x, y) for y in range(128) for x in range(128) if not (40 <= x < 90 and 10 <= y < 50)]
     assert max(outside) == 0.0
     assert max(inside) >= 0.99 and any(0.02 < v < 0.98 for v in inside)
     assert_one_undo_step(image)
+    # The daemon got the selection as its region, with the user's padding: the mask is what the daemon
+    # makes of the whole layer with that region, though only the crop was sent.
+    whole = layer.get_buffer().get(Gegl.Rectangle(0, 0, 128, 128), 1.0, "R'G'B'A u8", None)
+    direct = connect(daemon)().remove(whole, 128, 128, 4, "u8", model="u2netp",
+                                      options={"region": [40, 10, 50, 40], "padding": padding})
+    assert mask_bytes(mask) == direct
+
+
+def mask_bytes(channel: Any, sample_type: str = "u8") -> bytes:
+    """A mask channel as the daemon encodes masks of `sample_type` (u8 or u16)."""
+    scale, code = {"u8": (255, "B"), "u16": (65535, "H")}[sample_type]
+    vals = values(channel)
+    return struct.pack(f"<{len(vals)}{code}", *(round(v * scale) for v in vals))
+
+
+def direct_reply(daemon: RunningDaemon, layer: Any, fmt: logic.SampleFormat, out_sample_type: str = "u8",
+                 **options: Any) -> Any:
+    """The pixels of the whole layer read in `fmt`, and the daemon's answer to this process's own request
+    for them."""
+    pixels = layer.get_buffer().get(Gegl.Rectangle(0, 0, layer.width, layer.height), 1.0, fmt.babl, None)
+    return pixels, connect(daemon)().remove_full(pixels, layer.width, layer.height, fmt.channels, fmt.sample_type,
+                                                 linear=fmt.linear, model="u2netp", options=options,
+                                                 out_sample_type=out_sample_type)
+
+
+def foreground(mask: bytes) -> int:
+    return sum(1 for v in mask if v >= 128)
+
+
+def perimeter(mask: bytes, width: int) -> int:
+    """Foreground pixels with a background pixel beside them (4-neighbourhood)."""
+    fg = [v >= 128 for v in mask]
+    height = len(mask) // width
+    return sum(1 for i, f in enumerate(fg) if f and any(
+        not fg[j] for j in (i - width, i + width, i - 1 if i % width else -1, i + 1 if (i + 1) % width else -1)
+        if 0 <= j < width * height))
+
+
+def ramp(mask: bytes) -> int:
+    """Pixels of the soft edge: neither background nor foreground."""
+    return sum(1 for v in mask if 5 < v < 250)
+
+
+def test_mask_options_do_what_their_names_say(daemon: RunningDaemon) -> None:
+    """What a user sees: shift edge +5 grows the subject by about 5 px all round, feather widens the edge,
+    hardness narrows it; every mask is the daemon's own for the same options."""
+    masks = {}
+    for name, settings in [("plain", {}), ("shift", {"shift_edge": 5.0}), ("feather", {"feather": 8.0}),
+                           ("hard", {"hardness": 1.0}),
+                           ("all", {"hardness": 0.5, "shift_edge": -2.0, "feather": 1.5, "fill_holes": 40,
+                                    "remove_specks": 40, "refine": False})]:
+        image = Image(128, 128)
+        layer = image.add_layer("astronaut", 128, 128, fill=photo("astronaut.jpg", (128, 128)))
+        run(image, [layer], daemon, **settings)
+        masks[name] = mask_bytes(layer.get_mask())
+        _, direct = direct_reply(daemon, layer, logic.pixel_format("rgb", True, "u8-non-linear"), **settings)
+        assert masks[name] == direct.mask, name
+    grown = foreground(masks["shift"]) - foreground(masks["plain"])
+    assert 0.7 < grown / (5 * perimeter(masks["plain"], 128)) < 1.4, grown
+    assert ramp(masks["feather"]) > 1.3 * ramp(masks["plain"])
+    assert ramp(masks["hard"]) < 0.5 * ramp(masks["plain"])
+
+
+@pytest.mark.parametrize("base_type, precision", [
+    ("rgb", "u8-non-linear"),
+    ("gray", "u16-linear"),  # frame 2 then has one sample a pixel
+])
+def test_decontaminated_layer(daemon: RunningDaemon, base_type: str, precision: str) -> None:
+    """A new layer above the source with the daemon's decontaminated colours, in the layer's precision, its
+    own alpha and the soft mask; the source stays exactly as it was; one undo step."""
+    image = Image(96, 96, base_type=base_type, precision=precision)
+    fill = photo("astronaut.jpg", (96, 96))
+    layer = image.add_layer("astronaut", 96, 96, fill=lambda x, y: fill(x, y)[:3] + [1.0 if x > 3 else 0.5])
+    pixels = [list(p) for p in layer.pixels]
+    run(image, [layer], daemon, output="decontaminated")
+    copy, original = image.get_layers()
+    assert original is layer and layer.get_mask() is None and layer.pixels == pixels
+    assert copy.name == "astronaut (decontaminated)"
+    fmt = logic.pixel_format(base_type, True, precision)
+    sent, direct = direct_reply(daemon, layer, fmt, fmt.sample_type, decontaminate=True)
+    new = copy.get_buffer().get(Gegl.Rectangle(0, 0, 96, 96), 1.0, fmt.babl, None)
+    assert new == bgmask_client.decontaminated_pixels(sent, direct.extra[0], fmt.channels, fmt.sample_type)
+    assert new != sent, "no edge colour changed"
+    assert mask_bytes(copy.get_mask(), fmt.sample_type) == direct.mask
+    assert_one_undo_step(image)
+
+
+def test_decontaminated_colours_are_refused_for_indexed_images(daemon: RunningDaemon) -> None:
+    image = Image(32, 32, base_type="indexed")
+    layer = image.add_layer("a", 32, 32)
+    with pytest.raises(logic.PluginError, match="Image > Mode > RGB"):
+        run(image, [layer], daemon, output="decontaminated")
+    assert not image.changes and not image.reads
 
 
 @pytest.mark.parametrize("policy", ["replace", "intersect"])
@@ -237,6 +357,9 @@ def test_selection_output_is_the_union_within_the_selection(daemon: RunningDaemo
     assert max(sel.value(x, y) for y in range(80, 100) for x in range(0, 100)) == 0.0  # under no layer
     assert_one_undo_step(image)
     assert image.deleted_channels == 3  # two layer results and the union
+    # read as GIMP reads a selection, it is the daemon's mask (stored gamma-encoded in an 8-bit image)
+    _, direct = direct_reply(daemon, first, logic.pixel_format("rgb", True, "u8-non-linear"))
+    assert sel.get_buffer().get(Gegl.Rectangle(0, 0, 80, 80), 1.0, "Y u8", None) == direct.mask
 
 
 def test_not_a_layer_is_refused_before_anything_happens(daemon: RunningDaemon) -> None:

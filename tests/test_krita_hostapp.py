@@ -102,17 +102,14 @@ def dumped(run: SimpleNamespace, name: str, rect) -> np.ndarray:
 
 
 def reference(client, run: SimpleNamespace, name: str, rect, dtype="<u1", channels=4, bgra=True, linear=False,
-              refine=True, region=None) -> np.ndarray:
+              **options) -> np.ndarray:
     """This process's own request for the layer pixels Krita dumped (Krita layout -> protocol order here)."""
     pixels = np.frombuffer((run.out / name).read_bytes(), dtype).reshape(rect[3], rect[2], channels)
     if bgra:
         pixels = pixels[..., [2, 1, 0, 3]]
-    if region is not None:
-        x, y, w, h = region
-        pixels = pixels[y - rect[1]:y - rect[1] + h, x - rect[0]:x - rect[0] + w]
     h, w = pixels.shape[:2]
     mask = client.remove(np.ascontiguousarray(pixels).tobytes(), w, h, channels, SAMPLE_TYPES[dtype],
-                         linear=linear, model="u2netp", options={"refine": refine})
+                         linear=linear, model="u2netp", options=options)
     return np.frombuffer(mask, np.uint8).reshape(h, w)
 
 
@@ -135,7 +132,8 @@ def test_each_depth_is_sent_in_its_own_precision_and_gets_the_daemons_mask(krita
     assert rec["layer_rect"] == rec["layer_rect_after"] == PHOTO_RECT
     assert ("g10" in rec["profile"]) is linear
     mask = dumped(krita, f"{name}.mask", PHOTO_RECT)
-    expected = reference(client, krita, f"{name}.layer", PHOTO_RECT, dtype, channels, bgra, linear, rec["refine"])
+    expected = reference(client, krita, f"{name}.layer", PHOTO_RECT, dtype, channels, bgra, linear,
+                         refine=rec["refine"])
     assert np.array_equal(mask, expected)
     assert mask[200:300, 200:300].mean() > 200 and mask[:40, -40:].mean() < 60  # the astronaut, not the wall
     assert rec["mask_outside_layer"] == 0
@@ -168,10 +166,50 @@ def test_selection_limits_the_request_and_the_mask(krita, client):
     mask = dumped(krita, "selection.mask", rect)
     inside = mask[sy - rect[1]:sy - rect[1] + sh, sx - rect[0]:sx - rect[0] + sw]
     assert inside.max() == 255 and mask.sum() == inside.sum()   # nothing outside the selection
-    pad = 20  # bounds plus 10% of their longer side on every side (at least 16 px), clipped to the layer
-    region = (sx - pad, sy - pad, sw + 2 * pad, sh + 2 * pad)
-    expected = reference(client, krita, "selection.layer", rect, region=region)
-    assert np.array_equal(inside, expected[pad:pad + sh, pad:pad + sw])
+    # Only the selection plus its context was sent, as `region` with the default padding: the mask is what the
+    # daemon makes of the whole layer with that region.
+    expected = reference(client, krita, "selection.layer", rect, region=[sx - rect[0], sy - rect[1], sw, sh],
+                         padding=0.15)
+    assert np.array_equal(mask, expected)
+
+
+def test_mask_options_reach_the_daemon_and_kritarc(krita, client):
+    """Every number control set in the docker (shift edge +5 among them): the mask is the daemon's own for
+    those options, the subject grew by about 5 px all round, and kritarc holds the choices."""
+    rec = case(krita, "mask_options")
+    assert rec["message"].startswith("Added"), rec["message"]
+    options = rec["options"]
+    mask = dumped(krita, "mask_options.mask", PHOTO_RECT)
+    assert np.array_equal(mask, reference(client, krita, "rgba_u8.layer", PHOTO_RECT, **options))
+    plain = dumped(krita, "rgba_u8.mask", PHOTO_RECT) >= 128
+    inner = plain[1:-1, 1:-1] & plain[:-2, 1:-1] & plain[2:, 1:-1] & plain[1:-1, :-2] & plain[1:-1, 2:]
+    outline = int(plain[1:-1, 1:-1].sum() - inner.sum())
+    assert 0.7 < int((mask >= 128).sum() - plain.sum()) / outline / 5 < 1.4
+    assert {key: float(text) for key, text in rec["kritarc"].items()} == options
+    assert {key: rec["settings_reloaded"][key] for key in options} == options
+
+
+def test_decontaminated_colours_become_a_new_layer(krita, client):
+    """A copy above the 16-bit linear RGBA layer in its colour space, holding the daemon's decontaminated
+    colours (in Krita's B,G,R,A order) and the layer's alpha, with the daemon's mask; the layer untouched;
+    one undo removes the copy."""
+    rec = case(krita, "decontaminated")
+    assert rec["message"].startswith("Added"), rec["message"]
+    assert rec["group_children"] == ["subject", "subject (decontaminated)"]
+    assert rec["layer_untouched"] and rec["layer_children"] == []
+    assert rec["copy_space"][:2] == ["RGBA", "U16"] and "g10" in rec["copy_space"][2]
+    assert rec["copy_children"] == [[MASK, "transparencymask"]]
+    x, y, w, h = rec["layer_rect"]
+    source = np.frombuffer((krita.out / "decontaminated.layer").read_bytes(), "<u2").reshape(h, w, 4)
+    rgba = source[..., [2, 1, 0, 3]]
+    reply = client.remove_full(np.ascontiguousarray(rgba).tobytes(), w, h, 4, "u16", linear=True, model="u2netp",
+                               options={"decontaminate": True})
+    colours = np.frombuffer(reply.extra[0], "<u2").reshape(h, w, 3)
+    copy = np.frombuffer((krita.out / "decontaminated.copy").read_bytes(), "<u2").reshape(h, w, 4)
+    assert np.array_equal(copy, np.dstack([colours[..., ::-1], source[..., 3]]))   # stored B,G,R,A
+    assert not np.array_equal(copy, source), "no edge colour changed"
+    assert dumped(krita, "decontaminated.mask", rec["layer_rect"]).tobytes() == reply.mask
+    assert rec["group_children_after_undo"] == ["subject"]
 
 
 def test_selection_output_replaces_the_selection_with_the_soft_mask(krita):

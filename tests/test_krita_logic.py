@@ -196,15 +196,20 @@ def test_prepare_sends_16_bit_linear_documents_as_linear_u16(plugin, krita):
     assert job.protocol_pixels() == rgba.tobytes()
 
 
-def test_prepare_with_a_selection_sends_its_bounds_plus_padding_clipped_to_the_layer(plugin, krita):
+@pytest.mark.parametrize("padding, region", [
+    (0.15, (11, 91, 78, 58)),    # 9 px (15 % of 60) on every side
+    (0.5, (10, 70, 100, 100)),   # 30 px: (-10, 70)-(110, 170), clipped at the layer's left
+])
+def test_prepare_with_a_selection_sends_its_bounds_plus_padding_clipped_to_the_layer(plugin, krita, padding, region):
     doc = krita.createDocument(300, 200, "t", "GRAYA", "U8", "", 72.0)
     layer = layer_with(doc, bytes([128, 255]) * (250 * 150), (10, 20, 250, 150))
     sel = plugin.krita.Selection()
-    sel.select(20, 100, 60, 40, 255)   # pad = max(16, 6) = 16 -> (4, 84, 92, 72), clipped at the layer's left
+    sel.select(20, 100, 60, 40, 255)
     doc.setSelection(sel)
-    job = plugin.core.prepare(doc, layer, plugin.core.Settings())
-    assert job.region == (10, 84, 86, 72)
-    assert len(job.pixels) == 86 * 72 * 2
+    job = plugin.core.prepare(doc, layer, plugin.core.Settings(padding=padding))
+    assert job.selected == (20, 100, 60, 40)
+    assert job.region == region
+    assert len(job.pixels) == region[2] * region[3] * 2
     assert len(job.selection) == 250 * 150
     assert job.selection[(100 - 20) * 250 + (20 - 10)] == 255 and job.selection[0] == 0
 
@@ -257,6 +262,43 @@ def test_cmyk_is_converted_on_a_clone_and_the_document_is_left_alone(plugin, kri
     assert job.protocol_pixels() == bytes([255, 0, 0, 255]) * 32  # protocol order R,G,B,A
     assert snapshot(doc) == before and layer.colorModel() == "CMYKA"
     assert krita.documents() == [doc]                          # the clone is gone
+
+
+def test_decontaminated_colours_are_refused_for_colour_models_that_are_converted(plugin, krita):
+    doc = krita.createDocument(8, 4, "t", "CMYKA", "U8", "", 72.0)
+    layer = layer_with(doc, bytes([0, 255, 255, 0, 255]) * 32, (0, 0, 8, 4))
+    with pytest.raises(plugin.core.PluginError, match="RGBA or grayscale.*Convert Image Color Space"):
+        plugin.core.prepare(doc, layer, plugin.core.Settings(output="decontaminated"))
+    assert krita.documents() == [doc]
+
+
+# -- settings -------------------------------------------------------------------------------------------
+
+def test_settings_survive_kritarc(plugin, krita):
+    chosen = plugin.core.Settings(model="u2netp", output="decontaminated", refine=False, hardness=0.35,
+                                  shift_edge=-4.5, feather=2.5, fill_holes=120, remove_specks=7, padding=0.6)
+    plugin.core.save_settings(chosen)
+    assert all(isinstance(v, str) for v in krita.settings.values())
+    assert plugin.core.load_settings() == chosen
+
+
+def test_unreadable_or_out_of_range_settings_fall_back_to_the_defaults(plugin, krita):
+    defaults = plugin.core.Settings()
+    assert plugin.core.load_settings() == defaults  # nothing saved yet
+    for key, text in [("hardness", "1.5"), ("feather", "wide"), ("fill_holes", "2.5"), ("padding", "-1"),
+                      ("output", "sideways")]:
+        krita.writeSetting("bgmask", key, text)
+    assert plugin.core.load_settings() == defaults
+
+
+def test_number_settings_offer_what_the_daemon_accepts_with_its_defaults(plugin):
+    from bgmask.protocol import NUMERIC_OPTIONS, RemoveOptions
+
+    ranges = plugin.core.NUMBER_RANGES
+    assert set(ranges) == set(NUMERIC_OPTIONS)
+    for key, (low, high) in ranges.items():
+        assert low == NUMERIC_OPTIONS[key][0] and high == min(NUMERIC_OPTIONS[key][1], plugin.core.MAX_AREA), key
+        assert getattr(plugin.core.Settings(), key) == getattr(RemoveOptions(), key), key
 
 
 # -- apply ----------------------------------------------------------------------------------------------
@@ -371,7 +413,8 @@ def test_photo_mask_matches_a_direct_request_for_the_same_pixels(plugin, krita, 
     job = plugin.core.prepare(doc, layer, plugin.core.Settings(model="u2netp"))
     client = client_module.Client(endpoint=daemon.endpoint, token=daemon.token)
     stages = []
-    mask, model = job.run(client, on_progress=lambda stage, fraction: stages.append(stage))
+    mask, model, colours = job.run(client, on_progress=lambda stage, fraction: stages.append(stage))
+    assert colours is None
     plugin.core.apply(job, mask, model)
 
     direct = client.remove(rgba[..., :3].tobytes(), w, h, 3, "u8", model="u2netp")
@@ -382,6 +425,97 @@ def test_photo_mask_matches_a_direct_request_for_the_same_pixels(plugin, krita, 
     arr = np.frombuffer(got, np.uint8).reshape(h, w)
     assert arr[200:300, 200:300].mean() > 200 and min(arr[:40, :40].mean(), arr[:40, -40:].mean()) < 60
     assert stages  # the daemon reported progress
+
+
+def photo_layer(plugin, krita, depth="U8"):
+    """astronaut.jpg as an RGBA paint layer (Krita's B,G,R,A) at (0, 0), and its R,G,B,A samples."""
+    rgba = photo_rgba()
+    if depth == "U16":
+        rgba = rgba.astype("<u2") * 257
+    h, w = rgba.shape[:2]
+    doc = krita.createDocument(w, h, "t", "RGBA", depth, "", 72.0)
+    return doc, layer_with(doc, krita_order(rgba, depth), (0, 0, w, h)), rgba
+
+
+def mask_of(data, w, h):
+    return np.frombuffer(data, np.uint8).reshape(h, w)
+
+
+def test_mask_options_do_what_their_names_say(plugin, krita, daemon, client_module):
+    """What a user sees: shift edge +5 grows the subject by about 5 px all round, feather widens the edge,
+    hardness narrows it; every mask is the daemon's own for the same options."""
+    doc, layer, rgba = photo_layer(plugin, krita)
+    h, w = rgba.shape[:2]
+    client = client_module.Client(endpoint=daemon.endpoint, token=daemon.token)
+    masks = {}
+    for name, options in [("plain", {}), ("shift", {"shift_edge": 5.0}), ("feather", {"feather": 8.0}),
+                          ("hard", {"hardness": 1.0}),
+                          ("all", {"hardness": 0.5, "shift_edge": -2.0, "feather": 1.5, "fill_holes": 40,
+                                   "remove_specks": 40, "refine": False})]:
+        job = plugin.core.prepare(doc, layer, plugin.core.Settings(model="u2netp", **options))
+        masks[name] = mask_of(job.run(client).mask, w, h)
+        direct = client.remove(rgba.tobytes(), w, h, 4, "u8", model="u2netp", options=options)
+        assert np.array_equal(masks[name], mask_of(direct, w, h)), name
+    fg = masks["plain"] >= 128
+    inner = fg[1:-1, 1:-1] & fg[:-2, 1:-1] & fg[2:, 1:-1] & fg[1:-1, :-2] & fg[1:-1, 2:]
+    perimeter = fg[1:-1, 1:-1].sum() - inner.sum()
+    grown = int((masks["shift"] >= 128).sum() - fg.sum())
+    assert 0.7 < grown / (5 * perimeter) < 1.4, (grown, perimeter)
+
+    def ramp(mask):
+        return int(((mask > 5) & (mask < 250)).sum())
+
+    assert ramp(masks["feather"]) > 1.3 * ramp(masks["plain"])
+    assert ramp(masks["hard"]) < 0.5 * ramp(masks["plain"])
+
+
+def test_selection_is_sent_as_region_and_padding(plugin, krita, daemon, client_module):
+    """Only the padded selection is sent, yet the mask is the daemon's for the whole layer and that region."""
+    doc, layer, rgba = photo_layer(plugin, krita)
+    h, w = rgba.shape[:2]
+    sel = plugin.krita.Selection()
+    sel.select(150, 40, 200, 160, 255)
+    doc.setSelection(sel)
+    job = plugin.core.prepare(doc, layer, plugin.core.Settings(model="u2netp", padding=0.3))
+    assert job.region == (90, 0, 320, 260)  # 60 px around the selection, clipped at the top
+    client = client_module.Client(endpoint=daemon.endpoint, token=daemon.token)
+    reply = job.run(client)
+    plugin.core.apply(job, reply.mask, reply.model)
+    (tmask,) = layer.childNodes()
+    direct = client.remove(rgba.tobytes(), w, h, 4, "u8", model="u2netp",
+                           options={"region": [150, 40, 200, 160], "padding": 0.3})
+    assert tmask.pixelData(0, 0, w, h) == direct
+
+
+@pytest.mark.parametrize("depth", ["U8", "U16"])
+def test_decontaminated_layer(plugin, krita, daemon, client_module, depth):
+    """A new layer above the source with the daemon's decontaminated colours, in the layer's precision and
+    Krita's channel order, with the layer's own alpha, carrying the soft mask; the source is untouched and
+    one undo removes the new layer."""
+    doc, layer, rgba = photo_layer(plugin, krita, depth)
+    h, w = rgba.shape[:2]
+    rgba[:, :20, 3] //= 2  # some half-transparent pixels: their alpha must survive
+    layer.setPixelData(krita_order(rgba, depth), 0, 0, w, h)
+    doc.undo_stack.clear()
+    before = layer.pixelData(0, 0, w, h)
+    job = plugin.core.prepare(doc, layer, plugin.core.Settings(model="u2netp", output="decontaminated"))
+    client = client_module.Client(endpoint=daemon.endpoint, token=daemon.token)
+    reply = job.run(client)
+    message = plugin.core.apply(job, reply.mask, reply.model, reply.colours)
+
+    assert [n.name() for n in doc.topLevelNodes()] == ["subject", "subject (decontaminated)"], message
+    copy = doc.topLevelNodes()[1]
+    assert layer.pixelData(0, 0, w, h) == before and layer.childNodes() == []
+    direct = client.remove_full(rgba.tobytes(), w, h, 4, depth.lower(), linear=depth == "U16", model="u2netp",
+                                options={"decontaminate": True})
+    colours = np.frombuffer(direct.extra[0], rgba.dtype).reshape(h, w, 3)
+    assert copy.pixelData(0, 0, w, h) == krita_order(np.dstack([colours, rgba[..., 3]]), depth)
+    assert copy.pixelData(0, 0, w, h) != before, "no edge colour changed"
+    (tmask,) = copy.childNodes()
+    assert tmask.pixelData(0, 0, w, h) == direct.mask
+    assert len(doc.undo_stack) == 1
+    doc.undo()
+    assert [n.name() for n in doc.topLevelNodes()] == ["subject"]
 
 
 def test_cancelled_request_changes_nothing(plugin, krita, daemon, client_module):

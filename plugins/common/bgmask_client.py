@@ -47,7 +47,8 @@ except ImportError:  # the editors' Pythons: use the built-in ZMTP and msgpack c
     _zmq = None
     _msgpack = None
 
-__all__ = ["BgmaskError", "Client", "RemoveResult", "runtime_dir", "config_dir", "HAVE_PYZMQ"]
+__all__ = ["BgmaskError", "Client", "RemoveResult", "runtime_dir", "config_dir", "HAVE_PYZMQ", "context_box",
+           "decontaminated_pixels"]
 
 APP = "bgmask"
 PROTOCOL = 1
@@ -1125,6 +1126,44 @@ class Client:
         raise BgmaskError(NOT_RUNNING, "the bgmask daemon did not come up within %g s (log %s: %s); run `bgmask"
                           " serve` in a terminal to see why" % (max(self.timeout, _START_TIMEOUT_S), log_path,
                                                                   _log_tail(log_path)))
+
+
+Box = Tuple[int, int, int, int]
+
+
+def context_box(region: Box, padding: float, bounds: Box) -> Box:
+    """The rectangle (x, y, w, h) the daemon's model looks at for the options `region` and `padding`
+    (docs/protocol.md), clipped to `bounds` (the image). A plugin with a selection sends only these pixels,
+    with `region` made relative to them: the daemon then sees the same context and returns the same mask as
+    for the whole layer, and only the part that matters crosses the socket."""
+    x, y, w, h = region
+    pad = int(round(padding * max(w, h)))  # exactly the daemon's rounding, so that nothing it needs is missing
+    bx, by, bw, bh = bounds
+    x0, y0 = max(bx, x - pad), max(by, y - pad)
+    x1, y1 = min(bx + bw, x + w + pad), min(by + bh, y + h + pad)
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def decontaminated_pixels(pixels: Any, colours: Any, channels: int, sample_type: str,
+                          order: Sequence[int] = (0, 1, 2, 3)) -> bytes:
+    """`pixels` (packed, `channels` samples a pixel) with their colour samples replaced by a remove reply's
+    decontaminated colours (frame 2: 3 samples a pixel, 1 for gray), so that a layer made from them keeps
+    its own alpha. `order[i]` is where protocol channel i sits in `pixels`, for plugins that keep their
+    host's layout (Krita stores B, G, R, A). Pure slice copies: no numpy in the editors' Pythons."""
+    size = SAMPLE_SIZES[sample_type]
+    colour_channels = 3 if channels >= 3 else 1
+    src = memoryview(pixels).cast("B")
+    count = src.nbytes // (channels * size)
+    colours = memoryview(colours).cast("B")
+    if colours.nbytes != count * colour_channels * size:
+        raise BgmaskError(PROTOCOL_ERROR, "the daemon's decontaminated colours have %d bytes, expected %d"
+                          % (colours.nbytes, count * colour_channels * size))
+    out = bytearray(src)
+    step, colour_step = channels * size, colour_channels * size
+    for channel in range(colour_channels):
+        for byte in range(size):
+            out[order[channel] * size + byte::step] = colours[channel * size + byte::colour_step]
+    return bytes(out)
 
 
 def _limit(hello: Dict[str, Any], key: str) -> Optional[int]:

@@ -4,7 +4,12 @@ It behaves as real GIMP 3.0.4 was seen to behave in the chroot (tests/test_gimp_
 real thing): offsets come back as (True, x, y), Selection.bounds as (True, non_empty, x1, y1, x2, y2);
 channels made with Channel.new are not part of the image until inserted and start black; combine_masks
 with INTERSECT keeps the minimum and with ADD the maximum, the second channel placed at (offx, offy) of
-the first; buffers read and write babl-named formats ("R'G'B'A u16", "Y float", ...) with conversion.
+the first, sample for sample, without conversion; buffers read and write babl-named formats
+("R'G'B'A u16", "Y float", ...) with conversion (gray written into a layer sets R, G and B; a format
+without A writes opaque pixels). Layers keep one encoding (the values the test put in are what every
+format reads), but channels keep GIMP's: layer masks are linear, and the selection and channels made with
+Channel.new are gamma-encoded (Y') in 8-bit non-linear images, linear otherwise
+(gimp_image_get_channel_format), so a "Y u8" written into such a channel is stored encoded.
 
 It also keeps the record a test needs: every change to the image says whether it happened inside an
 undo group, and writing straight into the buffer of a drawable that belongs to the image (which real
@@ -39,9 +44,17 @@ AddMaskType = SimpleNamespace(WHITE=Nick("white"), BLACK=Nick("black"))
 MaskApplyMode = SimpleNamespace(APPLY=Nick("apply"), DISCARD=Nick("discard"))
 
 
+def _encode_srgb(v: float) -> float:
+    return 12.92 * v if v <= 0.0031308 else 1.055 * v ** (1 / 2.4) - 0.055
+
+
+def _decode_srgb(v: float) -> float:
+    return v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4
+
+
 def parse_format(name: str) -> Tuple[List[str], str]:
-    """"R'G'B'A u16" -> (['R', 'G', 'B', 'A'], 'u16'); the TRC marks are dropped (the fake keeps one
-    encoding: the values the test put in are what every format reads)."""
+    """"R'G'B'A u16" -> (['R', 'G', 'B', 'A'], 'u16'); the TRC marks are dropped (layers keep one encoding;
+    Buffer converts for the channels that GIMP keeps gamma-encoded)."""
     model, kind = name.split(" ")
     assert kind in _SAMPLES, name
     comps = [c for c in model.replace("'", "") if c in "RGBYA"]
@@ -100,17 +113,25 @@ class Buffer:
         for y in range(rect.y, rect.y + rect.height):
             for x in range(rect.x, rect.x + rect.width):
                 out.extend(d.sample(x, y, comps))
+        if d.channels == 1 and d.gamma != ("'" in fmt):
+            out = [(_decode_srgb if d.gamma else _encode_srgb)(v) for v in out]
         return _encode(out, kind)
 
     def set(self, rect: Rectangle, fmt: str, data: bytes) -> None:
         comps, kind = parse_format(fmt)
-        assert comps == ["Y"] and self.drawable.channels == 1, "the plug-in only writes masks"
+        d = self.drawable
+        assert comps == ["Y"] or d.channels == 4, "only layers take colour"
         values = _decode(data, kind)
-        assert len(values) == rect.width * rect.height, "wrong number of samples for the rectangle"
-        if self.drawable.attached():
-            self.drawable.image.record("buffer write without undo", undoable=False)
-        for i, v in enumerate(values):
-            self.drawable.pixels[(rect.y + i // rect.width) * self.drawable.width + rect.x + i % rect.width] = [v]
+        if d.channels == 1 and d.gamma != ("'" in fmt):
+            values = [(_encode_srgb if d.gamma else _decode_srgb)(v) for v in values]
+        n = len(comps)
+        assert len(values) == rect.width * rect.height * n, "wrong number of samples for the rectangle"
+        assert 0 <= rect.x and 0 <= rect.y and rect.x + rect.width <= d.width and rect.y + rect.height <= d.height
+        if d.attached():
+            d.image.record("buffer write without undo", undoable=False)
+        for i in range(rect.width * rect.height):
+            d.pixels[(rect.y + i // rect.width) * d.width + rect.x + i % rect.width] = \
+                d.compose(values[i * n:(i + 1) * n], comps)
 
     def flush(self) -> None:
         pass
@@ -123,6 +144,7 @@ class Drawable:
         self.x = self.y = 0
         self.pixels = [fill(x, y) for y in range(height) for x in range(width)]
         self.deleted = False
+        self.gamma = False  # channels: samples stored gamma-encoded (Y')
 
     def attached(self) -> bool:
         return False
@@ -134,6 +156,15 @@ class Drawable:
         r, g, b, a = p
         luma = 0.2126 * r + 0.7152 * g + 0.0722 * b
         return [{"R": r, "G": g, "B": b, "Y": luma, "A": a}[c] for c in comps]
+
+    def compose(self, values: List[float], comps: List[str]) -> List[float]:
+        """A stored pixel from samples written in `comps` (gray goes to R, G and B; no A: opaque)."""
+        if self.channels == 1:
+            return [values[0]]
+        got = dict(zip(comps, values))
+        if "Y" in got:
+            got.update(R=got["Y"], G=got["Y"], B=got["Y"])
+        return [got["R"], got["G"], got["B"], got.get("A", 1.0)]
 
     def value(self, x: int, y: int) -> float:
         return self.pixels[y * self.width + x][0]
@@ -173,6 +204,7 @@ class Channel(Drawable):
         super().__init__(image, name, width, height, 1, lambda x, y: [value])
         self.role = role  # "channel" (unattached, from Channel.new), "mask" or "selection"
         self.owner: Optional["Layer"] = None
+        self.gamma = role != "mask" and image.precision == "u8-non-linear"
 
     @classmethod
     def new(cls, image: "Image", name: str, width: int, height: int, opacity: float, color: Color) -> "Channel":

@@ -8,14 +8,15 @@ the real application (tests/hostapps/krita_*.py check the same things there):
 - bounds() is the tight box around non-zero pixels;
 - Node.addChildNode and Node.remove are undoable commands ("Add Layer"/"Remove Layer"); setPixelData,
   setChildNodes on a node outside the tree, and Document.setSelection are not;
-- Document.clone() copies the tree with the same uniqueIds and is not one of Krita.documents().
+- Document.clone() copies the tree with the same uniqueIds and is not one of Krita.documents();
+- readSetting/writeSetting keep strings, as kritarc does.
 """
 
 from __future__ import annotations
 
 import copy
 import uuid
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 _CHANNELS = {"RGBA": 4, "GRAYA": 2, "CMYKA": 5, "LABA": 4, "XYZA": 4, "YCbCrA": 4}
 _DEPTH_BYTES = {"U8": 1, "U16": 2, "F16": 2, "F32": 4}
@@ -383,6 +384,7 @@ class Krita:
 
     def __init__(self) -> None:
         self._documents: List[Document] = []
+        self.settings: Dict[Tuple[str, str], str] = {}  # kritarc: (group, key) -> value
 
     @classmethod
     def instance(cls) -> "Krita":
@@ -403,3 +405,11 @@ class Krita:
 
     def documents(self) -> List[Document]:
         return list(self._documents)
+
+    def readSetting(self, group: str, key: str, default: str) -> str:
+        """Like Krita's: kritarc holds strings."""
+        return self.settings.get((group, key), default)
+
+    def writeSetting(self, group: str, key: str, value: str) -> None:
+        assert isinstance(value, str), value
+        self.settings[(group, key)] = value

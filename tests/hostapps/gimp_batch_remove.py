@@ -4,7 +4,8 @@ Each case builds an image from a real photo ($HOSTAPPS_DATA/*.jpg) in some preci
 the plug-in's procedure non-interactively through the PDB against the daemon named by BGMASK_ENDPOINT,
 and records what a user would see: status and message, the mask's size, offsets and values, whether
 the layer's pixels changed, and (with a display, i.e. HOSTAPPS_GIMP_GUI=1) whether one Ctrl+Z gives
-back the image exactly as it was. The judging is done by tests/test_gimp_hostapp.py from the JSON this
+back the image exactly as it was. Some cases also dump pixels and masks beside the JSON, for the test to
+compare with its own daemon requests. The judging is done by tests/test_gimp_hostapp.py from the JSON this
 writes to $HOSTAPPS_RESULT; "ok" only says that every case ran.
 
 Environment: BGMASK_TEST_CASES (comma-separated case names; default all but "unreachable"),
@@ -30,6 +31,7 @@ from gi.repository import Babl, Gegl, Gimp, Gio  # noqa: E402
 REMOVE = "plug-in-bgmask-remove-background"
 SELECT = "plug-in-bgmask-select-subject"
 RESULT = os.environ["HOSTAPPS_RESULT"]
+OUT = os.path.dirname(RESULT)
 DATA = os.environ["HOSTAPPS_DATA"]
 MODEL = os.environ.get("BGMASK_TEST_MODEL", "u2netp")
 GUI = bool(os.environ.get("DISPLAY"))
@@ -55,6 +57,12 @@ def read(drawable, fmt=None):
 def values(drawable):
     """A one-channel drawable as floats in [0, 1], row by row."""
     return array("f", read(drawable, "Y float"))
+
+
+def dump(name, data):
+    """Bytes for the test to read (run-gimp-test.sh copies everything beside result.json back)."""
+    with open(os.path.join(OUT, name), "wb") as f:
+        f.write(data)
 
 
 def digest(drawable):
@@ -184,11 +192,15 @@ class Case:
             self.image.delete()
 
 
-def case_layer(image, layer, inside=None, **args):
-    """Run on one layer with a layer-mask output and describe the result."""
+def case_layer(image, layer, inside=None, dump_as=None, **args):
+    """Run on one layer with a layer-mask output and describe the result; with `dump_as`, also dump the
+    layer's pixels (R'G'B' u8) and the mask (Y u8) under that name."""
     case = Case(image)
     pixels = digest(layer)
     status, message = run(REMOVE, image, [layer], **args)
+    if dump_as and layer.get_mask() is not None:
+        dump(dump_as + ".layer", read(layer, "R'G'B' u8"))
+        dump(dump_as + ".mask", read(layer.get_mask(), "Y u8"))
     result = {"status": status, "message": message, "layer_size": [layer.get_width(), layer.get_height()],
               "layer_offsets": offsets(layer), "image_size": [image.get_width(), image.get_height()],
               "precision": image.get_precision().value_nick, "pixels_unchanged": digest(layer) == pixels,
@@ -202,7 +214,7 @@ def case_layer(image, layer, inside=None, **args):
 
 
 def c_rgb8():
-    return case_layer(*load("astronaut.jpg"))
+    return case_layer(*load("astronaut.jpg"), dump_as="rgb8")
 
 
 def c_rgba16_linear():
@@ -265,7 +277,41 @@ SELECTION = (150, 40, 200, 160)  # around the astronaut's head, in image coordin
 def c_selection_mask():
     image, layer = load("astronaut.jpg")
     image.select_rectangle(Gimp.ChannelOps.REPLACE, *SELECTION)
-    return case_layer(image, layer, inside=SELECTION)
+    return case_layer(image, layer, inside=SELECTION, dump_as="selection_mask")
+
+
+# Every mask option at once; the shift dominates the change in area
+MASK_OPTIONS = {"shift_edge": 5.0, "hardness": 0.5, "feather": 1.5, "fill_holes": 40, "remove_specks": 40}
+
+
+def c_mask_options():
+    """The mask options through the PDB (the test compares the dumped mask with its own request, and with
+    rgb8's, the same photo without options)."""
+    result = case_layer(*load("astronaut.jpg"), dump_as="mask_options", **MASK_OPTIONS)
+    result["args"] = MASK_OPTIONS
+    return result
+
+
+def c_decontaminated():
+    """Output "new layer with decontaminated colours" on a 16-bit linear RGBA layer: a copy above it in the
+    same format; the source, the copy and its mask are dumped in their own formats."""
+    image, layer = load("chelsea.jpg", precision="U16_LINEAR", alpha=True)
+    case = Case(image)
+    status, message = run(REMOVE, image, [layer], output="decontaminated")
+    layers = image.get_layers()
+    copy = layers[0]
+    result = {"status": status, "message": message, "layers": len(layers), "copy_name": copy.get_name(),
+              "copy_is_above": layers.index(layer) == 1, "size": [layer.get_width(), layer.get_height()],
+              "original_untouched": snapshot(image)["layers"][1] == case.before["layers"][0],
+              "format": Babl.format_get_encoding(layer.get_format()),
+              "copy_format": Babl.format_get_encoding(copy.get_format()), "mask": mask_info(copy)}
+    dump("decontaminated.layer", read(layer))
+    dump("decontaminated.copy", read(copy))
+    if copy.get_mask() is not None:
+        dump("decontaminated.mask", read(copy.get_mask()))
+    result["undo_restores"] = case.undo_restores()
+    case.close()
+    return result
 
 
 def c_selection_mask_offset():
@@ -334,30 +380,35 @@ def c_two_layers():
     return result
 
 
+# Waits for the dialog, focuses it and presses the keys given (xdotool key names), one by one
+DIALOG_KEYS = ("w=$(timeout 60 xdotool search --sync --name '^Remove Background$' | head -1)"
+               " && sleep 1 && xdotool windowfocus --sync $w mousemove --window $w 20 20"
+               " && for k in %s; do xdotool key $k; sleep 0.3; done")
+
+
 def c_dialog_then_last_values():
-    """The dialog GIMP builds from the arguments: pick Output = Selection with the keyboard (Alt+T is
-    the output's mnemonic, Down moves to the next choice, Alt+O is OK). GIMP stores the values of an
-    interactive run only; a WITH_LAST_VALS run on another image must then select too."""
+    """The dialog GIMP builds from the arguments: pick Output = Selection and Shift edge = 20 with the
+    keyboard (Alt+T is the output's mnemonic, Down moves to the next choice, Alt+G is Shift edge's
+    mnemonic, Alt+O is OK). GIMP stores the values of an interactive run only; a WITH_LAST_VALS run on a
+    new image of the same photo must then make the same selection."""
     if not GUI:
         return {"skipped": "needs the GUI"}
-    image, layer = load("chelsea.jpg")
-    case = Case(image)
-    keys = subprocess.Popen(["bash", "-c", "w=$(timeout 60 xdotool search --sync --name '^Remove Background$' | head -1)"
-                             " && sleep 1 && xdotool windowfocus --sync $w mousemove --window $w 20 20"
-                             " && for k in alt+t Down alt+o; do xdotool key $k; sleep 0.3; done"])
-    status, message = run(REMOVE, image, [layer], run_mode=Gimp.RunMode.INTERACTIVE)
-    keys.wait(timeout=30)
-    result = {"status": status, "message": message, "mask": mask_info(layer),
-              "selection_non_empty": Gimp.Selection.bounds(image)[1]}
-    case.close()
 
-    image, layer = load("coffee.jpg")
-    case = Case(image)
-    status, message = run(REMOVE, image, [layer], run_mode=Gimp.RunMode.WITH_LAST_VALS)
-    result["again"] = {"status": status, "message": message, "mask": mask_info(layer),
-                       "selection_non_empty": Gimp.Selection.bounds(image)[1]}
-    case.close()
-    return result
+    def select_subject(run_mode):
+        image, layer = load("chelsea.jpg")
+        case = Case(image)
+        status, message = run(REMOVE, image, [layer], run_mode=run_mode)
+        sel = image.get_selection()
+        outcome = {"status": status, "message": message, "mask": mask_info(layer),
+                   "selection_non_empty": Gimp.Selection.bounds(image)[1],
+                   "stats": stats(values(sel), sel.get_width())}
+        case.close()
+        return outcome
+
+    keys = subprocess.Popen(["bash", "-c", DIALOG_KEYS % "alt+t Down alt+g ctrl+a 2 0 Tab alt+o"])
+    first = select_subject(Gimp.RunMode.INTERACTIVE)
+    keys.wait(timeout=30)
+    return {"first": first, "again": select_subject(Gimp.RunMode.WITH_LAST_VALS)}
 
 
 def c_cancel():

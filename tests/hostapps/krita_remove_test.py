@@ -14,7 +14,10 @@ import sys
 import time
 import traceback
 
-from PyQt5.QtWidgets import QApplication, QCheckBox, QComboBox, QLabel, QMessageBox, QProgressBar, QPushButton
+from PyQt5.QtWidgets import (QAbstractSpinBox, QApplication, QCheckBox, QComboBox, QLabel, QMessageBox, QProgressBar,
+                             QPushButton)
+
+from bgmask import core
 
 OUT = os.path.dirname(result_path)
 OFFSET = (-40, -30)          # the photo layer sticks out of the 400x300 canvas on the left and top
@@ -95,13 +98,17 @@ class Docker:
         self.model = d.findChild(QComboBox, "bgmask_model")
         self.output = d.findChild(QComboBox, "bgmask_output")
         self.refine = d.findChild(QCheckBox, "bgmask_refine")
+        self.numbers = {key: d.findChild(QAbstractSpinBox, "bgmask_" + key) for key in core.NUMBER_RANGES}
         self.status = d.findChild(QLabel, "bgmask_status")
         self.progress = d.findChild(QProgressBar, "bgmask_progress")
         self.message = d.findChild(QLabel, "bgmask_message")
 
-    def choose(self, output="mask", refine=True, model=""):
+    def choose(self, output="mask", refine=True, model="", **numbers):
+        """Set every control, as a user would; number settings not given go back to their defaults."""
         self.output.setCurrentIndex(self.output.findData(output))
         self.refine.setChecked(refine)
+        for key, spin in self.numbers.items():
+            spin.setValue(numbers.get(key, getattr(core.Settings(), key)))
         index = self.model.findData(model)
         if index < 0:
             raise RuntimeError("model %r not offered: %s" % (model, [self.model.itemData(i) for i in range(self.model.count())]))
@@ -218,6 +225,61 @@ def case_selection(app, win, dk, rec):
     dump("selection.layer", layer.pixelData(x, y, w, h))
     if masks:
         dump("selection.mask", masks[0].pixelData(x, y, w, h))
+    doc.setModified(False)
+    doc.close()
+
+
+MASK_OPTIONS = {"shift_edge": 5.0, "hardness": 0.5, "feather": 1.5, "fill_holes": 40, "remove_specks": 40}
+
+
+def case_mask_options(app, win, dk, rec):
+    """Every number control set in the docker: the mask is dumped for the test to compare with its own request
+    (and with rgba_u8's, the same layer without options); the choices are in kritarc for the next session."""
+    doc, layer = new_document(app, win, "RGBA", "U8")
+    for step in activate(doc, layer):
+        yield step
+    dk.choose("mask", True, "", **MASK_OPTIONS)
+    rec.update(options=MASK_OPTIONS, layer_rect=rect(layer))
+    for step in dk.click(rec):
+        yield step
+    rec["kritarc"] = {key: app.readSetting("bgmask", key, "") for key in MASK_OPTIONS}
+    rec["settings_reloaded"] = core.load_settings()._asdict()
+    x, y, w, h = rec["layer_rect"]
+    masks = [c for c in layer.childNodes() if c.type() == "transparencymask"]
+    if masks:
+        dump("mask_options.mask", masks[0].pixelData(x, y, w, h))
+    doc.setModified(False)
+    doc.close()
+
+
+def case_decontaminated(app, win, dk, rec):
+    """Output "New layer with decontaminated colours" on a 16-bit (linear) RGBA layer: a copy above it with the
+    new colours and the mask; the layer itself untouched; one undo removes the copy."""
+    doc, layer = new_document(app, win, "RGBA", "U16")
+    for step in activate(doc, layer):
+        yield step
+    dk.choose("decontaminated", True, "")
+    x, y, w, h = rec["layer_rect"] = rect(layer)
+    before = bytes(layer.pixelData(x, y, w, h))
+    for step in dk.click(rec):
+        yield step
+    group = doc.nodeByName("group")
+    rec["group_children"] = [c.name() for c in group.childNodes()]
+    rec["layer_children"] = [c.name() for c in layer.childNodes()]
+    rec["layer_untouched"] = bytes(layer.pixelData(x, y, w, h)) == before
+    copies = [c for c in group.childNodes() if c.name() != "subject"]
+    if copies:
+        copy = copies[0]
+        rec["copy_space"] = [copy.colorModel(), copy.colorDepth(), copy.colorProfile()]
+        rec["copy_children"] = [[c.name(), c.type()] for c in copy.childNodes()]
+        dump("decontaminated.layer", before)
+        dump("decontaminated.copy", copy.pixelData(x, y, w, h))
+        masks = [c for c in copy.childNodes() if c.type() == "transparencymask"]
+        if masks:
+            dump("decontaminated.mask", masks[0].pixelData(x, y, w, h))
+    for step in undo(app):
+        yield step
+    rec["group_children_after_undo"] = [c.name() for c in group.childNodes()]
     doc.setModified(False)
     doc.close()
 
@@ -365,7 +427,8 @@ CASES = dict(
     {name: (lambda name, m, d: lambda app, win, dk, rec: photo_case(
         app, win, dk, rec, m, d, refine=name not in NO_REFINE, model_choice="u2netp" if name == "rgba_u8" else ""))(name, m, d)
      for name, (m, d) in PHOTO_CASES.items()},
-    kra_round_trip=case_kra_round_trip, selection=case_selection, output_selection=case_output_selection,
+    kra_round_trip=case_kra_round_trip, selection=case_selection, mask_options=case_mask_options,
+    decontaminated=case_decontaminated, output_selection=case_output_selection,
     output_layer=case_output_layer, menu_action=case_menu_action, unsupported_layer=case_unsupported_layer,
     unknown_model=case_unknown_model, daemon_down=case_daemon_down, cancel=case_cancel)
 

@@ -4,7 +4,8 @@
 Registers two PDB procedures that share their arguments:
 
 - plug-in-bgmask-remove-background  (Layer > Remove Background…): a soft layer mask (white = keep) on
-  each selected layer, a masked copy ("new layer with mask"), or a selection; one undo step.
+  each selected layer, a masked copy ("new layer with mask"), a masked copy with the background's colour
+  spill removed from its edges ("new layer with decontaminated colours"), or a selection; one undo step.
 - plug-in-bgmask-select-subject  (Select > Subject…): the same result as a selection.
 
 Both run non-interactively from the PDB with the same arguments as the dialog (which GIMP builds from
@@ -42,7 +43,7 @@ def _choice(entries):
 
 def _add_arguments(procedure, with_output):
     # Mnemonics must not clash with each other nor with the dialog's buttons (_OK, _Cancel, _Reset,
-    # _Help, _Save Settings): GIMP checks and prints a warning for every clash.
+    # _Help, _Load Saved Settings, _Save Settings): GIMP checks and prints a warning for every clash.
     flags = GObject.ParamFlags.READWRITE
     procedure.add_string_argument("model", "_Model", "Model name (see `bgmask models`); empty = the "
                                   "daemon's default model", "", flags)
@@ -55,6 +56,10 @@ def _add_arguments(procedure, with_output):
         procedure.add_choice_argument("existing-mask", "If the layer already has a mas_k",
                                       "What to do with a layer mask that is already there",
                                       _choice(logic.EXISTING_CHOICES), logic.EXISTING_REPLACE, flags)
+    # After the older arguments, so that PDB callers passing those by position keep working.
+    for name, kind, label, help_text, low, high, default in logic.NUMBER_ARGUMENTS:
+        add = procedure.add_double_argument if kind is float else procedure.add_int_argument
+        add(name, label, help_text, low, high, default, flags)
 
 
 def _settings(config, with_output):
@@ -63,6 +68,7 @@ def _settings(config, with_output):
         output=config.get_property("output") if with_output else logic.OUTPUT_SELECTION,
         refine=bool(config.get_property("refine")),
         existing_mask=config.get_property("existing-mask") if with_output else logic.EXISTING_REPLACE,
+        **{name.replace("-", "_"): config.get_property(name) for name, *_ in logic.NUMBER_ARGUMENTS},
     )
 
 
@@ -85,10 +91,12 @@ class RemoveBackground(Gimp.PlugIn):
             procedure.set_documentation(
                 "Mask out the background of the selected layers",
                 "Asks the local bgmask daemon for a soft foreground mask of each selected layer and adds "
-                "it as a layer mask (white = keep), as a masked copy of the layer, or as a selection. "
-                "The layer's pixels are not touched, and the change is one undo step. With a selection "
-                "active the model looks at the selection's area (plus some context) and the mask is 0 "
-                "outside the selection.", name)
+                "it as a layer mask (white = keep), as a masked copy of the layer (optionally with the "
+                "background's colour spill removed from its edges), or as a selection. Hardness, shift "
+                "edge, feather, fill holes and remove specks shape the mask. The layer's pixels are not "
+                "touched, and the change is one undo step. With a selection active the model looks at the "
+                "selection's area plus the selection context, and the mask is 0 outside the selection.",
+                name)
         else:
             procedure.set_menu_label("Su_bject…")
             procedure.add_menu_path("<Image>/Select/")

@@ -12,24 +12,28 @@ usual hard selection the two are the same.
 Nothing changes before every daemon request has succeeded; then all changes go through undoable
 operations (add/remove mask, insert layer, combine masks into an attached channel) inside one undo
 group. Writing straight into the buffer of a drawable that belongs to the image is avoided: GIMP does
-not record such writes for undo.
+not record such writes for undo. (The decontaminated copy gets its colours before it is inserted.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import bgmask_client
 
 OUTPUT_MASK = "mask"
 OUTPUT_SELECTION = "selection"
 OUTPUT_NEW_LAYER = "new-layer"
+OUTPUT_DECONTAMINATED = "decontaminated"
 # (nick, label, help) for the procedure's "output" choice argument; the first entry is the default.
 OUTPUT_CHOICES = (
     (OUTPUT_MASK, "Layer mask", "Add a layer mask to the layer (white = keep); the pixels stay as they are"),
     (OUTPUT_SELECTION, "Selection", "Select the subject instead of masking the layer"),
     (OUTPUT_NEW_LAYER, "New layer with mask", "Add a masked copy above the layer; the layer stays as it was"),
+    (OUTPUT_DECONTAMINATED, "New layer with decontaminated colours",
+     "Add a masked copy above the layer whose edge colours have the old background's spill removed; the "
+     "layer stays as it was"),
 )
 
 EXISTING_REPLACE = "replace"
@@ -41,12 +45,31 @@ EXISTING_CHOICES = (
     (EXISTING_CANCEL, "Cancel", "Change nothing and say so"),
 )
 
-# With a selection active the model sees the selection's bounds plus this much context on every side
-# (a fraction of the larger side, at least MIN_CONTEXT_PADDING pixels): small subjects then get more of
-# the model's resolution, and the subject's edges are not cut at the crop. Until the daemon takes a
-# `region` (issue 7) the crop is made here, by choosing which rectangle of the layer to read.
-CONTEXT_PADDING = 0.15
-MIN_CONTEXT_PADDING = 16
+# With a selection active the daemon gets the selection's bounds as `region` and looks at them plus
+# `padding` (a fraction of their longer side) of context: small subjects get more of the model's
+# resolution, and the subject's edges are not cut. Only that padded rectangle of the layer is read and
+# sent (bgmask_client.context_box), not the whole layer.
+DEFAULT_PADDING = 0.15
+
+# The numeric arguments that shape the mask (docs/protocol.md, options): (argument name, type, dialog
+# label, help, lowest, highest, default). The ranges are the protocol's; areas stop at GIMP's largest int.
+# The labels' mnemonics avoid each other, the other arguments' (M, T, E, K) and the dialog buttons' (O, C,
+# R, H, L, S).
+MAX_AREA = 2 ** 31 - 1
+NUMBER_ARGUMENTS = (
+    ("hardness", float, "Har_dness", "Steepen the soft edge without cutting it: 0 keeps the model's edge, "
+     "1 narrows an 8-15 px edge to 1-2 px", 0.0, 1.0, 0.0),
+    ("shift-edge", float, "Shift ed_ge (px)", "Grow (positive) or shrink (negative) the subject by this many "
+     "pixels; soft detail keeps its shape", -100.0, 100.0, 0.0),
+    ("feather", float, "_Feather (px)", "Soften the edge: a hard edge becomes a ramp about twice this wide",
+     0.0, 500.0, 0.0),
+    ("fill-holes", int, "F_ill holes smaller than (px²)", "Make enclosed holes whose area is smaller than "
+     "this opaque", 0, MAX_AREA, 0),
+    ("remove-specks", int, "Remove s_pecks smaller than (px²)", "Remove separate islands whose area is "
+     "smaller than this", 0, MAX_AREA, 0),
+    ("padding", float, "Selection conte_xt", "With a selection: how much of the layer around it the model "
+     "sees, as a fraction of the selection's longer side", 0.0, 4.0, DEFAULT_PADDING),
+)
 
 STAGE_TEXT = {
     "queued": "Waiting for the bgmask daemon",
@@ -65,6 +88,18 @@ class Settings:
     output: str = OUTPUT_MASK
     refine: bool = True
     existing_mask: str = EXISTING_REPLACE
+    hardness: float = 0.0
+    shift_edge: float = 0.0
+    feather: float = 0.0
+    fill_holes: float = 0.0
+    remove_specks: float = 0.0
+    padding: float = DEFAULT_PADDING
+
+    def options(self) -> Dict[str, Any]:
+        """The request's options; a selection adds `region` and `padding` per layer."""
+        return {"refine": self.refine, "hardness": self.hardness, "shift_edge": self.shift_edge,
+                "feather": self.feather, "fill_holes": self.fill_holes, "remove_specks": self.remove_specks,
+                "decontaminate": self.output == OUTPUT_DECONTAMINATED}
 
 
 class PluginError(Exception):
@@ -142,16 +177,26 @@ def pixel_format(base_type: str, has_alpha: bool, precision: str) -> SampleForma
 
 
 def mask_format(precision: str) -> SampleFormat:
-    """How the mask is requested and written: linear "Y" in the mask's own precision, which is the
-    layer mask's native format, so no precision is lost and nothing is re-encoded."""
+    """How the mask is requested: linear "Y" in the mask's own precision, which is the layer mask's native
+    format, so no precision is lost and nothing is re-encoded (see channel_format for the way in)."""
     component, _ = split_precision(precision)
     babl_type, sample_type = _MASK_TYPES[component]
     return SampleFormat(f"Y {babl_type}", 1, sample_type, True)
 
 
-def context_crop(layer: Rect, selection: Optional[Rect]) -> Optional[Rect]:
+def channel_format(precision: str) -> str:
+    """The babl format that puts the mask's samples into a channel made by Gimp.Channel.new unchanged,
+    for copying into a layer mask. combine-masks copies samples as they are, and GIMP 3.0 keeps the
+    channels of 8-bit non-linear images gamma-encoded ("Y' u8"; gimp_image_get_channel_format) while their
+    layer masks are linear ("Y u8"): written as "Y u8", the mask would be encoded on its way into the
+    channel and reach the layer mask brightened (a 10 became 56)."""
+    return "Y' u8" if precision == "u8-non-linear" else mask_format(precision).babl
+
+
+def context_crop(layer: Rect, selection: Optional[Rect], padding: float = DEFAULT_PADDING) -> Optional[Rect]:
     """The layer-local rectangle to send: the whole layer, or, with a selection, the part of the layer
-    under the selection's bounds grown by the context padding. None if the selection misses the layer.
+    under the selection's bounds grown by `padding`, which is exactly what the daemon's model looks at
+    for that region. None if the selection misses the layer.
 
     `layer` and `selection` are in image coordinates (the layer's offsets and size)."""
     if selection is None:
@@ -159,10 +204,18 @@ def context_crop(layer: Rect, selection: Optional[Rect]) -> Optional[Rect]:
     under = layer.intersect(selection)
     if under is None:
         return None
-    pad = max(MIN_CONTEXT_PADDING, round(CONTEXT_PADDING * max(under.w, under.h)))
-    grown = Rect(under.x - pad, under.y - pad, under.w + 2 * pad, under.h + 2 * pad).intersect(layer)
-    assert grown is not None
-    return Rect(grown.x - layer.x, grown.y - layer.y, grown.w, grown.h)
+    x, y, w, h = bgmask_client.context_box((under.x, under.y, under.w, under.h), padding,
+                                           (layer.x, layer.y, layer.w, layer.h))
+    return Rect(x - layer.x, y - layer.y, w, h)
+
+
+def crop_region(layer: Rect, selection: Optional[Rect], crop: Rect) -> Optional[Rect]:
+    """The request's `region`: the selection's bounds on the layer, relative to the crop sent."""
+    if selection is None:
+        return None
+    under = layer.intersect(selection)
+    assert under is not None
+    return Rect(under.x - layer.x - crop.x, under.y - layer.y - crop.y, under.w, under.h)
 
 
 def user_message(error: Exception, settings: Settings) -> str:
@@ -223,7 +276,10 @@ class ProgressFeed:
 class Job:
     layer: Any
     crop: Rect  # layer-local
+    region: Optional[Rect]  # the selection's bounds, relative to the crop
+    fmt: SampleFormat  # how the layer's pixels are read
     mask: bytes = b""
+    colours: bytes = b""  # decontaminated output: the crop's new pixels, in `fmt`
 
 
 def selected_layers(drawables: Sequence[Any]) -> List[Any]:
@@ -264,29 +320,29 @@ def remove_background(gimp: Any, gegl: Any, image: Any, drawables: Sequence[Any]
                 raise PluginError(f"Layer '{layer.get_name()}' already has a mask; nothing was changed. "
                                   "Choose 'Replace it' or 'Intersect with it' to use the new mask.",
                                   cancelled=True)
+    base_type = image.get_base_type().value_nick
+    if settings.output == OUTPUT_DECONTAMINATED and base_type == "indexed":
+        raise PluginError("Decontaminated colours need an RGB or grayscale image: an indexed layer would "
+                          "snap them back to its palette. Convert it with Image > Mode > RGB first.")
     selection = selection_bounds(gimp, image)
     precision = image.get_precision().value_nick
     out = mask_format(precision)
     jobs = []
     for layer in layers:
-        crop = context_crop(layer_rect(layer), selection)
+        rect = layer_rect(layer)
+        crop = context_crop(rect, selection, settings.padding)
         if crop is None:
             raise PluginError(f"The selection does not overlap layer '{layer.get_name()}'. Select part "
                               "of that layer, or Select > None to use all of it.")
-        jobs.append(Job(layer, crop))
+        fmt = pixel_format(base_type, layer.has_alpha(), precision)
+        jobs.append(Job(layer, crop, crop_region(rect, selection, crop), fmt))
 
     progress = ProgressFeed(gimp, len(jobs))
     try:
         client = make_client()
         for index, job in enumerate(jobs):
             progress.start(index)
-            fmt = pixel_format(image.get_base_type().value_nick, job.layer.has_alpha(), precision)
-            rect = gegl.Rectangle.new(job.crop.x, job.crop.y, job.crop.w, job.crop.h)
-            pixels = job.layer.get_buffer().get(rect, 1.0, fmt.babl, gegl.AbyssPolicy.CLAMP)
-            job.mask = client.remove(bytes(pixels), job.crop.w, job.crop.h, fmt.channels, fmt.sample_type,
-                                     linear=fmt.linear, model=settings.model or None,
-                                     options={"refine": settings.refine}, out_sample_type=out.sample_type,
-                                     on_progress=progress)
+            _request(gegl, client, job, settings, out, progress)
     except bgmask_client.BgmaskError as error:
         raise PluginError(user_message(error, settings), cancelled=error.code == "cancelled") from error
     # From here on the image changes; ending the progress removes its cancel button, so a cancel can
@@ -295,35 +351,50 @@ def remove_background(gimp: Any, gegl: Any, image: Any, drawables: Sequence[Any]
 
     image.undo_group_start()
     try:
-        if settings.output == OUTPUT_SELECTION:
-            _select(gimp, gegl, image, jobs, out, selection is not None)
+        if settings.output == OUTPUT_SELECTION:  # the selection is a channel like the result: linear values
+            _select(gimp, gegl, image, jobs, out.babl, selection is not None)
         else:
             for job in jobs:
-                _add_mask(gimp, gegl, image, job, out, settings, selection is not None)
+                _add_mask(gimp, gegl, image, job, channel_format(precision), settings, selection is not None)
     finally:
         image.undo_group_end()
 
 
-def _result_channel(gimp: Any, gegl: Any, image: Any, job: Job, out: SampleFormat) -> Any:
-    """A layer-sized, unattached channel holding the mask in the crop and 0 around it. Channels are
-    created in the image's precision, so copying one into a layer mask loses nothing."""
+def _request(gegl: Any, client: Any, job: Job, settings: Settings, out: SampleFormat,
+             progress: ProgressFeed) -> None:
+    """Read the job's crop, ask the daemon, and keep what the image will need (mask, and colours)."""
+    crop, fmt = job.crop, job.fmt
+    pixels = bytes(job.layer.get_buffer().get(gegl.Rectangle.new(crop.x, crop.y, crop.w, crop.h), 1.0,
+                                              fmt.babl, gegl.AbyssPolicy.CLAMP))
+    options = settings.options()
+    if job.region is not None:
+        options.update(region=[job.region.x, job.region.y, job.region.w, job.region.h], padding=settings.padding)
+    reply = client.remove_full(pixels, crop.w, crop.h, fmt.channels, fmt.sample_type, linear=fmt.linear,
+                               model=settings.model or None, options=options, out_sample_type=out.sample_type,
+                               on_progress=progress)
+    job.mask = reply.mask
+    if settings.output == OUTPUT_DECONTAMINATED:
+        job.colours = bgmask_client.decontaminated_pixels(pixels, reply.extra[0] if reply.extra else b"",
+                                                          fmt.channels, fmt.sample_type)
+
+
+def _result_channel(gimp: Any, gegl: Any, image: Any, job: Job, babl: str) -> Any:
+    """A layer-sized, unattached channel holding the mask (written as `babl`) in the crop and 0 around it.
+    Channels are created in the image's precision, so copying one into a layer mask loses nothing."""
     channel = gimp.Channel.new(image, "bgmask result", job.layer.get_width(), job.layer.get_height(),
                                100.0, gegl.Color.new("black"))
     buffer = channel.get_buffer()
-    buffer.set(gegl.Rectangle.new(job.crop.x, job.crop.y, job.crop.w, job.crop.h), out.babl, job.mask)
+    buffer.set(gegl.Rectangle.new(job.crop.x, job.crop.y, job.crop.w, job.crop.h), babl, job.mask)
     buffer.flush()  # the core reads the channel next (combine_masks): push the tiles out first
     return channel
 
 
-def _add_mask(gimp: Any, gegl: Any, image: Any, job: Job, out: SampleFormat, settings: Settings,
+def _add_mask(gimp: Any, gegl: Any, image: Any, job: Job, babl: str, settings: Settings,
               has_selection: bool) -> None:
     layer = job.layer
-    if settings.output == OUTPUT_NEW_LAYER:
-        copy = layer.copy()
-        image.insert_layer(copy, layer.get_parent(), image.get_item_position(layer))
-        copy.set_name(f"{layer.get_name()} (subject)")
-        layer = copy
-    result = _result_channel(gimp, gegl, image, job, out)
+    if settings.output in (OUTPUT_NEW_LAYER, OUTPUT_DECONTAMINATED):
+        layer = _copy_above(gegl, image, job, settings.output == OUTPUT_DECONTAMINATED)
+    result = _result_channel(gimp, gegl, image, job, babl)
     try:
         if has_selection:  # 0 outside the selection, and feathered selections stay feathered
             _, x, y = layer.get_offsets()
@@ -341,14 +412,27 @@ def _add_mask(gimp: Any, gegl: Any, image: Any, job: Job, out: SampleFormat, set
         result.delete()
 
 
-def _select(gimp: Any, gegl: Any, image: Any, jobs: Sequence[Job], out: SampleFormat,
-            has_selection: bool) -> None:
+def _copy_above(gegl: Any, image: Any, job: Job, decontaminated: bool) -> Any:
+    """A copy of the job's layer just above it; with `decontaminated`, the crop holds the new colours."""
+    layer = job.layer
+    copy = layer.copy()
+    if decontaminated:  # written while the copy is not part of the image: inserting it is the undo step
+        buffer = copy.get_buffer()
+        buffer.set(gegl.Rectangle.new(job.crop.x, job.crop.y, job.crop.w, job.crop.h), job.fmt.babl,
+                   job.colours)
+        buffer.flush()
+    image.insert_layer(copy, layer.get_parent(), image.get_item_position(layer))
+    copy.set_name(f"{layer.get_name()} ({'decontaminated' if decontaminated else 'subject'})")
+    return copy
+
+
+def _select(gimp: Any, gegl: Any, image: Any, jobs: Sequence[Job], babl: str, has_selection: bool) -> None:
     """The union of the layers' masks becomes the selection; an active selection limits it."""
     union = gimp.Channel.new(image, "bgmask subject", image.get_width(), image.get_height(), 100.0,
                              gegl.Color.new("black"))
     try:
         for job in jobs:
-            result = _result_channel(gimp, gegl, image, job, out)
+            result = _result_channel(gimp, gegl, image, job, babl)
             try:
                 _, x, y = job.layer.get_offsets()
                 union.combine_masks(result, gimp.ChannelOps.ADD, x, y)

@@ -8,9 +8,9 @@ Any failure before `apply` leaves the document exactly as it was.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
-from krita import Selection
+from krita import Krita, Selection
 
 from . import pixels
 from .pixels import Rect
@@ -18,12 +18,28 @@ from .pixels import Rect
 OUTPUT_MASK = "mask"
 OUTPUT_SELECTION = "selection"
 OUTPUT_LAYER = "layer"
+OUTPUT_DECONTAMINATED = "decontaminated"
 OUTPUTS = {
     OUTPUT_MASK: "Transparency mask",
     OUTPUT_SELECTION: "Selection",
     OUTPUT_LAYER: "New layer with mask",
+    OUTPUT_DECONTAMINATED: "New layer with decontaminated colours",
 }
 MASK_NAME = "Background Removal"
+SETTINGS_GROUP = "bgmask"
+DEFAULT_PADDING = 0.15
+
+# The docker's number settings (docs/protocol.md, options) -> (lowest, highest); the defaults are Settings'.
+# The ranges are the protocol's; areas stop at the largest value a QSpinBox holds.
+MAX_AREA = 2 ** 31 - 1
+NUMBER_RANGES = {
+    "hardness": (0.0, 1.0),
+    "shift_edge": (-100.0, 100.0),
+    "feather": (0.0, 500.0),
+    "fill_holes": (0, MAX_AREA),
+    "remove_specks": (0, MAX_AREA),
+    "padding": (0.0, 4.0),
+}
 
 # Colour spaces the daemon cannot take are converted, on a throw-away clone of the document, to
 # sRGB RGBA of this depth (8-bit stays 8-bit, anything deeper becomes 16-bit).
@@ -44,12 +60,74 @@ class PluginError(Exception):
     """A problem to show to the user as it is; the document has not been changed."""
 
 
+def client_module() -> Any:
+    """bgmask_client.py is copied into this package by `bgmask install --krita`."""
+    try:
+        from . import bgmask_client
+    except ImportError as exc:
+        raise PluginError("bgmask_client.py is missing from the plugin folder; "
+                          f"reinstall the plugin with `bgmask install --krita` ({exc}).") from exc
+    return bgmask_client
+
+
 class Settings(NamedTuple):
     """The user's choices in the docker (also used by the menu action)."""
 
     model: Optional[str] = None  # None: the daemon's default model
     output: str = OUTPUT_MASK
     refine: bool = True
+    hardness: float = 0.0
+    shift_edge: float = 0.0
+    feather: float = 0.0
+    fill_holes: int = 0
+    remove_specks: int = 0
+    padding: float = DEFAULT_PADDING  # context around a selection, a fraction of its longer side
+
+    def options(self) -> Dict[str, Any]:
+        """The request's options; a selection adds `region` and `padding`."""
+        return {"refine": self.refine, "hardness": self.hardness, "shift_edge": self.shift_edge,
+                "feather": self.feather, "fill_holes": self.fill_holes, "remove_specks": self.remove_specks,
+                "decontaminate": self.output == OUTPUT_DECONTAMINATED}
+
+
+def _number(text: Any, key: str) -> Any:
+    """A remembered number, or the default when it does not parse or is out of range (kritarc is editable)."""
+    default = Settings._field_defaults[key]
+    low, high = NUMBER_RANGES[key]
+    try:
+        value = type(default)(text)
+    except (TypeError, ValueError):
+        return default
+    return value if low <= value <= high else default
+
+
+def load_settings() -> Settings:
+    """The docker's last choices, from kritarc."""
+    app = Krita.instance()
+    output = app.readSetting(SETTINGS_GROUP, "output", OUTPUT_MASK)
+    numbers = {key: _number(app.readSetting(SETTINGS_GROUP, key, str(Settings._field_defaults[key])), key)
+               for key in NUMBER_RANGES}
+    return Settings(model=app.readSetting(SETTINGS_GROUP, "model", "") or None,
+                    output=output if output in OUTPUTS else OUTPUT_MASK,
+                    refine=app.readSetting(SETTINGS_GROUP, "refine", "true") != "false", **numbers)
+
+
+def save_settings(settings: Settings) -> None:
+    """Remember the docker's choices in kritarc, for the menu action and the next session."""
+    app = Krita.instance()
+    app.writeSetting(SETTINGS_GROUP, "model", settings.model or "")
+    app.writeSetting(SETTINGS_GROUP, "output", settings.output)
+    app.writeSetting(SETTINGS_GROUP, "refine", "true" if settings.refine else "false")
+    for key in NUMBER_RANGES:
+        app.writeSetting(SETTINGS_GROUP, key, repr(getattr(settings, key)))
+
+
+class Reply(NamedTuple):
+    """What Job.run brings back for `apply`."""
+
+    mask: bytes
+    model: Optional[str]     # the model that made the mask
+    colours: Optional[bytes]  # decontaminated output: the region's new pixels, in the layer's own layout
 
 
 class Job(NamedTuple):
@@ -60,6 +138,7 @@ class Job(NamedTuple):
     layer_name: str
     layer_rect: Rect          # the layer's bounds (image coordinates, offsets included)
     region: Rect              # the part of the layer sent to the daemon
+    selected: Optional[Rect]  # the selection's bounds on the layer: the request's `region` (image coordinates)
     pixels: bytes             # region pixels as Krita stores them (reordered off the UI thread)
     layout: pixels.Layout
     linear: bool
@@ -73,17 +152,23 @@ class Job(NamedTuple):
         return pixels.to_protocol_order(self.pixels, self.layout)
 
     def run(self, client: Any, on_progress: Optional[Callable[[str, Optional[float]], None]] = None,
-            cancel: Optional[Callable[[], bool]] = None) -> Tuple[bytes, Optional[str]]:
-        """Ask the daemon for an 8-bit mask of `region` (transparency masks and selections are 8-bit).
-
-        Returns the mask and the name of the model that made it.
-        """
-        _, _, w, h = self.region
+            cancel: Optional[Callable[[], bool]] = None) -> Reply:
+        """Ask the daemon for an 8-bit mask of `region` (transparency masks and selections are 8-bit), and
+        for the decontaminated output its colours, put back into the layer's own layout."""
+        x, y, w, h = self.region
+        options = self.settings.options()
+        if self.selected is not None:
+            sx, sy, sw, sh = self.selected
+            options.update(region=[sx - x, sy - y, sw, sh], padding=self.settings.padding)
         result = client.remove_full(self.protocol_pixels(), w, h, self.layout.channels, self.layout.sample_type,
-                                    linear=self.linear, model=self.settings.model,
-                                    options={"refine": self.settings.refine}, out_sample_type="u8",
-                                    on_progress=on_progress, cancel=cancel)
-        return result.mask, result.header.get("model")
+                                    linear=self.linear, model=self.settings.model, options=options,
+                                    out_sample_type="u8", on_progress=on_progress, cancel=cancel)
+        colours = None
+        if self.settings.output == OUTPUT_DECONTAMINATED:
+            colours = client_module().decontaminated_pixels(
+                self.pixels, result.extra[0] if result.extra else b"", self.layout.channels,
+                self.layout.sample_type, self.layout.source_of)
+        return Reply(result.mask, result.header.get("model"), colours)
 
 
 def target_layer(doc: Any) -> Any:
@@ -114,19 +199,23 @@ def prepare(doc: Any, node: Any, settings: Settings) -> Job:
     if pixels.is_empty(layer_rect):
         raise PluginError(f'The layer "{node.name()}" is empty.')
 
-    region = layer_rect
-    selection = None
+    model, depth = node.colorModel(), node.colorDepth()
+    layout = pixels.layout_for(model, depth)
+    if layout is None and settings.output == OUTPUT_DECONTAMINATED:
+        raise PluginError(f"Decontaminated colours need an RGBA or grayscale layer, and \"{node.name()}\" is "
+                          f"{model}/{depth}. Convert it first (Image > Convert Image Color Space).")
+
+    region, selected, selection = layer_rect, None, None
     sel = doc.selection()
     if sel is not None:
         sel_rect = (sel.x(), sel.y(), sel.width(), sel.height())
-        inside = pixels.intersect(sel_rect, layer_rect)
-        if pixels.is_empty(inside):
+        selected = pixels.intersect(sel_rect, layer_rect)
+        if pixels.is_empty(selected):
             raise PluginError(f'The selection does not touch the layer "{node.name()}".')
-        region = pixels.intersect(pixels.padded(inside), layer_rect)
+        # only what the daemon's model looks at for that region is read and sent
+        region = client_module().context_box(selected, settings.padding, layer_rect)
         selection = bytes(sel.pixelData(*layer_rect))
 
-    model, depth = node.colorModel(), node.colorDepth()
-    layout = pixels.layout_for(model, depth)
     converted_from = None
     if layout is not None:
         data = bytes(node.pixelData(*region))
@@ -135,8 +224,8 @@ def prepare(doc: Any, node: Any, settings: Settings) -> Job:
         converted_from = f"{model}/{depth}"
         data, layout = _converted_pixels(doc, node, region, "U8" if depth == "U8" else "U16")
         linear = False
-    return Job(doc, node.uniqueId(), node.name(), layer_rect, region, data, layout, linear, selection, settings,
-               converted_from)
+    return Job(doc, node.uniqueId(), node.name(), layer_rect, region, selected, data, layout, linear, selection,
+               settings, converted_from)
 
 
 def _converted_pixels(doc: Any, node: Any, region: Rect, depth: str):
@@ -160,8 +249,9 @@ def mask_name(model: Optional[str]) -> str:
     return f"{MASK_NAME} ({model})" if model else MASK_NAME
 
 
-def apply(job: Job, mask: bytes, model: Optional[str]) -> str:
-    """Put the daemon's mask into the document as the chosen output, in one undoable step.
+def apply(job: Job, mask: bytes, model: Optional[str], colours: Optional[bytes] = None) -> str:
+    """Put the daemon's mask into the document as the chosen output, in one undoable step; `colours` (the
+    decontaminated output) replace the region's pixels in the new layer.
 
     Returns a short sentence for the status line.
     """
@@ -192,9 +282,13 @@ def apply(job: Job, mask: bytes, model: Optional[str]) -> str:
             node.addChildNode(tmask, None)
             done = f'Added "{name}" to "{node.name()}".'
         else:
-            copy = node.duplicate()
-            copy.setName(f"{node.name()} (background removed)")
-            copy.setChildNodes(list(copy.childNodes()) + [tmask])  # not in the tree yet: no undo step
+            copy = node.duplicate()  # not in the tree yet: neither its pixels nor its children are an undo step
+            if output == OUTPUT_DECONTAMINATED:
+                copy.setPixelData(colours, *job.region)
+                copy.setName(f"{node.name()} (decontaminated)")
+            else:
+                copy.setName(f"{node.name()} (background removed)")
+            copy.setChildNodes(list(copy.childNodes()) + [tmask])
             node.parentNode().addChildNode(copy, node)
             done = f'Added "{copy.name()}" with "{name}" above "{node.name()}".'
     if job.converted_from:

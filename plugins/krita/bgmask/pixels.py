@@ -83,12 +83,6 @@ def is_empty(r: Rect) -> bool:
     return r[2] <= 0 or r[3] <= 0
 
 
-def padded(r: Rect, fraction: float = 0.1, minimum: int = 16) -> Rect:
-    """Grow a selection's bounds so the model sees some context around the subject."""
-    pad = max(minimum, int(round(max(r[2], r[3]) * fraction)))
-    return (r[0] - pad, r[1] - pad, r[2] + 2 * pad, r[3] + 2 * pad)
-
-
 def embed(mask: bytes, inner: Rect, outer: Rect) -> bytes:
     """Place a one-byte-per-pixel mask of `inner` into a zero-filled mask of `outer` (inner within outer)."""
     if inner == outer:

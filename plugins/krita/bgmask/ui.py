@@ -13,54 +13,43 @@ from typing import Any, Dict, List, Optional
 from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Extension, Krita
 from PyQt5.QtCore import QObject, QThread, Qt, pyqtSignal
 from PyQt5.QtGui import QIcon
-from PyQt5.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QMessageBox,
-                             QProgressBar, QPushButton, QToolButton, QVBoxLayout, QWidget)
+from PyQt5.QtWidgets import (QAbstractSpinBox, QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout,
+                             QLabel, QMessageBox, QProgressBar, QPushButton, QSpinBox, QToolButton, QVBoxLayout,
+                             QWidget)
 
 from . import core
 
 DOCKER_ID = "bgmask_docker"
 ACTION_ID = "bgmask_remove_background"
-SETTINGS_GROUP = "bgmask"
 STAGES = {"queued": "Waiting in the daemon's queue", "downloading": "Downloading the model",
           "loading": "Loading the model", "inferring": "Finding the subject", "refining": "Refining edges",
           "connecting": "Connecting to the daemon"}
 
-
-def _client_module() -> Any:
-    """bgmask_client.py is copied into this package by `bgmask install --krita`."""
-    try:
-        from . import bgmask_client
-    except ImportError as exc:
-        raise core.PluginError("bgmask_client.py is missing from the plugin folder; "
-                               f"reinstall the plugin with `bgmask install --krita` ({exc}).") from exc
-    return bgmask_client
+# The number settings' spin boxes: (setting, label, tooltip, decimals, step, suffix); ranges from core.
+NUMBER_FIELDS = (
+    ("hardness", "Hardness:", "Steepen the soft edge without cutting it: 0 keeps the model's edge, 1 narrows "
+     "an 8-15 px edge to 1-2 px", 2, 0.05, ""),
+    ("shift_edge", "Shift edge:", "Grow (positive) or shrink (negative) the subject by this many pixels; "
+     "soft detail keeps its shape", 1, 1.0, " px"),
+    ("feather", "Feather:", "Soften the edge: a hard edge becomes a ramp about twice this wide", 1, 1.0, " px"),
+    ("fill_holes", "Fill holes under:", "Make enclosed holes whose area is smaller than this opaque", 0, 10, " px²"),
+    ("remove_specks", "Remove specks under:", "Remove separate islands whose area is smaller than this", 0, 10,
+     " px²"),
+    ("padding", "Selection context:", "With a selection: how much of the layer around it the model sees, as a "
+     "fraction of the selection's longer side", 2, 0.05, ""),
+)
 
 
 def _make_client(autostart: bool) -> Any:
     """A client for the user's daemon: $BGMASK_ENDPOINT/$BGMASK_TOKEN (never auto-started) or the runtime file."""
-    return _client_module().Client(autostart=autostart)
-
-
-def load_settings() -> core.Settings:
-    app = Krita.instance()
-    output = app.readSetting(SETTINGS_GROUP, "output", core.OUTPUT_MASK)
-    return core.Settings(model=app.readSetting(SETTINGS_GROUP, "model", "") or None,
-                         output=output if output in core.OUTPUTS else core.OUTPUT_MASK,
-                         refine=app.readSetting(SETTINGS_GROUP, "refine", "true") != "false")
-
-
-def save_settings(settings: core.Settings) -> None:
-    app = Krita.instance()
-    app.writeSetting(SETTINGS_GROUP, "model", settings.model or "")
-    app.writeSetting(SETTINGS_GROUP, "output", settings.output)
-    app.writeSetting(SETTINGS_GROUP, "refine", "true" if settings.refine else "false")
+    return core.client_module().Client(autostart=autostart)
 
 
 class _RemovalThread(QThread):
     """Runs one Job.run off the UI thread; the outcome comes back as queued signals."""
 
     progressed = pyqtSignal(str, float)   # stage, fraction (-1: unknown)
-    succeeded = pyqtSignal(bytes, str)    # mask, model that made it
+    succeeded = pyqtSignal(object)        # core.Reply
     failed = pyqtSignal(str, str)         # code, message
 
     def __init__(self, job: core.Job, client: Any, parent: QObject) -> None:
@@ -72,15 +61,15 @@ class _RemovalThread(QThread):
         self.progressed.emit(stage, -1.0 if fraction is None else float(fraction))
 
     def run(self) -> None:
-        errors = _client_module()
+        errors = core.client_module()
         try:
-            mask, model = self.job.run(self.client, on_progress=self._on_progress, cancel=self.cancel_event.is_set)
+            reply = self.job.run(self.client, on_progress=self._on_progress, cancel=self.cancel_event.is_set)
         except errors.BgmaskError as exc:
             self.failed.emit(exc.code, exc.message)
         except Exception as exc:  # noqa: BLE001 - a bug must reach the user, not kill the thread silently
             self.failed.emit("internal", f"{type(exc).__name__}: {exc}")
         else:
-            self.succeeded.emit(mask, model or "")
+            self.succeeded.emit(reply)
         finally:
             self.client.close()
 
@@ -128,7 +117,7 @@ class Controller(QObject):
         return self._thread is not None
 
     def status_text(self) -> str:
-        return core.describe_status(self._status, load_settings().model, self._status_error)
+        return core.describe_status(self._status, core.load_settings().model, self._status_error)
 
     def refresh_status(self) -> None:
         if self._status_thread is not None:
@@ -151,7 +140,7 @@ class Controller(QObject):
         if self.busy:
             self._report(False, "A background removal is already running.")
             return
-        settings = load_settings()
+        settings = core.load_settings()
         try:
             doc = Krita.instance().activeDocument()
             job = core.prepare(doc, core.target_layer(doc), settings)
@@ -180,9 +169,9 @@ class Controller(QObject):
         text = STAGES.get(stage, stage)
         self.progress.emit(text, -1 if fraction < 0 else int(round(100 * fraction)))
 
-    def _on_success(self, mask: bytes, model: str) -> None:
+    def _on_success(self, reply: core.Reply) -> None:
         try:
-            self._report(True, core.apply(self._thread.job, mask, model or None))
+            self._report(True, core.apply(self._thread.job, reply.mask, reply.model, reply.colours))
         except core.PluginError as exc:
             self._report(False, str(exc))
         except Exception as exc:  # noqa: BLE001 - a Krita API failure: tell the user rather than lose it
@@ -238,7 +227,7 @@ class BgmaskDocker(DockWidget):
         self.setObjectName(DOCKER_ID)
         self.setWindowTitle("Background Removal")
         self.ctl = controller()
-        settings = load_settings()
+        settings = core.load_settings()
         root = QWidget(self)
         layout = QVBoxLayout(root)
 
@@ -262,6 +251,20 @@ class BgmaskDocker(DockWidget):
         self.refine.setObjectName("bgmask_refine")
         self.refine.setChecked(settings.refine)
         form.addRow(self.refine)
+        self.numbers: Dict[str, QAbstractSpinBox] = {}
+        for key, label, tooltip, decimals, step, suffix in NUMBER_FIELDS:
+            low, high = core.NUMBER_RANGES[key]
+            spin = QDoubleSpinBox(root) if decimals else QSpinBox(root)
+            if decimals:
+                spin.setDecimals(decimals)
+            spin.setObjectName(f"bgmask_{key}")
+            spin.setRange(low, high)
+            spin.setSingleStep(step)
+            spin.setSuffix(suffix)
+            spin.setToolTip(tooltip)
+            spin.setValue(getattr(settings, key))
+            form.addRow(label, spin)
+            self.numbers[key] = spin
         layout.addLayout(form)
 
         row = QHBoxLayout()
@@ -296,12 +299,13 @@ class BgmaskDocker(DockWidget):
         self.button.clicked.connect(self._on_remove)
         self.cancel.clicked.connect(self.ctl.cancel)
         self.refresh.clicked.connect(self.ctl.refresh_status)
-        for signal in (self.model.currentIndexChanged, self.output.currentIndexChanged, self.refine.toggled):
+        for signal in (self.model.currentIndexChanged, self.output.currentIndexChanged, self.refine.toggled,
+                       *(spin.valueChanged for spin in self.numbers.values())):
             signal.connect(self._save)
         self.ctl.busy_changed.connect(self._on_busy)
         self.ctl.progress.connect(self._on_progress)
         self.ctl.status_changed.connect(self.status.setText)
-        self.ctl.models_changed.connect(lambda names: self._fill_models(names, load_settings().model))
+        self.ctl.models_changed.connect(lambda names: self._fill_models(names, core.load_settings().model))
         self.ctl.outcome.connect(self._on_outcome)
         self._on_busy(self.ctl.busy)
         self.ctl.refresh_status()
@@ -319,14 +323,15 @@ class BgmaskDocker(DockWidget):
 
     def settings(self) -> core.Settings:
         return core.Settings(model=self.model.currentData() or None, output=self.output.currentData(),
-                             refine=self.refine.isChecked())
+                             refine=self.refine.isChecked(),
+                             **{key: spin.value() for key, spin in self.numbers.items()})
 
     def _save(self, *_: Any) -> None:
-        save_settings(self.settings())
+        core.save_settings(self.settings())
         self.status.setText(self.ctl.status_text())
 
     def _on_remove(self) -> None:
-        save_settings(self.settings())
+        core.save_settings(self.settings())
         self.ctl.start()
 
     def _on_busy(self, busy: bool) -> None:
