@@ -5,9 +5,9 @@ run interleaved (one inference of each per round), because this machine is share
 hits every configuration alike; the minimum over rounds is the figure, the median shows the noise.
 
 A configuration is a map: `file` "shipped" (the cached model file as downloaded) or "prepared" (rewritten
-by bench/_modelprep.py); `daemon` true builds bgmask's own MattingSession instead (whatever sessions.py
-does today); otherwise ORT options: `level` (disable/basic/extended/all), `threads` (0 = ORT default),
-`spin` (bool), `arena`, `pattern` (bool), `shrink` (release the arena after each run), `trim` (glibc malloc_trim(0) after each run), `outputs`
+by bgmask.modelprep); `daemon` true takes the daemon's own session from its SessionPool instead (whatever
+file and options the daemon runs today); otherwise ORT options: `level` (disable/basic/extended/all), `threads` (0 = ORT default),
+`spin` (bool), `daz` (denormals as zero), `arena`, `pattern` (bool), `shrink` (release the arena after each run), `trim` (glibc malloc_trim(0) after each run), `outputs`
 ("first" or "all", as rembg asks). The input tensor comes from the daemon's own MattingSession.prepare, so
 one `daemon` configuration is needed unless a saved `tensor` is given."""
 
@@ -31,6 +31,7 @@ sys.path.insert(0, str(BENCH))  # the bgmask tree under test comes from PYTHONPA
 from bgmask import pixels, providers  # noqa: E402
 from bgmask.catalog import Catalog  # noqa: E402
 from bgmask.protocol import ImageSpec  # noqa: E402
+from bgmask.pool import SessionPool  # noqa: E402
 from bgmask.sessions import MattingSession  # noqa: E402
 
 LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -52,6 +53,8 @@ def session_options(cfg: dict[str, Any]) -> tuple[ort.SessionOptions, Optional[o
     so.log_severity_level = 3
     if not cfg.get("spin", True):
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if cfg.get("daz"):
+        so.add_session_config_entry("session.set_denormal_as_zero", "1")
     so.enable_cpu_mem_arena = cfg.get("arena", True)
     so.enable_mem_pattern = cfg.get("pattern", True)
     run = None
@@ -71,8 +74,8 @@ class Runner:
         self.cfg = cfg
         path = files[cfg.get("file", "shipped")]
         t = time.perf_counter()
-        if cfg.get("daemon"):
-            self.daemon: Optional[MattingSession] = MattingSession(spec, Path(path), providers.choose("cpu", 0))
+        if cfg.get("daemon"):  # the very session a CPU daemon runs (its model file, its options)
+            self.daemon: Optional[MattingSession] = SessionPool(providers.choose("cpu", 0), 1 << 40, 0).get(spec.name)
             self.session = self.daemon.session
         else:
             self.daemon = None

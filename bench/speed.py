@@ -39,10 +39,9 @@ import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import _modelprep  # noqa: E402
 import rembg_env  # noqa: E402
 from _ort_worker import normalised  # noqa: E402
-from bgmask import download, paths  # noqa: E402
+from bgmask import download, modelprep, paths  # noqa: E402
 from bgmask.catalog import Catalog  # noqa: E402
 from bgmask.clientlib import load_client  # noqa: E402
 
@@ -89,10 +88,10 @@ def model_files(models: list[str]) -> dict[str, Path]:
 
 
 def prepared_files(files: dict[str, Path]) -> dict[str, Path]:
-    """The proposed CPU rewrite of each model file (bench/_modelprep.py), cached under bench/results."""
+    """The daemon's CPU rewrite of each model file (bgmask.modelprep), cached under bench/results."""
     out = RESULTS / "prepared"
     out.mkdir(parents=True, exist_ok=True)
-    return {name: _modelprep.prepare(path, dst=out / _modelprep.prepared_path(path).name, log=log)
+    return {name: modelprep.prepare(path, out / f"{name}.cpu{modelprep.VERSION}.onnx", log=log)
             for name, path in files.items()}
 
 
@@ -301,7 +300,7 @@ def bench_bgmask(model: str, label: str, image: Path, repeat: int, tmp: Path) ->
 
 # ------------------------------------------------------------------------------------------ the others
 FLOOR = {"name": "floor", "file": "shipped"}  # ORT defaults on the shipped file, first output only
-DAEMON_TODAY = {"name": "daemon session", "file": "shipped", "daemon": True}
+DAEMON_TODAY = {"name": "daemon session (its file and options)", "daemon": True}
 
 
 def ort_worker(model: str, files: dict[str, str], image: Path, configs: list[dict], rounds: int,
@@ -371,6 +370,7 @@ def experiment_configs() -> list[dict]:
     """One change at a time against the floor; `env` is the environment the process starts with."""
     return [
         FLOOR,
+        DAEMON_TODAY,
         {"name": "floor, all outputs (as rembg runs it)", "file": "shipped", "outputs": "all"},
         {"name": "shipped, no spinning", "file": "shipped", "spin": False},
         {"name": "shipped, level extended (no NCHWc)", "file": "shipped", "level": "extended"},

@@ -3,7 +3,7 @@ shipped model file, on real photos, within 1/255 (bench/speed.py measures what t
 
 from __future__ import annotations
 
-import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +11,13 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from bgmask import download, pipeline, pixels, providers
+from bgmask import download, modelprep, pipeline, pixels, providers
 from bgmask.catalog import Catalog
+from bgmask.clientlib import load_client
 from bgmask.protocol import ImageSpec, RemoveOptions
+from bgmask.pool import SessionPool
 from bgmask.sessions import MattingSession
-from conftest import REPO, example
-
-try:
-    from bgmask import modelprep
-except ImportError:  # proposed in bench/_modelprep.py until it moves into the package
-    sys.path.insert(0, str(REPO / "bench"))
-    import _modelprep as modelprep
+from conftest import example, start_daemon
 
 PHOTOS = ("astronaut.jpg", "chelsea.jpg", "coffee.jpg")
 FLOAT16 = 10
@@ -72,10 +68,35 @@ def assert_same_masks(a: MattingSession, b: MattingSession) -> None:
             assert ma.max() == 255 and ma.min() == 0, f"{name}: the mask should span background to foreground"
 
 
+def daemon_session(name: str) -> MattingSession:
+    """The session the daemon itself runs for `name` on the CPU."""
+    return SessionPool(providers.choose("cpu"), 8 << 30, 0).get(name)
+
+
 def test_daemon_session_gives_the_masks_of_plain_onnxruntime(cache_env: Path) -> None:
     """Whatever the daemon's session does for speed (rewritten file, arena and thread settings), masks stay."""
     spec, path = shipped("u2netp")
-    assert_same_masks(MattingSession(spec, path, providers.choose("cpu")), plain_session(spec, path))
+    session = daemon_session("u2netp")
+    assert session.path == modelprep.cache_path("u2netp"), "the CPU runs the prepared copy"
+    assert_same_masks(session, plain_session(spec, path))
+
+
+def test_a_prepared_copy_that_does_not_load_is_replaced_by_the_original(cache_env: Path) -> None:
+    """Bit rot in the derived file must not take the model down: the verified original runs, and the copy is
+    rebuilt at the next load."""
+    spec, path = shipped("u2netp")
+    copy = daemon_session("u2netp").path
+    good = copy.read_bytes()
+    try:
+        copy.write_bytes(good[: len(good) // 2])
+        session = daemon_session("u2netp")
+        assert session.path == path and not copy.exists()
+        data, ispec = photo_rgba("chelsea.jpg")
+        assert mask(session, data, ispec).max() == 255
+        assert daemon_session("u2netp").path == copy and copy.read_bytes() == good
+    finally:
+        if not copy.exists() or copy.read_bytes() != good:
+            modelprep.forget(copy)
 
 
 def test_prepared_u2netp_gives_the_same_masks(cache_env: Path, tmp_path: Path) -> None:
@@ -124,30 +145,33 @@ def test_prepare_is_done_once_and_redone_when_the_model_changes(cache_env: Path,
     _, path = shipped("u2netp")
     src = tmp_path / "model.onnx"
     src.write_bytes(path.read_bytes())
-    first = modelprep.prepare(src)
-    assert first != src and first.parent == tmp_path
+    dst = tmp_path / "prepared" / "model.cpu.onnx"
+    first = modelprep.prepare(src, dst)
+    assert first == dst
     built = first.stat().st_mtime_ns
-    assert modelprep.prepare(src) == first and first.stat().st_mtime_ns == built, "reused, not rebuilt"
+    assert modelprep.prepare(src, dst) == first and first.stat().st_mtime_ns == built, "reused, not rebuilt"
     src.write_bytes(path.read_bytes())  # a re-download: same name, new file
-    assert modelprep.prepare(src) == first and first.stat().st_mtime_ns != built
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([src.name, first.name, first.with_suffix(".json").name]), \
+    assert modelprep.prepare(src, dst) == first and first.stat().st_mtime_ns != built
+    assert sorted(p.name for p in dst.parent.iterdir()) == sorted([first.name, first.with_suffix(".json").name]), \
         "no partial files are left behind"
 
 
 def test_a_file_the_rewrite_cannot_read_is_used_as_it_is(tmp_path: Path) -> None:
     src = tmp_path / "truncated.onnx"
     src.write_bytes(example("coffee.jpg").read_bytes()[:1000])
-    assert modelprep.prepare(src) == src
-    assert modelprep.prepare(src) == src, "the verdict is remembered"
-    assert not list(tmp_path.glob("*.part")) and not modelprep.prepared_path(src).exists()
+    dst = tmp_path / "model.cpu.onnx"
+    assert modelprep.prepare(src, dst) == src
+    assert modelprep.prepare(src, dst) == src, "the verdict is remembered"
+    assert not list(tmp_path.glob(".*.part")) and not dst.exists()
 
 
 def test_a_rewrite_that_verify_rejects_keeps_the_original(cache_env: Path, tmp_path: Path) -> None:
     _, path = shipped("u2netp")
     src = tmp_path / "model.onnx"
     src.write_bytes(path.read_bytes())
-    assert modelprep.prepare(src, verify=lambda original, rewritten: False) == src
-    assert not modelprep.prepared_path(src).exists()
+    dst = tmp_path / "model.cpu.onnx"
+    assert modelprep.prepare(src, dst, verify=lambda original, rewritten: False) == src
+    assert not dst.exists() and not list(tmp_path.glob(".*.part"))
 
 
 def test_verify_tells_a_faithful_rewrite_from_a_wrong_one(cache_env: Path, tmp_path: Path) -> None:
@@ -158,3 +182,29 @@ def test_verify_tells_a_faithful_rewrite_from_a_wrong_one(cache_env: Path, tmp_p
     wrong.write_bytes(modelprep.rewrite(path.read_bytes(), keep_output="1960")[0])  # a side output instead
     assert modelprep.same_outputs(path, faithful, shape)
     assert not modelprep.same_outputs(path, wrong, shape)
+
+
+def test_an_idle_daemon_gives_inference_memory_back(isolated_dirs: dict[str, str]) -> None:
+    """A warm daemon between requests holds its loaded model, not the GiB a running model and a 12 MP request
+    need: once idle for --release-memory-after seconds most of that goes back (here: 90 -> 305 -> 155 MiB; with
+    IS-Net it falls below the loaded level, as the model's preparation is given back too)."""
+    running = start_daemon(isolated_dirs, "--default-model", "u2netp", "--release-memory-after", "1")
+    try:
+        with load_client().Client(running.endpoint, running.token, autostart=False) as client:
+            deadline = time.monotonic() + 60
+            while {m["name"]: m["state"] for m in client.status()["models"]}["u2netp"] != "loaded":
+                assert time.monotonic() < deadline, "u2netp was not preloaded"
+                time.sleep(0.2)
+            idle = client.status()["rss"]
+            big = Image.open(example("coffee.jpg")).convert("RGBA").resize((4000, 3000))
+            for _ in range(2):
+                mask = client.remove(big.tobytes(), big.width, big.height, 4, "u8")
+                assert len(mask) == big.width * big.height
+            busy = client.status()["rss"]
+            deadline = time.monotonic() + 20
+            while (after := client.status()["rss"]) > idle + (busy - idle) // 2 and time.monotonic() < deadline:
+                time.sleep(0.5)
+        assert busy - idle > 150 << 20, "a 12 MP request should need memory (else this test shows nothing)"
+        assert after <= idle + (busy - idle) // 2, f"RSS idle {idle >> 20} MiB, busy {busy >> 20}, after {after >> 20}"
+    finally:
+        running.stop()

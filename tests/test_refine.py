@@ -182,3 +182,18 @@ def test_a_gray_image_as_an_rgb_guide_stays_finite():
     out = R.refine(pred, np.repeat(gray[..., None], 3, axis=2))
     assert np.isfinite(out).all()
     assert np.abs(out - R.refine(pred, gray)).max() < 0.05
+
+
+@pytest.mark.parametrize("tile", [7, 40, R.TILE])
+def test_fitting_tile_by_tile_gives_the_whole_grids_fit(monkeypatch: pytest.MonkeyPatch, tile: int):
+    """The slopes are only fitted on tiles near the subject's outline, each with a halo: the mask must be the
+    one a fit of the whole grid gives (an outline crossing many tile borders, corners included)."""
+    alpha, image, _ = disk_scene(H=900, W=1200, radius=250.0)
+    pred = area_down(alpha, 320, 320)
+    monkeypatch.setattr(R, "TILE", 10**6)  # one tile: the whole grid
+    whole = R.refine(pred, image)
+    monkeypatch.setattr(R, "TILE", tile)
+    tiled = R.refine(pred, image)
+    assert np.abs(tiled - whole).max() <= 1e-6
+    edge = (whole > 0.02) & (whole < 0.98)
+    assert edge.sum() > 1000, "the outline was refined, not just upsampled"

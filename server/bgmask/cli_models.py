@@ -7,8 +7,8 @@ import argparse
 import sys
 from typing import Optional
 
-from bgmask import download
-from bgmask.catalog import Catalog
+# The catalog and the downloader (http.client, ssl, certifi) are imported by the commands that use them:
+# `bgmask remove` parses these subcommands too, and its start-up time is the user's waiting time.
 from bgmask.errors import BgmaskError
 from bgmask.progressbar import ProgressBar, human_bytes
 
@@ -64,6 +64,9 @@ def _fail(exc: BgmaskError) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from bgmask import download
+    from bgmask.catalog import Catalog
+
     try:
         catalog = Catalog.load()
     except BgmaskError as exc:
@@ -83,6 +86,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    from bgmask import download
+    from bgmask.catalog import Catalog
+
     try:
         spec = Catalog.load().get(args.name)
         bar = ProgressBar(None, label=spec.name)
@@ -105,6 +111,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from bgmask.catalog import Catalog
+
     try:
         spec = Catalog.load().import_model(
             args.file, args.name, input_size=args.size, mean=args.mean, std=args.std, sigmoid=args.sigmoid,

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import zmq
 
-from bgmask import PROTOCOL_VERSION, __version__, pipeline, protocol, providers, runtime
+from bgmask import PROTOCOL_VERSION, __version__, pipeline, protocol, providers, runtime, sessions
 from bgmask import errors as E
 from bgmask.catalog import Catalog
 from bgmask.errors import BgmaskError
@@ -52,6 +52,7 @@ class DaemonConfig:
     preload_delay: float = 0.0  # seconds after start to load the default model; negative = only on demand
     default_model: Optional[str] = None
     heartbeat_s: float = 1.0
+    release_memory_after_s: float = 5.0  # idle seconds before inference memory goes back to the system
 
 
 @dataclass(eq=False)
@@ -98,6 +99,17 @@ def seed_libc_random() -> None:
         log.warning("could not seed the C library's random generator")
 
 
+def return_free_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc keeps freed small and mid-sized blocks, such as
+    the pipeline's per-request arrays, for reuse): an idle daemon's RSS then falls back near its idle level."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def rss_bytes() -> Optional[int]:
     """Current resident memory of this process (Linux /proc; peak RSS elsewhere)."""
     try:
@@ -131,6 +143,8 @@ class Daemon:
         self._out_addr = f"inproc://bgmask-out-{id(self)}"
         self._jobs: dict[tuple[bytes, Any], Job] = {}
         self._queue: deque[Job] = deque()
+        self._last_done = 0.0  # when the last request finished (monotonic)
+        self._holding_memory = False  # a request ran since memory was last given back
         self._cv = threading.Condition()
         self._stopping = threading.Event()
         self._workers: list[threading.Thread] = []
@@ -238,6 +252,7 @@ class Daemon:
                 next_tick = now + self.config.heartbeat_s / 2
                 self._heartbeat(router, now)
                 self.pool.drop_idle()
+                self._release_when_idle(now)
             if self._stopping.is_set() and not shutting_down:
                 shutting_down = True
                 self._cancel_queued(router)
@@ -443,3 +458,17 @@ class Daemon:
             self._jobs.pop(job.key, None)
         job.frame = None
         push.send_multipart([job.ident, protocol.pack(header), *frames], copy=False)
+        self._last_done = time.monotonic()
+        self._holding_memory = True
+
+    def _release_when_idle(self, now: float) -> None:
+        """Once no request has run for release_memory_after_s, give back what only a running request needs
+        (the model's activations in ONNX Runtime's arena, the pipeline's freed arrays): a warm but idle
+        daemon then holds little more than its loaded models, while requests in quick succession keep it."""
+        if not self._holding_memory or now - self._last_done < self.config.release_memory_after_s:
+            return
+        if self._active_jobs():
+            return
+        self._holding_memory = False
+        sessions.release_arena()
+        return_free_heap()

@@ -1,7 +1,7 @@
 """Rewrite a matting model once into the form ONNX Runtime's CPU provider runs fastest, and cache it.
 
-Proposed for the daemon (server/bgmask/modelprep.py); the benchmark and tests/test_optimisations.py use it
-from here until it moves. Why each rewrite pays on CPU (measured with bench/speed.py --experiments):
+The daemon runs the CPU provider on this copy (SessionPool; GPU providers get the shipped file, where fp16
+pays). Why each rewrite pays on CPU (measured with bench/speed.py --experiments):
 
 - fp16 -> fp32: ORT has no fp16 convolution on most CPUs, so for an fp16 model (the imgly IS-Net file) it
   wraps every Conv in Cast nodes, keeps Concat/Resize in fp16, and the fp16 islands break its NCHWc layout
@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
+
+from bgmask import paths
 
 VERSION = 1  # bump when the rewrite changes: cached files of another version are rebuilt
 FLOAT, FLOAT16 = 1, 10
@@ -308,23 +311,46 @@ def same_outputs(original: Path, rewritten: Path, shape: tuple[int, ...], tolera
     return outs[0].shape == outs[1].shape and float(np.abs(outs[0] - outs[1]).max()) <= tolerance
 
 
+def identity_model() -> bytes:
+    """A one-node ONNX model, float[1] `x` -> Identity -> `y`: the cheapest run there is (see
+    sessions.release_arena)."""
+    def value(name: bytes) -> list[Field]:
+        shape = [(1, _LEN, [(1, _VARINT, 1)])]  # one dim, dim_value 1
+        return [(_VI_NAME, _LEN, name), (_VI_TYPE, _LEN, [(_TYPE_TENSOR, _LEN, [(1, _VARINT, FLOAT), (2, _LEN, shape)])])]
+
+    node = [(_N_INPUT, _LEN, b"x"), (_N_OUTPUT, _LEN, b"y"), (_N_OP, _LEN, b"Identity")]
+    graph = [(_G_NODE, _LEN, node), (2, _LEN, b"identity"), (_G_INPUT, _LEN, value(b"x")), (_G_OUTPUT, _LEN, value(b"y"))]
+    model = [(1, _VARINT, 7), (8, _LEN, [(2, _VARINT, 13)]), (_MODEL_GRAPH, _LEN, graph)]  # IR 7, opset 13
+    pieces: list[Buffer] = []
+    _emit(model, pieces)
+    return b"".join(pieces)
+
+
 # ------------------------------------------------------------------------------------------ the cached file
-def prepared_path(src: Path) -> Path:
-    return src.with_name(f"{src.stem}.cpu{VERSION}.onnx")
+def cache_path(name: str) -> Path:
+    """Where the daemon keeps the CPU copy of catalog model `name` (never beside an imported model's file)."""
+    return paths.cache_dir() / "prepared" / f"{name}.cpu{VERSION}.onnx"
 
 
 def _stamp(src: Path, keep_output: Optional[str]) -> dict[str, Any]:
     st = src.stat()
-    return {"version": VERSION, "source": src.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "output": keep_output}
+    return {"version": VERSION, "source": str(src), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "output": keep_output}
 
 
-def prepare(src: Path, keep_output: Optional[str] = None, verify: Optional[Callable[[Path, Path], bool]] = None,
-            log: Callable[[str], None] = lambda _: None, dst: Optional[Path] = None) -> Path:
-    """The CPU-ready copy of `src` (beside it unless `dst` is given; built once, rebuilt when `src` changes), or
-    `src` itself when the rewrite does not apply, cannot be written, or `verify(original, rewritten)` rejects
-    it (remembered, so it is not retried at every load). keep_output: the output the caller reads (default
-    the first)."""
-    dst = dst or prepared_path(src)
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def prepare(src: Path, dst: Path, keep_output: Optional[str] = None,
+            verify: Optional[Callable[[Path, Path], bool]] = None, log: Callable[[str], None] = lambda _: None) -> Path:
+    """`dst`, the CPU-ready copy of `src` (built once, rebuilt when `src` changes), or `src` itself when the
+    rewrite does not apply, cannot be written, or `verify(original, rewritten)` rejects it (remembered, so it
+    is not retried at every load). keep_output: the output the caller reads (default the first)."""
     stamp_file = dst.with_suffix(".json")
     want = _stamp(src, keep_output)
     try:
@@ -333,26 +359,31 @@ def prepare(src: Path, keep_output: Optional[str] = None, verify: Optional[Calla
         done = {}
     if {k: done.get(k) for k in want} == want and (not done.get("prepared") or dst.exists()):
         return dst if done.get("prepared") else src
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{threading.get_ident()}.part")
+    prepared = False
     try:
-        data, stats = rewrite(src.read_bytes(), keep_output)
-        tmp.write_bytes(data)
-        del data
-        prepared = verify is None or verify(src, tmp)
-        log(f"{src.name}: {stats}" + ("" if prepared else "; the rewritten model's output differs, keeping the original"))
-        if prepared:
-            os.replace(tmp, dst)
-        stamp_file.write_text(json.dumps(dict(want, prepared=prepared)))
-    except Unsupported as exc:
-        log(f"{src.name} is used as it is ({exc})")
-        prepared = False
+        dst.parent.mkdir(parents=True, exist_ok=True)
         try:
-            stamp_file.write_text(json.dumps(dict(want, prepared=False)))
-        except OSError:
-            pass
-    except OSError as exc:  # a read-only or full models directory: run the original, try again next load
+            data, stats = rewrite(src.read_bytes(), keep_output)
+        except Unsupported as exc:
+            log(f"{src.name} is used as it is ({exc})")
+        else:
+            tmp.write_bytes(data)
+            del data
+            prepared = verify is None or verify(src, tmp)
+            log(f"{src.name}: {stats}" + ("" if prepared else "; the rewritten model's output differs, keeping the original"))
+            if prepared:
+                os.replace(tmp, dst)
+        _write_atomic(stamp_file, json.dumps(dict(want, prepared=prepared)).encode())
+    except OSError as exc:  # a read-only or full cache: run the original, try again next load
         log(f"{src.name} is used as it is: could not write {dst} ({exc})")
         prepared = False
     finally:
         tmp.unlink(missing_ok=True)
     return dst if prepared else src
+
+
+def forget(dst: Path) -> None:
+    """Drop a prepared copy ONNX Runtime could not load, and its stamp, so the next load rebuilds it."""
+    dst.unlink(missing_ok=True)
+    dst.with_suffix(".json").unlink(missing_ok=True)

@@ -11,11 +11,13 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from bgmask import parallel
 from bgmask.protocol import ImageSpec
 
 DTYPES = {"u8": np.dtype(np.uint8), "u16": np.dtype("<u2"), "f16": np.dtype("<f2"), "f32": np.dtype("<f4")}
 SCALES = {"u8": 1.0 / 255.0, "u16": 1.0 / 65535.0, "f16": 1.0, "f32": 1.0}
 RESAMPLE = Image.Resampling.BILINEAR  # area-weighted when shrinking; reducing_gap makes large shrinks cheap
+REDUCING_GAP = 3.0
 LUMA = (0.299, 0.587, 0.114)  # Rec. 601 weights, the same Pillow uses for convert("L")
 
 
@@ -46,7 +48,7 @@ def _channel_float(arr: np.ndarray, c: int, sample_type: str) -> np.ndarray:
 
 
 def _resize_f(ch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    return np.asarray(Image.fromarray(ch, mode="F").resize(size, RESAMPLE, reducing_gap=3.0), dtype=np.float32)
+    return np.asarray(Image.fromarray(ch, mode="F").resize(size, RESAMPLE, reducing_gap=REDUCING_GAP), dtype=np.float32)
 
 
 _SRGB_LUT = srgb_encode(np.arange(65536, dtype=np.float32) / np.float32(65535.0))
@@ -67,18 +69,60 @@ def _encoded_channel(arr: np.ndarray, c: int, spec: ImageSpec) -> np.ndarray:
     return _SRGB_LUT[x.astype(np.uint16)]
 
 
-def _u8_srgb_image(data: memoryview | bytes, spec: ImageSpec) -> Optional[Image.Image]:
-    """Pillow's view for the common case (8-bit sRGB RGB/RGBA), where its C code is fastest. Pillow wants
-    stride x height bytes: a crop or a short last row is packed into one contiguous copy first, so every
-    layout of the same pixels gives the model exactly the same input."""
-    if spec.sample_type != "u8" or spec.channels < 3 or spec.linear:
-        return None
-    raw = "RGB" if spec.channels == 3 else "RGBA"
-    mode = "RGBX" if spec.channels == 4 else "RGB"
-    if len(memoryview(data).cast("B")) >= spec.stride * spec.height:
-        return Image.frombuffer(mode, (spec.width, spec.height), data, "raw", raw, spec.stride, 1)
-    packed = np.ascontiguousarray(view(data, spec))
-    return Image.frombuffer(mode, (spec.width, spec.height), packed, "raw", raw, spec.row_bytes, 1)
+class _U8Rows:
+    """8-bit sRGB RGB/RGBA rows as Pillow images (its C code is fastest there), any band of rows without a
+    copy. Pillow wants stride x height bytes: a crop or a short last row is packed into one contiguous copy
+    first, so every layout of the same pixels gives the model exactly the same input."""
+
+    def __init__(self, data: memoryview | bytes, spec: ImageSpec) -> None:
+        self.raw = "RGB" if spec.channels == 3 else "RGBA"
+        self.mode = "RGBX" if spec.channels == 4 else "RGB"  # RGBX: Pillow must not weight colours by alpha
+        self.width, self.height, self.stride = spec.width, spec.height, spec.stride
+        self.data = memoryview(data).cast("B")
+        if len(self.data) < spec.stride * spec.height:
+            self.data = memoryview(np.ascontiguousarray(view(data, spec))).cast("B")
+            self.stride = spec.row_bytes
+
+    @staticmethod
+    def of(data: memoryview | bytes, spec: ImageSpec) -> Optional["_U8Rows"]:
+        if spec.sample_type != "u8" or spec.channels < 3 or spec.linear:
+            return None
+        return _U8Rows(data, spec)
+
+    def band(self, y0: int, y1: int) -> Image.Image:
+        rows = self.data[y0 * self.stride:y1 * self.stride]
+        return Image.frombuffer(self.mode, (self.width, y1 - y0), rows, "raw", self.raw, self.stride, 1)
+
+
+def _resize_in_bands(rows: _U8Rows, size: tuple[int, int]) -> Image.Image:
+    """What Pillow's resize(size, RESAMPLE, reducing_gap=REDUCING_GAP) gives, on all cores: the pass over
+    the full-resolution rows (the integer reduce of a large shrink, else the resize itself) is done on
+    horizontal bands in parallel, each band its own image over the client's bytes."""
+    W, H = rows.width, rows.height
+    w, h = size
+    fx, fy = int(W / w / REDUCING_GAP) or 1, int(H / h / REDUCING_GAP) or 1
+    bands = max(1, min(parallel.THREADS, H // (fy * 64)))
+    if fx > 1 or fy > 1:  # as Pillow does: reduce by (fx, fy), then resize what is left
+        n = -(-H // fy)
+        cuts = [min(H, n * i // bands * fy) for i in range(bands)] + [H]
+        parts = parallel.run(lambda i: rows.band(cuts[i], cuts[i + 1]).reduce((fx, fy)), range(bands))
+        reduced = Image.new(rows.mode, (parts[0].width, sum(part.height for part in parts)))
+        for part, y in zip(parts, cuts):
+            reduced.paste(part, (0, y // fy))
+        return reduced.resize(size, RESAMPLE, box=(0, 0, W / fx, H / fy))
+    scale = H / h
+    reach = int(scale) + 2  # the bilinear filter's support when shrinking, in input rows
+
+    def resize_band(i: int) -> Image.Image:
+        top, bottom = cuts[i] * scale, cuts[i + 1] * scale
+        y0, y1 = max(0, int(top) - reach), min(H, int(bottom) + reach + 1)
+        return rows.band(y0, y1).resize((w, cuts[i + 1] - cuts[i]), RESAMPLE, box=(0, top - y0, W, bottom - y0))
+
+    cuts = [h * i // bands for i in range(bands)] + [h]
+    out = Image.new(rows.mode, size)
+    for part, y in zip(parallel.run(resize_band, range(bands)), cuts):
+        out.paste(part, (0, y))
+    return out
 
 
 def model_rgb(data: memoryview | bytes, spec: ImageSpec, size: tuple[int, int]) -> np.ndarray:
@@ -87,9 +131,9 @@ def model_rgb(data: memoryview | bytes, spec: ImageSpec, size: tuple[int, int]) 
     Alpha is ignored (as rembg does): the model sees the colours; fully transparent pixels are zeroed in the
     mask afterwards. Linear images are encoded before resizing, so a linear and a perceptual copy of the same
     picture give the model the same input (the models were trained on sRGB-encoded photos)."""
-    img = _u8_srgb_image(data, spec)
-    if img is not None:
-        small = img.resize(size, RESAMPLE, reducing_gap=3.0).convert("RGB")
+    rows = _U8Rows.of(data, spec)
+    if rows is not None:
+        small = _resize_in_bands(rows, size).convert("RGB")
         return np.asarray(small, dtype=np.float32).transpose(2, 0, 1) * np.float32(1.0 / 255.0)
     arr = view(data, spec)
     colour = (0, 1, 2) if spec.channels >= 3 else (0,)

@@ -3,18 +3,21 @@ memory budget and idle ones after a while, and let every waiter see the progress
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Callable, Optional
 
-from bgmask import download
+from bgmask import download, modelprep
 from bgmask import errors as E
 from bgmask.catalog import Catalog, ModelSpec
 from bgmask.errors import BgmaskError
 from bgmask.providers import ProviderChoice
 from bgmask.sessions import MattingSession
 
+log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, Optional[float]], None]
 CancelFn = Callable[[], bool]
 
@@ -101,7 +104,7 @@ class SessionPool:
             download.distrust(spec)
             path = download.ensure_model(spec, progress=self._download_progress(report), cancel=cancel)
             report("loading", None)
-            session = MattingSession(spec, path, self.choice)
+            session = self._open(spec, path)
         finally:
             self._loading.pop(spec.name, None)
         size = path.stat().st_size * MEMORY_FACTOR
@@ -109,6 +112,24 @@ class SessionPool:
             self._sessions[spec.name] = (session, size, time.monotonic())
             self._evict_over_budget(keep=spec.name)
         return session
+
+    def _open(self, spec: ModelSpec, path: Path) -> MattingSession:
+        """A session on the CPU-ready copy of the model (see modelprep) when running on the CPU, else on the
+        verified file itself; a copy that ONNX Runtime cannot load is dropped and the original used."""
+        if self.choice.device != "cpu":
+            return MattingSession(spec, path, self.choice)
+        shape = (1, 3, spec.input_size[1], spec.input_size[0])
+        copy = modelprep.prepare(path, modelprep.cache_path(spec.name), spec.output_name,
+                                 verify=lambda original, rewritten: modelprep.same_outputs(original, rewritten, shape),
+                                 log=log.info)
+        if copy == path:
+            return MattingSession(spec, path, self.choice)
+        try:
+            return MattingSession(spec, copy, self.choice)
+        except BgmaskError as exc:
+            log.warning("the CPU copy of %s did not load (%s); using the original file", spec.name, exc.message)
+            modelprep.forget(copy)
+            return MattingSession(spec, path, self.choice)
 
     def _evict_over_budget(self, keep: str) -> None:
         total = sum(s[1] for s in self._sessions.values())

@@ -18,14 +18,13 @@ between strips. Parameters were chosen with bench/quality.py."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-import os
 from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
 
 from bgmask import errors as E
+from bgmask import parallel
 from bgmask.errors import BgmaskError
 
 CancelFn = Callable[[], bool]
@@ -35,7 +34,7 @@ CancelFn = Callable[[], bool]
 RADIUS = 3
 EPS = 1e-5
 STRIP_PIXELS = 1 << 18  # output pixels per strip: a few working arrays of this size stay in cache
-THREADS = max(1, min(4, os.cpu_count() or 1))
+TILE = 96  # grid cells a side of the tiles the slopes are fitted on
 CERTAIN = 1.0 / 256.0  # a prediction this close to 0 or 1 is taken as certain: the guide is not consulted
 INTEGER_SCALES = {np.dtype(np.uint8): 1.0 / 255.0, np.dtype(np.uint16): 1.0 / 65535.0}
 
@@ -234,6 +233,48 @@ def _coefficients(guide: np.ndarray, pred: np.ndarray, radius: int, eps: float) 
     return np.concatenate([a, b[None]])
 
 
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of True in a 1-D boolean array."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], flags, [False]]).astype(np.int8)))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+def _fit(low: np.ndarray, p_low: np.ndarray, radius: int, eps: float,
+         cancel: Optional[CancelFn]) -> tuple[np.ndarray, np.ndarray]:
+    """The coefficients (a_1..a_C, b) on the grid, and which TILE x TILE tiles of it were fitted.
+
+    Only near cells whose prediction is strictly between CERTAIN and 1 - CERTAIN can the guide change
+    anything, and on a photo those are the subject's outline, a small part of the grid: the slopes are fitted
+    tile by tile, only on tiles within two windows (plus interpolation) of such a cell, each tile with a
+    halo of two window radii (all a coefficient depends on), so a fitted tile holds exactly what a fit of
+    the whole grid would give. Everywhere else a = 0 and b = the prediction, and the full-resolution pass
+    only upscales b there. Tiles are fitted in parallel."""
+    C = low.shape[0]
+    hl, wl = p_low.shape
+    coef = np.zeros((C + 1, hl, wl), dtype=np.float32)
+    coef[C] = p_low
+    unsure = (p_low > CERTAIN) & (p_low < 1.0 - CERTAIN)
+    reach, halo = 2 * radius + 2, 2 * radius
+    nty, ntx = -(-hl // TILE), -(-wl // TILE)
+    fitted = np.zeros((nty, ntx), dtype=bool)
+    for ty in range(nty):
+        for tx in range(ntx):
+            fitted[ty, tx] = unsure[max(0, ty * TILE - reach):(ty + 1) * TILE + reach,
+                                    max(0, tx * TILE - reach):(tx + 1) * TILE + reach].any()
+
+    def fit(tile: tuple[int, int]) -> None:
+        _check(cancel)
+        y0, x0 = tile[0] * TILE, tile[1] * TILE
+        y1, x1 = min(hl, y0 + TILE), min(wl, x0 + TILE)
+        ey0, ex0 = max(0, y0 - halo), max(0, x0 - halo)
+        ey1, ex1 = min(hl, y1 + halo), min(wl, x1 + halo)
+        c = _coefficients(low[:, ey0:ey1, ex0:ex1], p_low[ey0:ey1, ex0:ex1], radius, eps)
+        coef[:, y0:y1, x0:x1] = c[:, y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
+
+    parallel.run(fit, [tuple(t) for t in np.argwhere(fitted).tolist()])
+    return coef, fitted
+
+
 def refine(pred: np.ndarray, guide: np.ndarray, *, cancel: Optional[CancelFn] = None,
            guide_small: Optional[np.ndarray] = None, radius: int = RADIUS, eps: float = EPS) -> np.ndarray:
     """Edge-aware upsampling of the model's prediction, guided by the full-resolution image.
@@ -292,48 +333,30 @@ def refine(pred: np.ndarray, guide: np.ndarray, *, cancel: Optional[CancelFn] = 
 
     low = np.stack([to_grid(x) for x in small])
     p_low = to_grid(pred)
-    # Only where the prediction is uncertain can the guide change anything: fit the slopes on the bounding
-    # box of cells strictly between CERTAIN and 1 - CERTAIN (plus the reach of two window passes and the
-    # interpolation); elsewhere a = 0 and b = the prediction, and the full-resolution pass only upscales b.
-    coef = np.zeros((C + 1, hl, wl), dtype=np.float32)
-    coef[C] = p_low
-    unsure = (p_low > CERTAIN) & (p_low < 1.0 - CERTAIN)
-    rows_any, cols_any = np.flatnonzero(unsure.any(axis=1)), np.flatnonzero(unsure.any(axis=0))
-    span = None
-    if rows_any.size:
-        m = 2 * radius + 2
-        r0, r1 = max(0, rows_any[0] - m), min(hl, rows_any[-1] + m + 1)
-        c0, c1 = max(0, cols_any[0] - m), min(wl, cols_any[-1] + m + 1)
-        coef[:, r0:r1, c0:c1] = _coefficients(low[:, r0:r1, c0:c1], p_low[r0:r1, c0:c1], radius, eps)
-        coef[:C] *= np.float32(unit)  # slopes per stored guide unit: integer guides are never converted whole
-        span = (r0, r1, c0, c1)
+    coef, fitted = _fit(low, p_low, radius, eps, cancel)
+    coef[:C] *= np.float32(unit)  # slopes per stored guide unit: integer guides are never converted whole
     out = np.empty((H, W), dtype=np.float32)
 
     def strip(rows: tuple[int, int]) -> None:
         y0, y1 = rows
         _check(cancel)
-        lerped = _lerp_rows(coef, y0, y1, ky)  # (C+1, n, wl)
-        q = _expand_cols(lerped[C], kx, W)
-        if span is not None:
-            r0, r1, c0, c1 = span
-            i_lo, i_hi = int(((y0 + 0.5) / ky - 0.5) // 1), int(((y1 - 0.5) / ky - 0.5) // 1) + 1
-            if i_hi >= r0 and i_lo < r1:
-                ca, cb = max(0, c0 - 1), min(wl, c1 + 1)  # one neighbour cell each side for interpolation
-                x0, x1 = c0 * kx, min(W, c1 * kx)
-                up = _expand_cols(lerped[:C, :, ca:cb], kx, (cb - ca) * kx)[..., (c0 - ca) * kx:(c0 - ca) * kx + x1 - x0]
-                part = q[:, x0:x1]
-                for c in range(C):
-                    a = up[c]
-                    a *= guide[y0:y1, x0:x1, c]
-                    part += a
+        q = _expand_cols(_lerp_rows(coef[C], y0, y1, ky), kx, W)
+        i_lo = max(0, int((y0 + 0.5) / ky - 0.5))
+        i_hi = min(hl - 1, int((y1 - 0.5) / ky - 0.5) + 1)
+        for c0, c1 in _runs(fitted[i_lo // TILE:i_hi // TILE + 1].any(axis=0)):
+            # Pixels of the fitted cells and of their neighbours (which interpolate towards them), expanded
+            # from one more cell on each side so that every pixel sees its true neighbours.
+            lo, hi = max(0, c0 * TILE - 1), min(wl, c1 * TILE + 1)
+            ca, cb = max(0, lo - 1), min(wl, hi + 1)
+            x0, x1 = lo * kx, min(W, hi * kx)
+            up = _expand_cols(_lerp_rows(coef[:C, :, ca:cb], y0, y1, ky), kx, (cb - ca) * kx)
+            up = up[..., (lo - ca) * kx:(lo - ca) * kx + x1 - x0]
+            part = q[:, x0:x1]
+            for c in range(C):
+                a = up[c]
+                a *= guide[y0:y1, x0:x1, c]
+                part += a
         np.clip(q, 0.0, 1.0, out=out[y0:y1])
 
-    jobs = _strips(H, W)
-    if THREADS > 1 and len(jobs) > 1:
-        with ThreadPoolExecutor(THREADS) as pool:
-            for _ in pool.map(strip, jobs):
-                pass
-    else:
-        for job in jobs:
-            strip(job)
+    parallel.run(strip, _strips(H, W))
     return out
