@@ -74,6 +74,24 @@ def test_mask_only_16_bit(cli_dirs: dict, tmp_path: Path) -> None:
     assert len(np.unique(values)) > 256, "16-bit masks carry more than 256 levels"
 
 
+def test_cutout_of_a_transparent_png_never_becomes_more_opaque(cli_dirs: dict, tmp_path: Path) -> None:
+    """The existing alpha is multiplied by the mask: holes stay holes, half-transparent stays at most half."""
+    rgba = np.array(Image.open(EXAMPLES / "astronaut.jpg").convert("RGBA"))
+    rgba[:, :128, 3] = 0
+    rgba[:, 128:256, 3] = 128
+    src = tmp_path / "layer.png"
+    Image.fromarray(rgba).save(src)
+    r = bgmask(cli_dirs, "remove", str(src), "-o", str(tmp_path / "cut.png"), "--model", "u2netp")
+    assert r.returncode == 0, r.stderr
+    cut = np.asarray(Image.open(tmp_path / "cut.png"))
+    assert cut.shape == rgba.shape and np.array_equal(cut[..., :3], rgba[..., :3])
+    alpha = cut[..., 3].astype(int)
+    assert alpha[:, :128].max() == 0
+    assert alpha[:, 128:256].max() <= 128 and alpha[:, 128:256].max() >= 100, "the subject keeps its half opacity"
+    assert (alpha <= rgba[..., 3]).all()
+    assert alpha[:, 256:].max() == 255 and alpha[:, 256:].min() == 0
+
+
 def test_folder_with_a_bad_file_reports_it_and_goes_on(cli_dirs: dict, tmp_path: Path) -> None:
     src = tmp_path / "in"
     src.mkdir()

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from bgmask import install
+from bgmask import cli_install, install
 from bgmask.autostart import LAUNCHD, SYSTEMD, XDG
 from bgmask.hostprofiles import Host, ini_get, ini_has_section, ini_set, ini_unset
 from bgmask.install import Context, InstallError
@@ -420,7 +420,7 @@ def test_cli_install_and_uninstall_honour_home_and_xdg(monkeypatch, home, plugin
     monkeypatch.delenv("GIMP3_DIRECTORY", raising=False)
     monkeypatch.setattr(install, "plugins_root", lambda: plugins)
     parser = argparse.ArgumentParser(prog="bgmask")
-    install.add_commands(parser.add_subparsers())
+    cli_install.add_commands(parser.add_subparsers())
 
     args = parser.parse_args(["install", "--gimp", "--krita", "--no-autostart"])
     assert args.func(args) == 0

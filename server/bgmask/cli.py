@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from bgmask import __version__, cli_models, images, install, runtime
+from bgmask import __version__, cli_install, cli_models, images, runtime
 from bgmask.clientlib import load_client
 from bgmask.errors import BgmaskError
 from bgmask.progressbar import ProgressBar
@@ -90,12 +90,12 @@ def cmd_remove(args: argparse.Namespace) -> int:
             img = images.load(src)
             mask = client.remove(img.data, img.width, img.height, img.channels, img.sample_type, model=args.model,
                                  options=options, out_sample_type=out_type, on_progress=on_progress)
-            arr = images.mask_array(mask, img.width, img.height, out_type)
+            mask_img = images.mask_image(mask, img.width, img.height, out_type)
             dest = _output_for(src, args.output, many, args.mask_only)
             if args.mask_only:
-                images.save_mask(dest, arr)
+                images.save_mask(dest, mask_img)
             else:
-                images.save_cutout(dest, img.picture, arr)
+                images.save_cutout(dest, img.picture, mask_img)
             if not many:
                 print(f"{src} -> {dest}")
         except (BgmaskError, client_module.BgmaskError) as exc:
@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     cli_models.add_commands(sub)
-    install.add_commands(sub)
+    cli_install.add_commands(sub)
     return parser
 
 
