@@ -208,3 +208,16 @@ def test_an_idle_daemon_gives_inference_memory_back(isolated_dirs: dict[str, str
         assert after <= idle + (busy - idle) // 2, f"RSS idle {idle >> 20} MiB, busy {busy >> 20}, after {after >> 20}"
     finally:
         running.stop()
+
+
+def test_a_copy_keeping_another_output_is_checked_against_that_output(cache_env: Path, tmp_path: Path) -> None:
+    """A catalog entry may read an output other than the first: the check must compare that one, else a
+    faithful copy would be refused (and a wrong one could pass)."""
+    _, path = shipped("u2netp")
+    shape = (1, 3, 320, 320)
+    side = modelprep.prepare(path, tmp_path / "side.onnx", keep_output="1960",
+                             verify=lambda original, rewritten: modelprep.same_outputs(original, rewritten, shape, "1960"))
+    assert side == tmp_path / "side.onnx"
+    fused = tmp_path / "fused.onnx"
+    fused.write_bytes(modelprep.rewrite(path.read_bytes())[0])
+    assert not modelprep.same_outputs(path, fused, shape, "1960")

@@ -296,17 +296,20 @@ def _rewrite(data: Buffer, keep_output: Optional[str]) -> tuple[bytes, dict[str,
     return b"".join(pieces), stats
 
 
-def same_outputs(original: Path, rewritten: Path, shape: tuple[int, ...], tolerance: float = 0.5 / 255) -> bool:
-    """Whether both files give the same first output on one deterministic input, after the daemon's min-max
-    normalisation: the rewrite may change rounding, nothing else. For models the tests do not cover
-    (imported ones), where a Resize could produce a length-1 axis."""
+def same_outputs(original: Path, rewritten: Path, shape: tuple[int, ...], output: Optional[str] = None,
+                 tolerance: float = 0.5 / 255) -> bool:
+    """Whether the original's `output` (default its first) and the rewritten file's only output agree on one
+    deterministic input, after the daemon's min-max normalisation: the rewrite may change rounding, nothing
+    else. The daemon checks every model this way before it runs the copy (an imported model's Resize could
+    produce a length-1 axis, where the mode change would matter)."""
     import onnxruntime as ort
 
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
     outs = []
-    for path in (original, rewritten):
+    for path, name in ((original, output), (rewritten, None)):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        y = np.asarray(session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: x})[0], dtype=np.float64)
+        y = session.run([name or session.get_outputs()[0].name], {session.get_inputs()[0].name: x})[0]
+        y = np.asarray(y, dtype=np.float64)
         outs.append((y - y.min()) / max(float(y.max() - y.min()), 1e-12))
     return outs[0].shape == outs[1].shape and float(np.abs(outs[0] - outs[1]).max()) <= tolerance
 
@@ -337,8 +340,13 @@ def _stamp(src: Path, keep_output: Optional[str]) -> dict[str, Any]:
     return {"version": VERSION, "source": str(src), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "output": keep_output}
 
 
+def _part(path: Path) -> Path:
+    """A hidden in-progress name beside `path`, private to this process and thread."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+    tmp = _part(path)
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
@@ -359,7 +367,7 @@ def prepare(src: Path, dst: Path, keep_output: Optional[str] = None,
         done = {}
     if {k: done.get(k) for k in want} == want and (not done.get("prepared") or dst.exists()):
         return dst if done.get("prepared") else src
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{threading.get_ident()}.part")
+    tmp = _part(dst)
     prepared = False
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)

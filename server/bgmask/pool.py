@@ -119,9 +119,11 @@ class SessionPool:
         if self.choice.device != "cpu":
             return MattingSession(spec, path, self.choice)
         shape = (1, 3, spec.input_size[1], spec.input_size[0])
-        copy = modelprep.prepare(path, modelprep.cache_path(spec.name), spec.output_name,
-                                 verify=lambda original, rewritten: modelprep.same_outputs(original, rewritten, shape),
-                                 log=log.info)
+
+        def verify(original: Path, rewritten: Path) -> bool:
+            return modelprep.same_outputs(original, rewritten, shape, spec.output_name)
+
+        copy = modelprep.prepare(path, modelprep.cache_path(spec.name), spec.output_name, verify, log.info)
         if copy == path:
             return MattingSession(spec, path, self.choice)
         try:

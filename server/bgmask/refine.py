@@ -233,21 +233,17 @@ def _coefficients(guide: np.ndarray, pred: np.ndarray, radius: int, eps: float) 
     return np.concatenate([a, b[None]])
 
 
-def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
-    """[start, end) of each run of True in a 1-D boolean array."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[False], flags, [False]]).astype(np.int8)))
-    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
-
-
-def _close_gaps(flags: np.ndarray, gap: int = 2) -> np.ndarray:
-    """`flags` with runs of at most `gap` False between two True set True: one wider span costs less than
-    two narrow ones with their per-call overhead."""
-    out = flags.copy()
-    on = np.flatnonzero(flags)
-    for a, b in zip(on[:-1], on[1:]):
-        if 1 < b - a <= gap + 1:
-            out[a:b] = True
-    return out
+def _spans(flags: np.ndarray, gap: int = 2) -> list[tuple[int, int]]:
+    """[start, end) of the runs of True in a 1-D boolean array, runs at most `gap` apart joined: one wider
+    span costs less than two narrow ones with their per-call overhead."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], flags, [False]]).astype(np.int8))).tolist()
+    spans: list[tuple[int, int]] = []
+    for start, end in zip(edges[::2], edges[1::2]):
+        if spans and start - spans[-1][1] <= gap:
+            spans[-1] = (spans[-1][0], end)
+        else:
+            spans.append((start, end))
+    return spans
 
 
 def _fit(low: np.ndarray, p_low: np.ndarray, radius: int, eps: float,
@@ -355,7 +351,7 @@ def refine(pred: np.ndarray, guide: np.ndarray, *, cancel: Optional[CancelFn] = 
         q = _expand_cols(lerped[C], kx, W)
         i_lo = max(0, int((y0 + 0.5) / ky - 0.5))
         i_hi = min(hl - 1, int((y1 - 0.5) / ky - 0.5) + 1)
-        for c0, c1 in _runs(_close_gaps(fitted[i_lo // TILE:i_hi // TILE + 1].any(axis=0))):
+        for c0, c1 in _spans(fitted[i_lo // TILE:i_hi // TILE + 1].any(axis=0)):
             # Pixels of the fitted cells and of their neighbours (which interpolate towards them), expanded
             # from one more cell on each side so that every pixel sees its true neighbours.
             lo, hi = max(0, c0 * TILE - 1), min(wl, c1 * TILE + 1)
