@@ -197,3 +197,26 @@ def test_fitting_tile_by_tile_gives_the_whole_grids_fit(monkeypatch: pytest.Monk
     assert np.abs(tiled - whole).max() <= 1e-6
     edge = (whole > 0.02) & (whole < 0.98)
     assert edge.sum() > 1000, "the outline was refined, not just upsampled"
+
+
+@pytest.mark.parametrize("size", [(6000, 4000), (1225, 817), (2000, 3001), (300, 200)])
+@pytest.mark.parametrize("model", [(320, 320), (1024, 1024)])
+def test_model_input_resized_in_parallel_bands_is_pillows_resize(size, model):
+    """The model input is resized on all cores, band by band: it must be the image one Pillow call gives,
+    exactly where a large shrink goes through Pillow's integer reduce, and within one level (Pillow rounds a
+    band's filter positions from its own box) where the bands are resized directly."""
+    from bgmask import pixels
+    from bgmask.protocol import ImageSpec
+
+    w, h = size
+    rng = np.random.default_rng(w)
+    small = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 4), dtype=np.uint8)
+    rgba = np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC))  # smooth and noisy
+    rgba = np.ascontiguousarray(rgba | rng.integers(0, 8, rgba.shape, dtype=np.uint8))
+    spec = ImageSpec(w, h, 4, "u8", w * 4, False)
+    banded = pixels._resize_in_bands(pixels._U8Rows.of(rgba.tobytes(), spec), model)
+    whole = Image.fromarray(rgba[..., :3].copy(), "RGB").resize(model, pixels.RESAMPLE, reducing_gap=pixels.REDUCING_GAP)
+    assert banded.size == model
+    diff = np.abs(np.asarray(banded)[..., :3].astype(int) - np.asarray(whole))
+    reduced = w / model[0] >= 2 * pixels.REDUCING_GAP or h / model[1] >= 2 * pixels.REDUCING_GAP
+    assert diff.max() <= (0 if reduced else 1), "alpha is ignored, as rembg does"

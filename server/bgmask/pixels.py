@@ -75,8 +75,9 @@ class _U8Rows:
     first, so every layout of the same pixels gives the model exactly the same input."""
 
     def __init__(self, data: memoryview | bytes, spec: ImageSpec) -> None:
-        self.raw = "RGB" if spec.channels == 3 else "RGBA"
-        self.mode = "RGBX" if spec.channels == 4 else "RGB"  # RGBX: Pillow must not weight colours by alpha
+        # RGBX: the alpha byte is padding, so Pillow's resize does not weight colours by alpha (an "RGBA" raw
+        # mode would make the mapped image RGBA, and its resize premultiplied: not what the float paths do).
+        self.raw = self.mode = "RGB" if spec.channels == 3 else "RGBX"
         self.width, self.height, self.stride = spec.width, spec.height, spec.stride
         self.data = memoryview(data).cast("B")
         if len(self.data) < spec.stride * spec.height:
@@ -105,10 +106,7 @@ def _resize_in_bands(rows: _U8Rows, size: tuple[int, int]) -> Image.Image:
     if fx > 1 or fy > 1:  # as Pillow does: reduce by (fx, fy), then resize what is left
         n = -(-H // fy)
         cuts = [min(H, n * i // bands * fy) for i in range(bands)] + [H]
-        parts = parallel.run(lambda i: rows.band(cuts[i], cuts[i + 1]).reduce((fx, fy)), range(bands))
-        reduced = Image.new(rows.mode, (parts[0].width, sum(part.height for part in parts)))
-        for part, y in zip(parts, cuts):
-            reduced.paste(part, (0, y // fy))
+        reduced = _stacked(parallel.run(lambda i: rows.band(cuts[i], cuts[i + 1]).reduce((fx, fy)), range(bands)))
         return reduced.resize(size, RESAMPLE, box=(0, 0, W / fx, H / fy))
     scale = H / h
     reach = int(scale) + 2  # the bilinear filter's support when shrinking, in input rows
@@ -119,9 +117,16 @@ def _resize_in_bands(rows: _U8Rows, size: tuple[int, int]) -> Image.Image:
         return rows.band(y0, y1).resize((w, cuts[i + 1] - cuts[i]), RESAMPLE, box=(0, top - y0, W, bottom - y0))
 
     cuts = [h * i // bands for i in range(bands)] + [h]
-    out = Image.new(rows.mode, size)
-    for part, y in zip(parallel.run(resize_band, range(bands)), cuts):
+    return _stacked(parallel.run(resize_band, range(bands)))
+
+
+def _stacked(parts: list[Image.Image]) -> Image.Image:
+    """Horizontal bands of one width, top to bottom, as one image."""
+    out = Image.new(parts[0].mode, (parts[0].width, sum(part.height for part in parts)))
+    y = 0
+    for part in parts:
         out.paste(part, (0, y))
+        y += part.height
     return out
 
 
