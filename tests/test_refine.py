@@ -220,3 +220,22 @@ def test_model_input_resized_in_parallel_bands_is_pillows_resize(size, model):
     diff = np.abs(np.asarray(banded)[..., :3].astype(int) - np.asarray(whole))
     reduced = w / model[0] >= 2 * pixels.REDUCING_GAP or h / model[1] >= 2 * pixels.REDUCING_GAP
     assert diff.max() <= (0 if reduced else 1), "alpha is ignored, as rembg does"
+
+
+def test_the_guide_is_only_consulted_near_an_uncertain_prediction():
+    """Where the prediction is certain (within 1/256 of 0 or 1, though not exactly 0 or 1, as real model
+    outputs are) for a couple of windows around, the image's texture must not leak into the mask: two
+    images that differ only there give the same mask, bit for bit, and the outline is still refined."""
+    alpha, image, dist = disk_scene(H=900, W=1200, radius=200.0)
+    pred = area_down(alpha, 320, 320)
+    pred = np.where(pred < 0.5, np.maximum(pred, 0.002), np.minimum(pred, 0.998)).astype(np.float32)
+    ripples = np.float32(0.001) * (np.arange(320) % 2)[None, :] * (np.abs(area_down(dist, 320, 320) - 200) > 60)
+    pred = np.where(pred < 0.5, pred + ripples, pred - ripples).astype(np.float32)  # still within 1/256
+    other = image.copy()
+    far = np.abs(dist - 200.0) > 150.0  # ~40 model pixels from the outline: well beyond two windows
+    other[far] = np.random.default_rng(9).random((int(far.sum()), 3)).astype(np.float32)
+    a, b = R.refine(pred, image), R.refine(pred, other)
+    assert np.array_equal(a, b)
+    edge = np.abs(dist - 200.0) < 3.0
+    assert np.abs(a - alpha)[edge].mean() < 0.5 * np.abs(R.upsample(pred, 1200, 900) - alpha)[edge].mean(), \
+        "the outline itself is refined from the image"

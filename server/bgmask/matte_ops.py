@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from bgmask.refine import CancelFn, _block_mean, _check, _expand_cols, _lerp_rows, box_mean_1d
+from bgmask.refine import CancelFn, Taps, _block_mean, _check, box_mean_1d, upscale
 
 MAX_SHIFT = 100.0
 MAX_FEATHER = 500.0
@@ -210,10 +210,10 @@ def blur(alpha: np.ndarray, sigma: float, cancel: Optional[CancelFn] = None) -> 
     low = _block_mean(alpha[:, :, None], k, k, cancel)[0]
     low = _gaussian_small(low, math.sqrt(max(sigma * sigma - k * k / 4.0, 0.0)) / k, cancel)
     out = np.empty_like(alpha)
+    taps, cols = Taps.bilinear(H, low.shape[0], k), Taps.bilinear(W, low.shape[1], k)
     for y0, y1 in _strips(H, W):
         _check(cancel)
-        rows = _expand_cols(_lerp_rows(low, y0, y1, k), k, W)
-        np.clip(rows, 0.0, 1.0, out=out[y0:y1])
+        np.clip(upscale(low, taps.part(y0, y1), cols), 0.0, 1.0, out=out[y0:y1])
     return out
 
 

@@ -25,7 +25,7 @@ CancelFn = Callable[[], bool]
 class MaskResult:
     """What a remove request produces: the encoded mask (and decontaminated colours) plus where the time went."""
 
-    mask: bytes
+    mask: memoryview
     colours: Optional[bytes] = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -93,22 +93,26 @@ def compute_mask(
     clock.lap("inference")
     pred = session.postprocess(raw)
     checkpoint("refining", 0.0)
+    writer = pixels.MaskWriter(data, spec, out_sample_type, box, options.region)
+    # Without matte options or decontamination the mask is encoded strip by strip as it is finished.
+    whole = any(options.matte_ops().values()) or options.decontaminate
+    sink = None if whole else writer.put
     if options.refine:
         guide = pixels.guide_image(box_data, box_spec)
         guide_small = small.transpose(1, 2, 0) if guide.ndim == 3 else small[0]  # exactly what the model saw
-        alpha = refine.refine(pred, guide, guide_small=guide_small, cancel=cancel)
+        alpha = refine.refine(pred, guide, guide_small=guide_small, cancel=cancel, sink=sink)
     else:
-        alpha = refine.upsample(pred, box_spec.width, box_spec.height)
-    alpha = matte_ops.apply_options(alpha, **options.matte_ops(), cancel=cancel)
-    mask = place(alpha, spec, box, options.region)
-    hidden = pixels.transparent(data, spec)
-    if hidden is not None:
-        mask[hidden] = 0.0
+        alpha = refine.upsample(pred, box_spec.width, box_spec.height, sink=sink)
+    if alpha is not None:  # the matte options work on the whole mask, and so does decontamination
+        alpha = matte_ops.apply_options(alpha, **options.matte_ops(), cancel=cancel)
+        writer.put_all(alpha)  # also zeroes the transparent pixels in `alpha`, as the colours need
     clock.lap("refine")
     checkpoint("refining", 0.9)
     colours = None
     if options.decontaminate:
-        colours = pixels.encode_colours(decontaminate.decontaminate(pixels.colour_float(data, spec), mask, cancel=cancel), spec)
-    encoded = pixels.encode_mask(mask, out_sample_type)
+        mask = place(alpha, spec, box, options.region)
+        colours = pixels.encode_colours(
+            decontaminate.decontaminate(pixels.colour_float(data, spec), mask, cancel=cancel), spec)
+    encoded = writer.result()
     clock.lap("postprocess")
     return MaskResult(encoded, colours, clock.total())

@@ -159,28 +159,55 @@ def guide_image(data: memoryview | bytes, spec: ImageSpec) -> np.ndarray:
     return np.stack([_encoded_channel(arr, c, spec) for c in range(3)], axis=2)
 
 
-def transparent(data: memoryview | bytes, spec: ImageSpec) -> Optional[np.ndarray]:
-    """Boolean (H, W) of fully transparent pixels, or None when the image has no alpha channel."""
-    if spec.channels not in (2, 4):
-        return None
-    a = view(data, spec)[..., spec.channels - 1]
-    if spec.sample_type in ("f16", "f32"):
-        return ~(a > 0)  # NaN counts as transparent
-    return a == 0
+class MaskWriter:
+    """The full-size mask as the client asked for it, written strip by strip (so each strip is encoded while it
+    is in cache, on the thread that finished it): the strips of the box the model saw are put in place, 0
+    outside the requested region, fully transparent pixels of the image are zeroed, and values are rounded to
+    the requested sample type."""
 
+    def __init__(self, data: memoryview | bytes, spec: ImageSpec, sample_type: str,
+                 box: Optional[tuple[int, int, int, int]] = None,
+                 region: Optional[tuple[int, int, int, int]] = None) -> None:
+        self.dtype = DTYPES[sample_type]
+        self.scale = None if sample_type == "f32" else float(np.iinfo(self.dtype).max)
+        self.out = np.zeros((spec.height, spec.width), dtype=self.dtype)
+        self.alpha = view(data, spec)[..., spec.channels - 1] if spec.channels in (2, 4) else None
+        self.float_alpha = spec.sample_type in ("f16", "f32")
+        self.origin = (box[0], box[1]) if box is not None else (0, 0)
+        x, y, w, h = region if region is not None else (0, 0, spec.width, spec.height)
+        self.region = (x, y, x + w, y + h)
 
-def encode_mask(mask: np.ndarray, sample_type: str) -> bytes:
-    """Float mask in [0, 1] to packed little-endian rows of the requested sample type (rounded, not truncated)."""
-    if sample_type == "f32":
-        return np.ascontiguousarray(mask, dtype="<f4").tobytes()
-    scale = 255.0 if sample_type == "u8" else 65535.0
-    out = np.empty(mask.shape, dtype=np.uint8 if sample_type == "u8" else np.dtype("<u2"))
-    tmp = mask * np.float32(scale)
-    tmp += np.float32(0.5)
-    np.floor(tmp, out=tmp)
-    np.clip(tmp, 0, scale, out=tmp)
-    out[...] = tmp
-    return out.tobytes()
+    def put(self, y0: int, y1: int, rows: np.ndarray) -> None:
+        """Rows y0..y1 of the box, float32 in [0, 1]; zeroed in place where the image is fully transparent."""
+        ox, oy = self.origin
+        rx0, ry0, rx1, ry1 = self.region
+        top, bottom = max(y0 + oy, ry0), min(y1 + oy, ry1)
+        left, right = max(ox, rx0), min(ox + rows.shape[1], rx1)
+        if top >= bottom or left >= right:
+            return
+        part = rows[top - oy - y0:bottom - oy - y0, left - ox:right - ox]
+        if self.alpha is not None:
+            a = self.alpha[top:bottom, left:right]
+            hidden = ~(a > 0) if self.float_alpha else a == 0  # NaN alpha counts as transparent
+            if hidden.any():
+                part[hidden] = 0.0
+        dst = self.out[top:bottom, left:right]
+        if self.scale is None:
+            dst[...] = part
+            return
+        tmp = part * np.float32(self.scale)
+        tmp += np.float32(0.5)  # rounded: the cast truncates values in [0.5, scale + 0.5]
+        np.copyto(dst, tmp, casting="unsafe")
+
+    def put_all(self, mask: np.ndarray) -> None:
+        """A whole float32 mask of the box at once, in strips on all cores; zeroed in place like put()."""
+        step = max(1, (1 << 20) // max(1, mask.shape[1]))
+        parallel.run(lambda y: self.put(y, min(mask.shape[0], y + step), mask[y:y + step]),
+                     range(0, mask.shape[0], step))
+
+    def result(self) -> memoryview:
+        """The packed little-endian rows, without a copy."""
+        return memoryview(self.out).cast("B")
 
 
 def crop(data: memoryview | bytes, spec: ImageSpec, box: tuple[int, int, int, int]) -> tuple[memoryview, ImageSpec]:

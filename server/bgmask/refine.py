@@ -12,13 +12,15 @@ bilinear prediction (not to a blurred one); flat regions of the prediction (exac
 
 The grid is reduced from full resolution by integer factors, so the final pass is a bilinear upscale of
 C+1 coefficient maps by integer factors and a multiply-add with the guide: horizontal strips of a few
-hundred thousand pixels with contiguous float32 numpy operations. The work is O(pixels), the arithmetic
-stays in cache, memory beyond the guide and the output is a few strips, and cancellation is checked
-between strips. Parameters were chosen with bench/quality.py."""
+hundred thousand pixels with contiguous float32 numpy operations, on all cores. The slopes are upscaled
+only where they are not 0 (near the outline); everywhere else the pass is the upscale of b alone. The
+work is O(pixels), the arithmetic stays in cache, memory beyond the guide and the output is a few strips
+(none at all when the caller takes the strips as they are finished), and cancellation is checked between
+strips. Parameters were chosen with bench/quality.py."""
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 from PIL import Image
@@ -28,13 +30,17 @@ from bgmask import parallel
 from bgmask.errors import BgmaskError
 
 CancelFn = Callable[[], bool]
+# Receives finished rows y0..y1 of the mask as float32 (y1 - y0, W) in [0, 1], from several threads at once
+# (each call its own rows); it may change them in place.
+RowsSink = Callable[[int, int, np.ndarray], None]
 
 # Window radius in model pixels (windows are 2r+1 wide: wide enough to see across a model's 2-3 px soft
 # edge), and regularisation in squared guide units (contrast well below sqrt(EPS) = 0.3 % is ignored).
 RADIUS = 3
 EPS = 1e-5
-STRIP_PIXELS = 1 << 18  # output pixels per strip: a few working arrays of this size stay in cache
+STRIP_PIXELS = 1 << 20  # output pixels per strip: few enough strips that per-call overheads stay small, small enough for L3
 TILE = 96  # grid cells a side of the tiles the slopes are fitted on
+SPAN_GAP = 8  # grid cells: sloped runs of a strip closer than this are upscaled as one (fewer, longer calls)
 CERTAIN = 1.0 / 256.0  # a prediction this close to 0 or 1 is taken as certain: the guide is not consulted
 INTEGER_SCALES = {np.dtype(np.uint8): 1.0 / 255.0, np.dtype(np.uint16): 1.0 / 65535.0}
 
@@ -52,45 +58,52 @@ def _resize_f(img: np.ndarray, width: int, height: int, box: Optional[tuple[floa
     return np.asarray(out, dtype=np.float32)
 
 
-def _lerp_rows(low: np.ndarray, y0: int, y1: int, scale: float) -> np.ndarray:
-    """Rows y0..y1 of a bilinear vertical upscale of `low` (..., h, w) by `scale` (pixel centres aligned,
-    edges clamped). Written as lo + (hi - lo) * f so equal neighbours interpolate to exactly themselves."""
-    h = low.shape[-2]
-    src = np.clip((np.arange(y0, y1, dtype=np.float64) + 0.5) / scale - 0.5, 0.0, h - 1)
-    i0 = np.floor(src).astype(np.intp)
-    i1 = np.minimum(i0 + 1, h - 1)
-    f = (src - i0).astype(np.float32)[:, None]
-    lo = np.take(low, i0, axis=-2)
-    hi = np.take(low, i1, axis=-2)
-    hi -= lo
-    hi *= f
-    hi += lo
-    return hi
+class Taps(NamedTuple):
+    """Where each output sample of a bilinear upscale reads: input samples `lo` and lo + 1 (or lo again at
+    the clamped far edge, where the weight is 0), the second with weight `f`."""
+
+    lo: np.ndarray
+    f: np.ndarray
+
+    @staticmethod
+    def bilinear(n_out: int, n_in: int, scale: float) -> "Taps":
+        """Output samples 0..n_out of an upscale of n_in samples by `scale`: centres aligned, edges clamped."""
+        src = np.clip((np.arange(n_out, dtype=np.float64) + 0.5) / scale - 0.5, 0.0, n_in - 1)
+        lo = np.floor(src).astype(np.intp)
+        return Taps(lo, (src - lo).astype(np.float32))
+
+    def part(self, start: int, stop: int) -> "Taps":
+        return Taps(self.lo[start:stop], self.f[start:stop])
+
+    def lerp(self, x: np.ndarray, axis: int, first: int = 0) -> np.ndarray:
+        """The samples of x (whose index 0 along `axis` is input sample `first`) at these taps, as
+        lo + (hi - lo) * f: equal neighbours interpolate to exactly themselves."""
+        step = np.diff(x, axis=axis, append=np.take(x, [-1], axis=axis))  # 0 at the far edge
+        f = self.f if axis == x.ndim - 1 else self.f[:, None]
+        out = np.take(step, self.lo - first, axis=axis)
+        out *= f
+        out += np.take(x, self.lo - first, axis=axis)
+        return out
 
 
-def _expand_cols(rows: np.ndarray, k: int, width: int) -> np.ndarray:
-    """Bilinear horizontal upscale of (..., n, w) rows by the integer factor k, cropped to `width` columns.
+def upscale(low: np.ndarray, rows: Taps, cols: Taps) -> np.ndarray:
+    """The bilinear upscale of the 2-D map `low` at the given output rows and columns. Columns first, on
+    only the few low rows these rows read; each output row is then a multiply-add of two of them."""
+    first = int(rows.lo[0])
+    wide = cols.lerp(low[first:int(rows.lo[-1]) + 2], axis=1)
+    return rows.lerp(wide, axis=0, first=first)
 
-    With an integer factor every output column is lo + (hi - lo) * f with one of k fixed fractions f, so
-    the upscale is k strided passes over contiguous low-resolution rows instead of a gather."""
-    if k == 1:
-        return rows[..., :width]
-    pad = np.concatenate([rows[..., :1], rows, rows[..., -1:]], axis=-1)  # clamped edges
-    w = rows.shape[-1]
-    out = np.empty(rows.shape[:-1] + (w, k), dtype=np.float32)
-    left, mid, right = pad[..., :w], pad[..., 1:w + 1], pad[..., 2:]
-    d_left = mid - left
-    d_right = right - mid
-    for j in range(k):
-        f = (j + 0.5) / k - 0.5  # where output column j of a cell falls, in cells from the cell's centre
-        dst = out[..., j]
-        if f < 0:
-            np.multiply(d_left, np.float32(1.0 + f), out=dst)
-            dst += left
-        else:
-            np.multiply(d_right, np.float32(f), out=dst)
-            dst += mid
-    return out.reshape(rows.shape[:-1] + (w * k,))[..., :width]
+
+def _destination(height: int, width: int, sink: Optional[RowsSink]) -> tuple[RowsSink, Optional[np.ndarray]]:
+    """Where finished strips go: the caller's sink, or a new float32 (height, width) mask."""
+    if sink is not None:
+        return sink, None
+    out = np.empty((height, width), dtype=np.float32)
+
+    def store(y0: int, y1: int, rows: np.ndarray) -> None:
+        out[y0:y1] = rows
+
+    return store, out
 
 
 def _strips(height: int, width: int) -> list[tuple[int, int]]:
@@ -98,28 +111,26 @@ def _strips(height: int, width: int) -> list[tuple[int, int]]:
     return [(y, min(height, y + step)) for y in range(0, height, step)]
 
 
-def upsample(pred: np.ndarray, width: int, height: int) -> np.ndarray:
+def upsample(pred: np.ndarray, width: int, height: int, sink: Optional[RowsSink] = None) -> Optional[np.ndarray]:
     """Plain bilinear resize of a float32 (h, w) prediction in [0, 1] to (height, width) float32: the
     `refine: false` path. Pixel centres are aligned and edges clamped, as in Pillow; shrinking (an image
-    smaller than the model input) is area-weighted so nothing aliases."""
+    smaller than the model input) is area-weighted so nothing aliases. Returns the mask, or hands it to
+    `sink` strip by strip (see `refine`) and returns None."""
     pred = np.clip(np.asarray(pred, dtype=np.float32), 0.0, 1.0)
     h, w = pred.shape
     if h > height or w > width:  # shrink on the small side first, then only ever enlarge
         h, w = min(h, height), min(w, width)
         pred = _resize_f(pred, w, h)
-    sx = np.clip((np.arange(width, dtype=np.float64) + 0.5) * (w / width) - 0.5, 0.0, w - 1)
-    x0 = np.floor(sx).astype(np.intp)
-    x1 = np.minimum(x0 + 1, w - 1)
-    fx = (sx - x0).astype(np.float32)
-    out = np.empty((height, width), dtype=np.float32)
-    for y0, y1 in _strips(height, width):
-        rows = _lerp_rows(pred, y0, y1, height / h)
-        lo = np.take(rows, x0, axis=1)
-        hi = np.take(rows, x1, axis=1)
-        hi -= lo
-        hi *= fx
-        hi += lo
-        np.clip(hi, 0.0, 1.0, out=out[y0:y1])
+    rows, cols = Taps.bilinear(height, h, height / h), Taps.bilinear(width, w, width / w)
+    put, out = _destination(height, width, sink)
+
+    def strip(span: tuple[int, int]) -> None:
+        y0, y1 = span
+        q = upscale(pred, rows.part(y0, y1), cols)
+        np.clip(q, 0.0, 1.0, out=q)
+        put(y0, y1, q)
+
+    parallel.run(strip, _strips(height, width))
     return out
 
 
@@ -246,44 +257,60 @@ def _spans(flags: np.ndarray, gap: int = 2) -> list[tuple[int, int]]:
     return spans
 
 
-def _fit(low: np.ndarray, p_low: np.ndarray, radius: int, eps: float,
-         cancel: Optional[CancelFn]) -> tuple[np.ndarray, np.ndarray]:
-    """The coefficients (a_1..a_C, b) on the grid, and which TILE x TILE tiles of it were fitted.
+def _near(flags: np.ndarray, reach: int) -> np.ndarray:
+    """Cells with a True cell within `reach` cells (a square window), by running counts: O(cells)."""
+    out = flags
+    for axis in (0, 1):
+        n = out.shape[axis]
+        counts = np.cumsum(out, axis=axis, dtype=np.int32)
+        ahead = np.take(counts, np.minimum(np.arange(n) + reach, n - 1), axis=axis)
+        behind = np.take(counts, np.arange(n) - reach - 1, axis=axis, mode="clip")
+        behind = np.where((np.arange(n) - reach - 1 >= 0).reshape((-1, 1) if axis == 0 else (1, -1)), behind, 0)
+        out = ahead > behind
+    return out
 
-    Only near cells whose prediction is strictly between CERTAIN and 1 - CERTAIN can the guide change
-    anything, and on a photo those are the subject's outline, a small part of the grid: the slopes are fitted
-    tile by tile, only on tiles within two windows (plus interpolation) of such a cell, each tile with a
-    halo of two window radii (all a coefficient depends on), so a fitted tile holds exactly what a fit of
-    the whole grid would give. Everywhere else a = 0 and b = the prediction, and the full-resolution pass
-    only upscales b there. Tiles are fitted in parallel."""
+
+def _fit(low: np.ndarray, p_low: np.ndarray, radius: int, eps: float,
+         cancel: Optional[CancelFn]) -> np.ndarray:
+    """The coefficients (a_1..a_C, b) on the grid.
+
+    Only near cells whose prediction is strictly between CERTAIN and 1 - CERTAIN does the guide change
+    anything, and on a photo those are the subject's outline, a small part of the grid. The coefficients of
+    cells within two windows (plus interpolation) of such a cell are those a fit of the whole grid gives;
+    everywhere else a = 0 and b = the prediction, so the full-resolution pass only upscales b there. The
+    fit runs tile by tile, on the bounding box of the cells it needs in each tile, with a halo of two window
+    radii (all a coefficient depends on); tiles are fitted in parallel."""
     C = low.shape[0]
     hl, wl = p_low.shape
     coef = np.zeros((C + 1, hl, wl), dtype=np.float32)
     coef[C] = p_low
-    unsure = (p_low > CERTAIN) & (p_low < 1.0 - CERTAIN)
-    reach, halo = 2 * radius + 2, 2 * radius
-    nty, ntx = -(-hl // TILE), -(-wl // TILE)
-    fitted = np.zeros((nty, ntx), dtype=bool)
-    for ty in range(nty):
-        for tx in range(ntx):
-            fitted[ty, tx] = unsure[max(0, ty * TILE - reach):(ty + 1) * TILE + reach,
-                                    max(0, tx * TILE - reach):(tx + 1) * TILE + reach].any()
+    near = _near((p_low > CERTAIN) & (p_low < 1.0 - CERTAIN), 2 * radius + 2)
+    halo = 2 * radius
+    tiles = []  # (y0, y1, x0, x1): the bounding box of the near cells of each TILE x TILE tile
+    for ty in range(0, hl, TILE):
+        for tx in range(0, wl, TILE):
+            cells = near[ty:ty + TILE, tx:tx + TILE]
+            rows, cols = np.flatnonzero(cells.any(axis=1)), np.flatnonzero(cells.any(axis=0))
+            if rows.size:
+                tiles.append((ty + rows[0], ty + rows[-1] + 1, tx + cols[0], tx + cols[-1] + 1))
 
-    def fit(tile: tuple[int, int]) -> None:
+    def fit(tile: tuple[int, int, int, int]) -> None:
         _check(cancel)
-        y0, x0 = tile[0] * TILE, tile[1] * TILE
-        y1, x1 = min(hl, y0 + TILE), min(wl, x0 + TILE)
+        y0, y1, x0, x1 = tile
         ey0, ex0 = max(0, y0 - halo), max(0, x0 - halo)
         ey1, ex1 = min(hl, y1 + halo), min(wl, x1 + halo)
         c = _coefficients(low[:, ey0:ey1, ex0:ex1], p_low[ey0:ey1, ex0:ex1], radius, eps)
         coef[:, y0:y1, x0:x1] = c[:, y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
 
-    parallel.run(fit, [tuple(t) for t in np.argwhere(fitted).tolist()])
-    return coef, fitted
+    parallel.run(fit, tiles)
+    coef[:C] *= near
+    coef[C] = np.where(near, coef[C], p_low)
+    return coef
 
 
 def refine(pred: np.ndarray, guide: np.ndarray, *, cancel: Optional[CancelFn] = None,
-           guide_small: Optional[np.ndarray] = None, radius: int = RADIUS, eps: float = EPS) -> np.ndarray:
+           guide_small: Optional[np.ndarray] = None, radius: int = RADIUS, eps: float = EPS,
+           sink: Optional[RowsSink] = None) -> Optional[np.ndarray]:
     """Edge-aware upsampling of the model's prediction, guided by the full-resolution image.
 
     pred: float32 (h, w) in [0, 1] at model resolution, covering exactly the image area (any aspect).
@@ -302,7 +329,10 @@ def refine(pred: np.ndarray, guide: np.ndarray, *, cancel: Optional[CancelFn] = 
     than a model pixel), by how much of the prediction's variance the guide explains. Where the guide
     has no contrast the result is the plain bilinear prediction; a dozen model pixels from any soft
     value of an exact 0/1 prediction it is exactly 0 or 1; everything is clipped to [0, 1]. Raises
-    BgmaskError(cancelled) when `cancel()` turns true (checked between strips)."""
+    BgmaskError(cancelled) when `cancel()` turns true (checked between strips).
+
+    With a `sink`, each finished strip of rows is handed to it (from worker threads) instead of being
+    stored, and None is returned: the caller can encode the mask strip by strip while it is in cache."""
     pred = np.clip(np.nan_to_num(np.asarray(pred, dtype=np.float32), nan=0.0), 0.0, 1.0)
     guide = np.asarray(guide)
     unit = INTEGER_SCALES.get(guide.dtype)
@@ -340,31 +370,28 @@ def refine(pred: np.ndarray, guide: np.ndarray, *, cancel: Optional[CancelFn] = 
 
     low = np.stack([to_grid(x) for x in small])
     p_low = to_grid(pred)
-    coef, fitted = _fit(low, p_low, radius, eps, cancel)
+    coef = _fit(low, p_low, radius, eps, cancel)
     coef[:C] *= np.float32(unit)  # slopes per stored guide unit: integer guides are never converted whole
-    out = np.empty((H, W), dtype=np.float32)
+    sloped = np.any(coef[:C] != 0, axis=0)  # elsewhere a . I is exactly 0: only b is upscaled
+    put, out = _destination(H, W, sink)
 
-    def strip(rows: tuple[int, int]) -> None:
-        y0, y1 = rows
+    rows, cols = Taps.bilinear(H, hl, ky), Taps.bilinear(W, wl, kx)
+
+    def strip(span: tuple[int, int]) -> None:
+        y0, y1 = span
         _check(cancel)
-        lerped = _lerp_rows(coef, y0, y1, ky)  # (C+1, n, wl): cheap at grid resolution
-        q = _expand_cols(lerped[C], kx, W)
-        i_lo = max(0, int((y0 + 0.5) / ky - 0.5))
-        i_hi = min(hl - 1, int((y1 - 0.5) / ky - 0.5) + 1)
-        for c0, c1 in _spans(fitted[i_lo // TILE:i_hi // TILE + 1].any(axis=0)):
-            # Pixels of the fitted cells and of their neighbours (which interpolate towards them), expanded
-            # from one more cell on each side so that every pixel sees its true neighbours.
-            lo, hi = max(0, c0 * TILE - 1), min(wl, c1 * TILE + 1)
-            ca, cb = max(0, lo - 1), min(wl, hi + 1)
-            x0, x1 = lo * kx, min(W, hi * kx)
-            up = _expand_cols(lerped[:C, :, ca:cb], kx, (cb - ca) * kx)
-            up = up[..., (lo - ca) * kx:(lo - ca) * kx + x1 - x0]
+        taps = rows.part(y0, y1)
+        q = upscale(coef[C], taps, cols)
+        for c0, c1 in _spans(sloped[taps.lo[0]:taps.lo[-1] + 2].any(axis=0), gap=SPAN_GAP):
+            # The pixels that read any of these cells: the slopes are 0 everywhere else
+            x0, x1 = int(np.searchsorted(cols.lo, c0 - 1)), int(np.searchsorted(cols.lo, c1))
             part = q[:, x0:x1]
             for c in range(C):
-                a = up[c]
+                a = upscale(coef[c], taps, cols.part(x0, x1))
                 a *= guide[y0:y1, x0:x1, c]
                 part += a
-        np.clip(q, 0.0, 1.0, out=out[y0:y1])
+        np.clip(q, 0.0, 1.0, out=q)
+        put(y0, y1, q)
 
     parallel.run(strip, _strips(H, W))
     return out
