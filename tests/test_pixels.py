@@ -20,6 +20,7 @@ def layer(sample_type: str, width: int = 301, height: int = 203) -> tuple[bytes,
     arr[..., 3] = top
     arr[10:40, 20:90, 3] = 0
     arr[150:, 250:, 3] = 0
+    arr[60:70, 30:40, 3] = 1 if sample_type != "f32" else 1e-6  # nearly transparent is not transparent
     if sample_type == "f32":
         arr[100:110, 100:120, 3] = np.nan
     hidden = ~(arr[..., 3] > 0)

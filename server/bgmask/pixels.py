@@ -173,6 +173,14 @@ class MaskWriter:
         self.out = np.zeros((spec.height, spec.width), dtype=self.dtype)
         self.alpha = view(data, spec)[..., spec.channels - 1] if spec.channels in (2, 4) else None
         self.float_alpha = spec.sample_type in ("f16", "f32")
+        # Integer pixels of 4 or 8 bytes read as one little-endian number each: alpha (the last sample) is
+        # 0 exactly where the number is below `opaque_from`, a contiguous test far cheaper than a strided one.
+        self.whole, self.opaque_from = None, 0
+        size = spec.channels * spec.sample_size
+        if self.alpha is not None and not self.float_alpha and size in (4, 8):
+            self.whole = np.ndarray((spec.height, spec.width), dtype=np.dtype(f"<u{size}"), buffer=data,
+                                    strides=(spec.stride, size))
+            self.opaque_from = 1 << (8 * (size - spec.sample_size))
         self.origin = (box[0], box[1]) if box is not None else (0, 0)
         x, y, w, h = region if region is not None else (0, 0, spec.width, spec.height)
         self.region = (x, y, x + w, y + h)
@@ -186,7 +194,9 @@ class MaskWriter:
         if top >= bottom or left >= right:
             return
         part = rows[top - oy - y0:bottom - oy - y0, left - ox:right - ox]
-        if self.alpha is not None:
+        if self.whole is not None and self.whole[top:bottom, left:right].min() >= self.opaque_from:
+            pass  # no transparent pixel in these rows
+        elif self.alpha is not None:
             a = self.alpha[top:bottom, left:right]
             hidden = ~(a > 0) if self.float_alpha else a == 0  # NaN alpha counts as transparent
             if hidden.any():
