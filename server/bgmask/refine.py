@@ -368,8 +368,8 @@ def refine(pred: np.ndarray, guide: np.ndarray, *, cancel: Optional[CancelFn] = 
     def to_grid(x: np.ndarray) -> np.ndarray:
         return _resize_f(np.pad(x, ((0, 1), (0, 1)), mode="edge"), wl, hl, box=box)
 
-    low = np.stack([to_grid(x) for x in small])
-    p_low = to_grid(pred)
+    *planes, p_low = parallel.run(to_grid, small + [pred])
+    low = np.stack(planes)
     coef = _fit(low, p_low, radius, eps, cancel)
     coef[:C] *= np.float32(unit)  # slopes per stored guide unit: integer guides are never converted whole
     sloped = np.any(coef[:C] != 0, axis=0)  # elsewhere a . I is exactly 0: only b is upscaled
