@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bgmask import pipeline, pixels
-from bgmask.protocol import ImageSpec
+from bgmask.protocol import ImageSpec, RemoveOptions
 
 ALPHA_TYPES = {"u8": np.uint8, "u16": np.dtype("<u2"), "f32": np.dtype("<f4")}
 
@@ -41,7 +41,7 @@ def expected(mask: np.ndarray, hidden: np.ndarray, sample_type: str) -> np.ndarr
 def test_strips_put_in_any_order_give_the_whole_masks_encoding(sample_type: str, region) -> None:
     data, spec, hidden = layer(sample_type)
     out_type = sample_type
-    options = pipeline.RemoveOptions(region=region, padding=0.1)
+    options = RemoveOptions(region=region, padding=0.1)
     box = pipeline.model_box(spec, options)
     rng = np.random.default_rng(5)
     alpha = rng.random((box[3] - box[1], box[2] - box[0])).astype(np.float32)

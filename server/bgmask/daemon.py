@@ -87,14 +87,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _libc() -> Any:
+    """The C library this process runs on (raises OSError where it cannot be loaded)."""
+    import ctypes
+
+    return ctypes.CDLL(None) if sys.platform != "win32" else ctypes.cdll.msvcrt
+
+
 def seed_libc_random() -> None:
     """libzmq numbers anonymous peers from the C library's unseeded rand(), so the next id is predictable;
     a local stranger who claims it makes libzmq abort on the next connection. A secret seed prevents that."""
-    try:
-        import ctypes
+    import ctypes
 
-        libc = ctypes.CDLL(None) if sys.platform != "win32" else ctypes.cdll.msvcrt
-        libc.srand(ctypes.c_uint(secrets.randbits(32)))
+    try:
+        _libc().srand(ctypes.c_uint(secrets.randbits(32)))
     except (OSError, AttributeError):
         log.warning("could not seed the C library's random generator")
 
@@ -106,9 +112,7 @@ def keep_freed_blocks() -> None:
     arena, because libzmq's I/O thread would otherwise get its own, whose heaps cannot hold such a block. Must
     run before any thread starts; return_free_heap() still hands the memory back once the daemon is idle."""
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
+        libc = _libc()
         libc.mallopt(-8, 1)  # M_ARENA_MAX
         libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: only blocks over 1 GiB get their own mapping
         libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD: free() alone never shrinks the heap
@@ -120,9 +124,7 @@ def return_free_heap() -> None:
     """Give the C heap's free pages back to the system (glibc keeps freed small and mid-sized blocks, such as
     the pipeline's per-request arrays, for reuse): an idle daemon's RSS then falls back near its idle level."""
     try:
-        import ctypes
-
-        ctypes.CDLL(None).malloc_trim(0)
+        _libc().malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do
         pass
 

@@ -194,13 +194,9 @@ class MaskWriter:
         if top >= bottom or left >= right:
             return
         part = rows[top - oy - y0:bottom - oy - y0, left - ox:right - ox]
-        if self.whole is not None and self.whole[top:bottom, left:right].min() >= self.opaque_from:
-            pass  # no transparent pixel in these rows
-        elif self.alpha is not None:
-            a = self.alpha[top:bottom, left:right]
-            hidden = ~(a > 0) if self.float_alpha else a == 0  # NaN alpha counts as transparent
-            if hidden.any():
-                part[hidden] = 0.0
+        hidden = self._transparent(top, bottom, left, right)
+        if hidden is not None:
+            part[hidden] = 0.0
         dst = self.out[top:bottom, left:right]
         if self.scale is None:
             dst[...] = part
@@ -208,6 +204,16 @@ class MaskWriter:
         tmp = part * np.float32(self.scale)
         tmp += np.float32(0.5)  # rounded: the cast truncates values in [0.5, scale + 0.5]
         np.copyto(dst, tmp, casting="unsafe")
+
+    def _transparent(self, top: int, bottom: int, left: int, right: int) -> Optional[np.ndarray]:
+        """Boolean mask of the fully transparent pixels of this rectangle of the image, None if it has none."""
+        if self.alpha is None:
+            return None
+        if self.whole is not None and self.whole[top:bottom, left:right].min() >= self.opaque_from:
+            return None
+        a = self.alpha[top:bottom, left:right]
+        hidden = ~(a > 0) if self.float_alpha else a == 0  # NaN alpha counts as transparent
+        return hidden if hidden.any() else None
 
     def put_all(self, mask: np.ndarray) -> None:
         """A whole float32 mask of the box at once, in strips on all cores; zeroed in place like put()."""

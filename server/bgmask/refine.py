@@ -88,10 +88,10 @@ class Taps(NamedTuple):
 
 def upscale(low: np.ndarray, rows: Taps, cols: Taps) -> np.ndarray:
     """The bilinear upscale of the 2-D map `low` at the given output rows and columns. Columns first, on
-    only the few low rows these rows read; each output row is then a multiply-add of two of them."""
-    first = int(rows.lo[0])
-    wide = cols.lerp(low[first:int(rows.lo[-1]) + 2], axis=1)
-    return rows.lerp(wide, axis=0, first=first)
+    only the few low rows and columns these read; each output row is then a multiply-add of two of them."""
+    top, left = int(rows.lo[0]), int(cols.lo[0])
+    wide = cols.lerp(low[top:int(rows.lo[-1]) + 2, left:int(cols.lo[-1]) + 2], axis=1, first=left)
+    return rows.lerp(wide, axis=0, first=top)
 
 
 def _destination(height: int, width: int, sink: Optional[RowsSink]) -> tuple[RowsSink, Optional[np.ndarray]]:
@@ -262,11 +262,9 @@ def _near(flags: np.ndarray, reach: int) -> np.ndarray:
     out = flags
     for axis in (0, 1):
         n = out.shape[axis]
-        counts = np.cumsum(out, axis=axis, dtype=np.int32)
-        ahead = np.take(counts, np.minimum(np.arange(n) + reach, n - 1), axis=axis)
-        behind = np.take(counts, np.arange(n) - reach - 1, axis=axis, mode="clip")
-        behind = np.where((np.arange(n) - reach - 1 >= 0).reshape((-1, 1) if axis == 0 else (1, -1)), behind, 0)
-        out = ahead > behind
+        sums = np.cumsum(np.insert(out, 0, False, axis=axis), axis=axis, dtype=np.int32)  # sums[i]: cells < i
+        idx = np.arange(n)
+        out = np.take(sums, idx + reach + 1, axis=axis, mode="clip") > np.take(sums, idx - reach, axis=axis, mode="clip")
     return out
 
 
