@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from bgmask.refine import CancelFn, Taps, _block_mean, _check, box_mean_1d, upscale
+from bgmask.refine import BlockUpscale, CancelFn, _block_mean, _check, box_mean_1d
 
 MAX_SHIFT = 100.0
 MAX_FEATHER = 500.0
@@ -210,10 +210,11 @@ def blur(alpha: np.ndarray, sigma: float, cancel: Optional[CancelFn] = None) -> 
     low = _block_mean(alpha[:, :, None], k, k, cancel)[0]
     low = _gaussian_small(low, math.sqrt(max(sigma * sigma - k * k / 4.0, 0.0)) / k, cancel)
     out = np.empty_like(alpha)
-    taps, cols = Taps.bilinear(H, low.shape[0], k), Taps.bilinear(W, low.shape[1], k)
-    for y0, y1 in _strips(H, W):
+    up = BlockUpscale(low, k, k, H, W)
+    for m in up.strips(STRIP_PIXELS):
         _check(cancel)
-        np.clip(upscale(low, taps.part(y0, y1), cols), 0.0, 1.0, out=out[y0:y1])
+        y0, y1 = up.pixel_rows(m)
+        np.clip(up(m)[0], 0.0, 1.0, out=out[y0:y1])
     return out
 
 

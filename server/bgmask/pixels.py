@@ -131,15 +131,18 @@ def _stacked(parts: list[Image.Image]) -> Image.Image:
 
 
 def model_rgb(data: memoryview | bytes, spec: ImageSpec, size: tuple[int, int]) -> np.ndarray:
-    """The image resized to the model's input size as float32 (3, h, w), sRGB-encoded in [0, 1].
+    """The image resized to the model's input size as contiguous float32 planes (3, h, w), sRGB-encoded in
+    [0, 1]: planar, as the model's input tensor is laid out.
 
     Alpha is ignored (as rembg does): the model sees the colours; fully transparent pixels are zeroed in the
     mask afterwards. Linear images are encoded before resizing, so a linear and a perceptual copy of the same
     picture give the model the same input (the models were trained on sRGB-encoded photos)."""
     rows = _U8Rows.of(data, spec)
     if rows is not None:
-        small = _resize_in_bands(rows, size).convert("RGB")
-        return np.asarray(small, dtype=np.float32).transpose(2, 0, 1) * np.float32(1.0 / 255.0)
+        bands = _resize_in_bands(rows, size).split()[:3]  # R, G, B (and the padding byte of RGBX)
+        planes = np.stack([np.asarray(band, dtype=np.float32) for band in bands])
+        planes *= np.float32(1.0 / 255.0)
+        return planes
     arr = view(data, spec)
     colour = (0, 1, 2) if spec.channels >= 3 else (0,)
     planes = [_resize_f(_encoded_channel(arr, c, spec), size) for c in colour]

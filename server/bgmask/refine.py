@@ -20,7 +20,7 @@ strips. Parameters were chosen with bench/quality.py."""
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 from PIL import Image
@@ -38,7 +38,7 @@ RowsSink = Callable[[int, int, np.ndarray], None]
 # edge), and regularisation in squared guide units (contrast well below sqrt(EPS) = 0.3 % is ignored).
 RADIUS = 3
 EPS = 1e-5
-STRIP_PIXELS = 1 << 20  # output pixels per strip: few enough strips that per-call overheads stay small, small enough for L3
+STRIP_PIXELS = 1 << 19  # output pixels per strip: few enough strips that per-call overheads stay small, small enough for L2
 TILE = 96  # grid cells a side of the tiles the slopes are fitted on
 SPAN_GAP = 8  # grid cells: sloped runs of a strip closer than this are upscaled as one (fewer, longer calls)
 CERTAIN = 1.0 / 256.0  # a prediction this close to 0 or 1 is taken as certain: the guide is not consulted
@@ -92,6 +92,81 @@ def upscale(low: np.ndarray, rows: Taps, cols: Taps) -> np.ndarray:
     top, left = int(rows.lo[0]), int(cols.lo[0])
     wide = cols.lerp(low[top:int(rows.lo[-1]) + 2, left:int(cols.lo[-1]) + 2], axis=1, first=left)
     return rows.lerp(wide, axis=0, first=top)
+
+
+class Blocks(NamedTuple):
+    """An upscale by an integer factor k along one axis, with centres aligned and edges clamped, seen as
+    blocks: the input padded by one repeated sample at each end, block m covers output samples
+    m * k - lead .. (m + 1) * k - lead and reads padded samples m and m + 1 with the same k weights in every
+    block. Upscaling whole blocks is then a broadcast multiply-add: no gathers, two passes over the output."""
+
+    k: int
+    lead: int  # output sample 0 is sample `lead` of block 0
+    f: np.ndarray  # float32 (k,): the weights of sample m + 1 at the block's k positions
+
+    @staticmethod
+    def of(k: int) -> "Blocks":
+        f = (np.arange(k, dtype=np.float64) + k // 2 + 0.5) / k - 0.5  # the fractional source positions
+        return Blocks(k, k - k // 2, f.astype(np.float32))
+
+    def covering(self, start: int, stop: int) -> tuple[int, int]:
+        """The blocks [m0, m1) whose samples include output samples start..stop."""
+        return (start + self.lead) // self.k, -(-(stop + self.lead) // self.k)
+
+    def first(self, m: int) -> int:
+        """The output sample where block m starts (negative for block 0)."""
+        return m * self.k - self.lead
+
+
+def pad_edges(low: np.ndarray) -> np.ndarray:
+    """(..., h, w) with its first and last rows and columns repeated: what Blocks read."""
+    return np.pad(low, [(0, 0)] * (low.ndim - 2) + [(1, 1), (1, 1)], mode="edge")
+
+
+def upscale_blocks(padded: np.ndarray, rows: Blocks, cols: Blocks, m: tuple[int, int], n: tuple[int, int]) -> np.ndarray:
+    """The bilinear upscale of maps (..., h + 2, w + 2) padded by pad_edges, over blocks m0..m1 of rows and
+    n0..n1 of columns: (..., (m1 - m0) * ky, (n1 - n0) * kx), each sample lo + (hi - lo) * f, as Taps.lerp
+    computes it (equal neighbours give exactly themselves). Columns first, on the few rows these read."""
+    (m0, m1), (n0, n1) = m, n
+    x = padded[..., m0:m1 + 1, n0:n1 + 1]
+    lead = x.shape[:-2]
+    # Column positions outermost while computing (numpy's inner loop then runs along a whole row, not
+    # over k samples), interleaved into pixel order by the reshape's copy.
+    wide = (x[..., 1:] - x[..., :-1])[..., None, :] * cols.f[:, None]
+    wide += x[..., None, :-1]
+    wide = wide.swapaxes(-1, -2).reshape(*lead, m1 - m0 + 1, (n1 - n0) * cols.k)
+    out = (wide[..., 1:, :] - wide[..., :-1, :])[..., None, :] * rows.f[:, None]
+    out += wide[..., :-1, None, :]
+    return out.reshape(*lead, (m1 - m0) * rows.k, (n1 - n0) * cols.k)
+
+
+class BlockUpscale:
+    """The bilinear upscale of maps (..., h, w) by integer factors (ky, kx) onto an (H, W) image (the grid may
+    overhang it by less than a block), computed for strips of whole row blocks: no sample is computed twice."""
+
+    def __init__(self, low: np.ndarray, ky: int, kx: int, height: int, width: int) -> None:
+        self.padded = pad_edges(low)
+        self.rows, self.cols = Blocks.of(ky), Blocks.of(kx)
+        self.height, self.width = height, width
+
+    def strips(self, pixels: int) -> list[tuple[int, int]]:
+        """Row blocks [m0, m1) of about `pixels` output samples each, covering the image."""
+        m0, m1 = self.rows.covering(0, self.height)
+        step = max(1, pixels // max(1, self.width * self.rows.k))
+        return [(m, min(m1, m + step)) for m in range(m0, m1, step)]
+
+    def pixel_rows(self, m: tuple[int, int]) -> tuple[int, int]:
+        return max(0, self.rows.first(m[0])), min(self.height, self.rows.first(m[1]))
+
+    def __call__(self, m: tuple[int, int], n: Optional[tuple[int, int]] = None, index: Any = ...) -> tuple[np.ndarray, int]:
+        """Maps `index` over row blocks m and column blocks n (all columns by default), cropped to the image:
+        (the samples, the image column of the first one)."""
+        n = n or self.cols.covering(0, self.width)
+        y0, y1 = self.pixel_rows(m)
+        x0, x1 = max(0, self.cols.first(n[0])), min(self.width, self.cols.first(n[1]))
+        top, left = y0 - self.rows.first(m[0]), x0 - self.cols.first(n[0])
+        out = upscale_blocks(self.padded[index], self.rows, self.cols, m, n)
+        return out[..., top:top + y1 - y0, left:left + max(0, x1 - x0)], x0
 
 
 def _destination(height: int, width: int, sink: Optional[RowsSink]) -> tuple[RowsSink, Optional[np.ndarray]]:
@@ -350,7 +425,10 @@ def refine(pred: np.ndarray, guide: np.ndarray, *, cancel: Optional[CancelFn] = 
         inter *= np.float32(unit)
         small = [_resize_f(inter[c], w, h, resample=Image.Resampling.BOX) for c in range(C)]
     else:
-        gs = np.asarray(guide_small, dtype=np.float32).reshape(h, w, -1)
+        gs = np.asarray(guide_small, dtype=np.float32)
+        gs = gs[:, :, None] if gs.ndim == 2 else gs  # no reshape: a transposed planar array stays a view
+        if gs.shape[:2] != (h, w):
+            raise ValueError(f"guide_small has shape {gs.shape}, the prediction {pred.shape}")
         if gs.shape[2] != C:
             raise ValueError(f"guide_small has {gs.shape[2]} channels, guide has {C}")
         small = [gs[:, :, c] for c in range(C)]
@@ -370,26 +448,24 @@ def refine(pred: np.ndarray, guide: np.ndarray, *, cancel: Optional[CancelFn] = 
     low = np.stack(planes)
     coef = _fit(low, p_low, radius, eps, cancel)
     coef[:C] *= np.float32(unit)  # slopes per stored guide unit: integer guides are never converted whole
-    sloped = np.any(coef[:C] != 0, axis=0)  # elsewhere a . I is exactly 0: only b is upscaled
+    sloped = pad_edges(np.any(coef[:C] != 0, axis=0))  # elsewhere a . I is exactly 0: only b is upscaled
+    up = BlockUpscale(coef, ky, kx, H, W)
     put, out = _destination(H, W, sink)
 
-    rows, cols = Taps.bilinear(H, hl, ky), Taps.bilinear(W, wl, kx)
-
-    def strip(span: tuple[int, int]) -> None:
-        y0, y1 = span
+    def strip(m: tuple[int, int]) -> None:
         _check(cancel)
-        taps = rows.part(y0, y1)
-        q = upscale(coef[C], taps, cols)
-        for c0, c1 in _spans(sloped[taps.lo[0]:taps.lo[-1] + 2].any(axis=0), gap=SPAN_GAP):
-            # The pixels that read any of these cells: the slopes are 0 everywhere else
-            x0, x1 = int(np.searchsorted(cols.lo, c0 - 1)), int(np.searchsorted(cols.lo, c1))
+        y0, y1 = up.pixel_rows(m)
+        q, _ = up(m, index=C)
+        reads = sloped[m[0]:m[1] + 1].any(axis=0)
+        for n in _spans(reads[:-1] | reads[1:], gap=SPAN_GAP):  # column blocks reading a sloped cell
+            a, x0 = up(m, n, index=slice(0, C))
+            x1 = x0 + a.shape[-1]
+            a *= np.moveaxis(guide[y0:y1, x0:x1], 2, 0)
             part = q[:, x0:x1]
             for c in range(C):
-                a = upscale(coef[c], taps, cols.part(x0, x1))
-                a *= guide[y0:y1, x0:x1, c]
-                part += a
+                part += a[c]
         np.clip(q, 0.0, 1.0, out=q)
         put(y0, y1, q)
 
-    parallel.run(strip, _strips(H, W))
+    parallel.run(strip, up.strips(STRIP_PIXELS))
     return out

@@ -85,7 +85,8 @@ class MattingSession:
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
         """(3, h, w) sRGB in [0, 1] at the model size -> the normalised NCHW input tensor."""
-        x = (rgb - self._mean) * self._inv_std
+        x = rgb - self._mean
+        x *= self._inv_std
         return np.ascontiguousarray(x[np.newaxis], dtype=np.float32)
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
