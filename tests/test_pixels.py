@@ -51,9 +51,10 @@ def test_strips_put_in_any_order_give_the_whole_masks_encoding(sample_type: str,
     whole = pipeline.place(alpha.copy(), spec, box, region)
 
     writer = pixels.MaskWriter(data, spec, out_type, box, region)
+    scale, offset = writer.encoding
     cuts = [0, 1, 17, 18, 90, alpha.shape[0]]
     for y0, y1 in reversed(list(zip(cuts, cuts[1:]))):
-        writer.put(y0, y1, alpha[y0:y1].copy())
+        writer.put(y0, y1, alpha[y0:y1] * np.float32(scale) + np.float32(offset))
     got = np.frombuffer(writer.result(), dtype=ALPHA_TYPES[out_type]).reshape(spec.height, spec.width)
     assert got.shape == (spec.height, spec.width)
     assert np.array_equal(got, expected(whole, hidden, out_type))

@@ -96,13 +96,13 @@ def compute_mask(
     writer = pixels.MaskWriter(data, spec, out_sample_type, box, options.region)
     # Without matte options or decontamination the mask is encoded strip by strip as it is finished.
     whole = any(options.matte_ops().values()) or options.decontaminate
-    sink = None if whole else writer.put
+    sink, encoding = (None, refine.PLAIN) if whole else (writer.put, writer.encoding)
     if options.refine:
         guide = pixels.guide_image(box_data, box_spec)
         guide_small = small.transpose(1, 2, 0) if guide.ndim == 3 else small[0]  # exactly what the model saw
-        alpha = refine.refine(pred, guide, guide_small=guide_small, cancel=cancel, sink=sink)
+        alpha = refine.refine(pred, guide, guide_small=guide_small, cancel=cancel, sink=sink, encoding=encoding)
     else:
-        alpha = refine.upsample(pred, box_spec.width, box_spec.height, sink=sink)
+        alpha = refine.upsample(pred, box_spec.width, box_spec.height, sink=sink, encoding=encoding)
     if alpha is not None:  # the matte options work on the whole mask, and so does decontamination
         alpha = matte_ops.apply_options(alpha, **options.matte_ops(), cancel=cancel)
         writer.put_all(alpha)  # also zeroes the transparent pixels in `alpha`, as the colours need

@@ -172,7 +172,9 @@ class MaskWriter:
                  box: Optional[tuple[int, int, int, int]] = None,
                  region: Optional[tuple[int, int, int, int]] = None) -> None:
         self.dtype = DTYPES[sample_type]
-        self.scale = None if sample_type == "f32" else float(np.iinfo(self.dtype).max)
+        # What put() takes: mask * scale + offset. Integers are stored by a truncating cast, so offset 0.5
+        # rounds to the nearest level.
+        self.encoding = (1.0, 0.0) if sample_type == "f32" else (float(np.iinfo(self.dtype).max), 0.5)
         self.out = np.zeros((spec.height, spec.width), dtype=self.dtype)
         self.alpha = view(data, spec)[..., spec.channels - 1] if spec.channels in (2, 4) else None
         self.float_alpha = spec.sample_type in ("f16", "f32")
@@ -188,8 +190,10 @@ class MaskWriter:
         x, y, w, h = region if region is not None else (0, 0, spec.width, spec.height)
         self.region = (x, y, x + w, y + h)
 
-    def put(self, y0: int, y1: int, rows: np.ndarray) -> None:
-        """Rows y0..y1 of the box, float32 in [0, 1]; zeroed in place where the image is fully transparent."""
+    def put(self, y0: int, y1: int, rows: np.ndarray, encoded: bool = True) -> None:
+        """Rows y0..y1 of the box as float32: encoded (mask * scale + offset, within [offset, scale + offset];
+        see `encoding`) or, with encoded=False, the mask itself in [0, 1]. Zeroed in place where the image
+        is fully transparent."""
         ox, oy = self.origin
         rx0, ry0, rx1, ry1 = self.region
         top, bottom = max(y0 + oy, ry0), min(y1 + oy, ry1)
@@ -200,13 +204,11 @@ class MaskWriter:
         hidden = self._transparent(top, bottom, left, right)
         if hidden is not None:
             part[hidden] = 0.0
-        dst = self.out[top:bottom, left:right]
-        if self.scale is None:
-            dst[...] = part
-            return
-        tmp = part * np.float32(self.scale)
-        tmp += np.float32(0.5)  # rounded: the cast truncates values in [0.5, scale + 0.5]
-        np.copyto(dst, tmp, casting="unsafe")
+        scale, offset = self.encoding
+        if not encoded and (scale, offset) != (1.0, 0.0):
+            part = part * np.float32(scale)
+            part += np.float32(offset)
+        np.copyto(self.out[top:bottom, left:right], part, casting="unsafe")
 
     def _transparent(self, top: int, bottom: int, left: int, right: int) -> Optional[np.ndarray]:
         """Boolean mask of the fully transparent pixels of this rectangle of the image, None if it has none."""
@@ -219,9 +221,9 @@ class MaskWriter:
         return hidden if hidden.any() else None
 
     def put_all(self, mask: np.ndarray) -> None:
-        """A whole float32 mask of the box at once, in strips on all cores; zeroed in place like put()."""
+        """A whole float32 mask of the box in [0, 1] at once, in strips on all cores; zeroed in place like put()."""
         step = max(1, (1 << 20) // max(1, mask.shape[1]))
-        parallel.run(lambda y: self.put(y, min(mask.shape[0], y + step), mask[y:y + step]),
+        parallel.run(lambda y: self.put(y, min(mask.shape[0], y + step), mask[y:y + step], encoded=False),
                      range(0, mask.shape[0], step))
 
     def result(self) -> memoryview:
