@@ -119,6 +119,54 @@ def test_refine_never_leaves_the_unit_interval(h, w, H, W, channels, seed, extre
     assert out.min() >= 0.0 and out.max() <= 1.0
 
 
+@pytest.mark.parametrize("h, w, ky, kx, H, W", [
+    (7, 9, 4, 6, 27, 51),      # the grid overhangs the image by less than a block on both sides
+    (5, 5, 1, 1, 5, 5),        # no upscale at all
+    (3, 8, 12, 19, 36, 152),   # U2-Netp's factors at 24 MP
+    (1, 4, 3, 2, 2, 8),        # one grid row
+    (6, 2, 5, 7, 30, 14),
+])
+def test_upscaling_by_blocks_is_the_bilinear_upscale(h, w, ky, kx, H, W):
+    """Every strip and column span of BlockUpscale gives exactly what the general bilinear upscale (Taps)
+    gives at those pixels, and equal neighbours stay exactly themselves."""
+    rng = np.random.default_rng(ky * 100 + kx)
+    low = rng.random((2, h, w)).astype(np.float32)
+    low[:, :, 0] = 1.0
+    want = np.stack([R.upscale(plane, R.Taps.bilinear(H, h, ky), R.Taps.bilinear(W, w, kx)) for plane in low])
+    up = R.BlockUpscale(low, ky, kx, H, W)
+    got = np.full((2, H, W), np.nan, np.float32)
+    for m in up.strips(pixels=2 * W * ky):
+        y0, y1 = up.pixel_rows(m)
+        n_all = up.cols.covering(0, W)
+        for n in [(n_all[0], (n_all[0] + n_all[1]) // 2), ((n_all[0] + n_all[1]) // 2, n_all[1])]:
+            part, x0 = up(m, n)
+            got[:, y0:y1, x0:x0 + part.shape[-1]] = part
+    assert np.array_equal(got, want), np.nanmax(np.abs(got - want))
+    assert (got[:, :, :max(1, kx // 2)] == 1.0).all(), "columns reading only the constant column stay exact"
+
+
+@pytest.mark.parametrize("sample_type", ["u8", "u16"])
+def test_strips_encoded_for_integers_are_the_rounded_mask(sample_type: str):
+    """With the integer scale and rounding offset folded in, the strips a sink receives truncate to the
+    plain mask rounded to the nearest level (within one level where a value sits on a half level), and exact
+    0 and 1 stay exact."""
+    alpha, image, _ = disk_scene(300, 400, 90)
+    pred = area_down(alpha, 64, 48).copy()
+    pred[:, :8] = 0.0
+    top = 255.0 if sample_type == "u8" else 65535.0
+    plain = R.refine(pred, image)
+    got = np.zeros(plain.shape, np.float64)
+
+    def sink(y0: int, y1: int, rows: np.ndarray) -> None:
+        got[y0:y1] = np.floor(rows)
+
+    assert R.refine(pred, image, sink=sink, encoding=(top, 0.5)) is None
+    want = np.floor(plain.astype(np.float64) * top + 0.5)
+    assert np.abs(got - want).max() <= 1
+    assert (got[want == 0] == 0).all() and (got[want == top] == top).all()
+    assert (got[:, :20] == 0).all(), "a flat 0 prediction stays exactly 0"
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 700), (700, 1), (2, 3)])
 def test_tiny_and_one_pixel_wide_images(shape):
     pred = np.full((320, 320), 0.25, np.float32)
