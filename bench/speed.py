@@ -16,6 +16,7 @@ ever adds time, so the minimum is the closest to what the code costs; medians ar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -262,34 +263,38 @@ def rgba(path: Path) -> tuple[bytes, int, int]:
 
 
 def bench_bgmask(model: str, label: str, image: Path, repeat: int, tmp: Path) -> dict[str, Any]:
-    """bgmask end to end against a warm daemon, a fresh one per size so its peak RSS belongs to that size."""
+    """bgmask end to end against a warm daemon, a fresh one per size so its peak RSS belongs to that size.
+    The four ways (transport x refinement) run interleaved, one call of each per round, so that a slow spell
+    of this shared machine hits them alike instead of spoiling one of them whole."""
     data, w, h = rgba(image)
     daemon = Daemon(model, tmp / f"daemon-{model}-{label}")
     try:
         time.sleep(0.5)
         idle = daemon.rss()
         out: dict[str, Any] = {"width": w, "height": h, "idle_rss": idle, "runs": {}}
-        with RssSampler(daemon.pid) as sampler:
-            for transport in TRANSPORTS:
-                with daemon.client(transport) as client:
-                    for refine in (True, False):
-                        key = f"{transport}/{'refine' if refine else 'plain'}"
-                        busy = wait_quiet(f"bgmask {model} {label} {key}")
+        ways = [(transport, refine) for transport in TRANSPORTS for refine in (True, False)]
+        key = {way: f"{way[0]}/{'refine' if way[1] else 'plain'}" for way in ways}
+        with RssSampler(daemon.pid) as sampler, contextlib.ExitStack() as stack:
+            clients = {transport: stack.enter_context(daemon.client(transport)) for transport in TRANSPORTS}
 
-                        def call() -> Any:
-                            return client.remove_full(data, w, h, 4, "u8", model=model, options={"refine": refine})
+            def call(way: tuple[str, bool]) -> Any:
+                return clients[way[0]].remove_full(data, w, h, 4, "u8", model=model, options={"refine": way[1]})
 
-                        call()  # warm-up: first touch of buffers of this size
-                        times, results = [], []
-                        for _ in range(repeat):
-                            t = time.perf_counter()
-                            result = call()
-                            times.append(time.perf_counter() - t)
-                            results.append(result)
-                        assert len(result.mask) == w * h
-                        best = results[times.index(min(times))]
-                        out["runs"][key] = dict(stats(times), timings=best.header.get("timings"), busy_before=busy)
-                        log(f"  bgmask {model} {label} {key}: {min(times):.3f} s  {best.header.get('timings')}")
+            for way in ways:
+                assert len(call(way).mask) == w * h  # warm-up: first touch of buffers of this size
+            busy = wait_quiet(f"bgmask {model} {label}")
+            times: dict[tuple[str, bool], list[float]] = {way: [] for way in ways}
+            best: dict[tuple[str, bool], Any] = {}
+            for _ in range(repeat):
+                for way in ways:
+                    t = time.perf_counter()
+                    result = call(way)
+                    times[way].append(time.perf_counter() - t)
+                    if times[way][-1] == min(times[way]):
+                        best[way] = result
+            for way in ways:
+                out["runs"][key[way]] = dict(stats(times[way]), timings=best[way].header.get("timings"), busy_before=busy)
+                log(f"  bgmask {model} {label} {key[way]}: {min(times[way]):.3f} s  {best[way].header.get('timings')}")
         out["peak_rss_requests"] = sampler.peak
         out["peak_rss"] = proc_status(daemon.pid, "VmHWM:")
         out["rss_right_after"] = daemon.rss()
