@@ -140,7 +140,9 @@ def model_rgb(data: memoryview | bytes, spec: ImageSpec, size: tuple[int, int]) 
     rows = _U8Rows.of(data, spec)
     if rows is not None:
         bands = _resize_in_bands(rows, size).split()[:3]  # R, G, B (and the padding byte of RGBX)
-        planes = np.stack([np.asarray(band, dtype=np.float32) for band in bands])
+        planes = np.empty((3, size[1], size[0]), dtype=np.float32)
+        for plane, band in zip(planes, bands):
+            plane[...] = np.asarray(band)  # cast straight into place: no float copy per band
         planes *= np.float32(1.0 / 255.0)
         return planes
     arr = view(data, spec)

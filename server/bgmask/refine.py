@@ -43,7 +43,7 @@ PLAIN: Encoding = (1.0, 0.0)
 # edge), and regularisation in squared guide units (contrast well below sqrt(EPS) = 0.3 % is ignored).
 RADIUS = 3
 EPS = 1e-5
-STRIP_PIXELS = 1 << 19  # output pixels per strip: few enough strips that per-call overheads stay small, small enough for L2
+STRIP_PIXELS = 1 << 19  # output pixels per strip: few enough that per-call overheads stay small; a map is 2 MB, about a core's L2
 TILE = 96  # grid cells a side of the tiles the slopes are fitted on
 SPAN_GAP = 8  # grid cells: sloped runs of a strip closer than this are upscaled as one (fewer, longer calls)
 CERTAIN = 1.0 / 256.0  # a prediction this close to 0 or 1 is taken as certain: the guide is not consulted
@@ -422,7 +422,7 @@ def refine(pred: np.ndarray, guide: np.ndarray, *, cancel: Optional[CancelFn] = 
     luma (foreground and background often differ in hue more than in brightness).
     guide_small: optional, the same guide at the prediction's resolution ((h, w) or (h, w, 3)), ideally
     exactly what the model saw (its input before normalisation, reduced to luma for a luma guide); when
-    absent it is area-averaged from `guide`. Returns float32 (H, W) in [0, 1].
+    absent it is area-averaged from `guide`. Returns float32 (H, W) in [0, 1] (with the default `encoding`).
 
     The result is q = a . I + b per pixel, a and b bilinear from a grid near the prediction's resolution:
     a is the least-squares slope of prediction against guide over windows of 2 * radius + 1 cells
