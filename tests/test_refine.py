@@ -247,6 +247,27 @@ def test_fitting_tile_by_tile_gives_the_whole_grids_fit(monkeypatch: pytest.Monk
     assert edge.sum() > 1000, "the outline was refined, not just upsampled"
 
 
+def test_fitting_only_near_the_outline_matches_fitting_everywhere_within_a_few_levels(monkeypatch):
+    """The slopes are fitted only within two window radii of an uncertain prediction. Real predictions ripple
+    below 1/256 with the background's texture, and a fit of the whole grid turns those ripples into small
+    slopes everywhere: leaving them out must change an 8-bit mask by at most a level, and nothing on the
+    outline itself. (A reach one cell shorter gives 3.5 levels a few cells out; two cells, 8 levels; three,
+    a blurred outline.)"""
+    alpha, image, dist = disk_scene(H=900, W=1200, radius=200.0)
+    pred = area_down(alpha, 320, 320)
+    luma = area_down(image.mean(axis=2), 320, 320)
+    ripple = np.clip(0.05 * (luma - luma.mean()), -0.0015, 0.0015)  # follows the texture, stays certain
+    pred = np.where(pred < 0.5, np.maximum(pred, 0.002) + ripple, np.minimum(pred, 0.998) - ripple).astype(np.float32)
+    near = R.refine(pred, image)
+    monkeypatch.setattr(R, "_near", lambda flags, reach: np.ones_like(flags))
+    everywhere = R.refine(pred, image)
+    levels = np.abs(near - everywhere) * 255
+    assert levels.max() <= 1, levels.max()
+    outline = np.abs(dist - 200.0) < 12.0  # three model pixels either side
+    assert levels[outline].max() < 0.01, levels[outline].max()
+    assert levels[np.abs(dist - 200.0) > 100].max() > 0.2, "the ripples give the whole grid's fit slopes far out"
+
+
 @pytest.mark.parametrize("size", [(6000, 4000), (1225, 817), (2000, 3001), (300, 200)])
 @pytest.mark.parametrize("model", [(320, 320), (1024, 1024)])
 def test_model_input_resized_in_parallel_bands_is_pillows_resize(size, model):
