@@ -204,6 +204,36 @@ def _start_or_error(dirs: dict) -> Any:
         return exc
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no RLIMIT_NOFILE")
+def test_hundreds_of_idle_connections_do_not_lock_the_next_client_out(bc: ModuleType, isolated_dirs: dict) -> None:
+    """A script that leaves its connections open must not use up the daemon's file descriptors: started
+    under a soft limit of 160 (desktops start programs under 1024), the daemon lifts it to the hard limit,
+    and a real client still gets an answer while 400 connections sit idle."""
+    idle, infinite = 400, resource.RLIM_INFINITY
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != infinite and hard < 2 * idle:
+        pytest.skip(f"the hard limit on open files here is {hard}")
+    if soft != infinite and soft < 2 * idle:  # our own ends of the connections
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2 * idle, hard))
+    conns: list[socket.socket] = []
+    try:
+        d = start_daemon(isolated_dirs, *SMALL, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (160, hard)))
+        host, port = d.endpoint[len("tcp://"):].rsplit(":", 1)
+        try:
+            for _ in range(idle):
+                conns.append(socket.create_connection((host, int(port)), timeout=5))
+            time.sleep(0.5)  # the daemon's I/O thread accepts them
+            client = bc.Client(endpoint=d.endpoint, token=d.token, timeout=10)
+            assert client.hello()["protocol"] == 1
+            client.close()
+        finally:
+            for c in conns:
+                c.close()
+            assert d.stop() == 0
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 # ------------------------------------------------------------------------------------------------ models
 @pytest.fixture(scope="module")
 def u2netp_file(model_cache: Path) -> Path:

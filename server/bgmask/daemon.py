@@ -120,6 +120,26 @@ def keep_freed_blocks() -> None:
         pass
 
 
+def raise_open_file_limit() -> None:
+    """Lift the soft limit on open files to the hard one. Each client connection holds a file descriptor, and
+    at a desktop's usual soft limit of 1024 a script that leaves connections open could use them all up:
+    libzmq then cannot accept the next client (and retries the accept in a busy loop until one closes)."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit on sockets
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = [hard] if hard != resource.RLIM_INFINITY else []
+    for limit in wanted + [1 << 20, 1 << 16, 10240]:  # an unlimited hard limit still has a kernel ceiling
+        if soft != resource.RLIM_INFINITY and soft >= limit:
+            return
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+            return
+        except (ValueError, OSError):
+            continue
+
+
 def return_free_heap() -> None:
     """Give the C heap's free pages back to the system (glibc keeps freed small and mid-sized blocks, such as
     the pipeline's per-request arrays, for reuse): an idle daemon's RSS then falls back near its idle level."""
@@ -150,6 +170,7 @@ class Daemon:
 
     def __init__(self, config: DaemonConfig) -> None:
         keep_freed_blocks()
+        raise_open_file_limit()
         self.config = config
         self.choice = providers.choose(config.device, config.threads)
         self.pool = SessionPool(self.choice, config.memory_budget, config.idle_unload_s)
