@@ -2,7 +2,9 @@
 
 Run by bench/speed.py (`python bench/_ort_worker.py JSON`); prints one JSON line. Several configurations
 run interleaved (one inference of each per round), because this machine is shared and a slow spell then
-hits every configuration alike; the minimum over rounds is the figure, the median shows the noise.
+hits every configuration alike; the minimum over rounds is the figure, the median shows the noise. With
+`serve` true it runs a round for each line "run" on its standard input instead, printing each round's wall
+times as a JSON line: speed.py interleaves those rounds with the calls it times elsewhere.
 
 A configuration is a map: `file` "shipped" (the cached model file as downloaded) or "prepared" (rewritten
 by bgmask.modelprep); `daemon` true takes the daemon's own session from its SessionPool instead (whatever
@@ -121,6 +123,18 @@ def main() -> None:
     first = [r(tensor) for r in runners]  # warm-up, and the outputs to compare
     if "save_output" in args:
         np.save(args["save_output"], first[0])
+    if args.get("serve"):
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            if line.strip() != "run":
+                break
+            times = []
+            for r in runners:
+                t = time.perf_counter()
+                r(tensor)
+                times.append(time.perf_counter() - t)
+            print(json.dumps({"times": times}), flush=True)
+        return
     wall: list[list[float]] = [[] for _ in runners]
     cpu: list[list[float]] = [[] for _ in runners]
     for _ in range(args["rounds"]):

@@ -262,10 +262,12 @@ def rgba(path: Path) -> tuple[bytes, int, int]:
     return img.tobytes(), img.width, img.height
 
 
-def bench_bgmask(model: str, label: str, image: Path, repeat: int, tmp: Path) -> dict[str, Any]:
+def bench_bgmask(model: str, label: str, image: Path, repeat: int, tmp: Path,
+                 floor: Optional[FloorRounds] = None) -> dict[str, Any]:
     """bgmask end to end against a warm daemon, a fresh one per size so its peak RSS belongs to that size.
     The four ways (transport x refinement) run interleaved, one call of each per round, so that a slow spell
-    of this shared machine hits them alike instead of spoiling one of them whole."""
+    of this shared machine hits them alike instead of spoiling one of them whole; with `floor`, each round
+    also takes a floor run first (its minimum is this size's floor)."""
     data, w, h = rgba(image)
     daemon = Daemon(model, tmp / f"daemon-{model}-{label}")
     try:
@@ -285,13 +287,19 @@ def bench_bgmask(model: str, label: str, image: Path, repeat: int, tmp: Path) ->
             busy = wait_quiet(f"bgmask {model} {label}")
             times: dict[tuple[str, bool], list[float]] = {way: [] for way in ways}
             best: dict[tuple[str, bool], Any] = {}
+            floor_times: list[float] = []
             for _ in range(repeat):
+                if floor is not None:
+                    floor_times.append(floor.once())
                 for way in ways:
                     t = time.perf_counter()
                     result = call(way)
                     times[way].append(time.perf_counter() - t)
                     if times[way][-1] == min(times[way]):
                         best[way] = result
+            if floor_times:
+                out["floor"] = stats(floor_times)
+                log(f"  floor {model}, interleaved with {label}: {min(floor_times):.3f} s")
             for way in ways:
                 out["runs"][key[way]] = dict(stats(times[way]), timings=best[way].header.get("timings"), busy_before=busy)
                 log(f"  bgmask {model} {label} {key[way]}: {min(times[way]):.3f} s  {best[way].header.get('timings')}")
@@ -316,13 +324,54 @@ def ort_worker(model: str, files: dict[str, str], image: Path, configs: list[dic
     return run_json([sys.executable, str(BENCH / "_ort_worker.py"), json.dumps(args)], env=dict(server_env(), **(env or {})))
 
 
+class FloorRounds:
+    """The floor in a worker process of its own that runs one session.run per call of once(), so that
+    bench_bgmask can take a floor run in every round: the floor and bgmask then see the same spells of this
+    shared machine, and each size's ratio compares minima of as many tries made at the same times."""
+
+    def __init__(self, model: str, files: dict[str, Path], tensor: Path) -> None:
+        args = {"model": model, "files": {"shipped": str(files[model])}, "configs": [FLOOR], "rounds": 0,
+                "tensor": str(tensor), "serve": True}
+        self.proc = subprocess.Popen([sys.executable, str(BENCH / "_ort_worker.py"), json.dumps(args)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=server_env())
+        self._read()  # loaded and warmed up
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the floor worker exited ({self.proc.wait()})")
+        return json.loads(line)
+
+    def once(self) -> float:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        took = float(self._read()["times"][0])
+        time.sleep(0.05)  # ORT's default pool threads spin a moment after a run: not into the next call
+        return took
+
+    def __enter__(self) -> "FloorRounds":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()  # end of input: the worker returns
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def bench_floor(model: str, files: dict[str, Path], image: Path, rounds: int,
-                earlier: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                earlier: Optional[dict[str, Any]] = None, tensor: Optional[Path] = None) -> dict[str, Any]:
     """session.run alone on the prepared input: the shipped file with ORT defaults, and the daemon's session,
     interleaved. Measured before and again after the model's other parts; `earlier` is the first sitting,
     whose runs are merged in, so one busy spell cannot make the floor."""
     wait_quiet(f"the floor of {model}")
-    res = ort_worker(model, {"shipped": str(files[model])}, image, [FLOOR, DAEMON_TODAY], rounds)
+    res = ort_worker(model, {"shipped": str(files[model])}, image, [FLOOR, DAEMON_TODAY], rounds,
+                     {"save_tensor": str(tensor)} if tensor else None)
     out = {}
     for key, r in zip(("floor", "daemon_session"), res["results"]):
         if earlier:
@@ -462,10 +511,13 @@ def report(res: dict[str, Any]) -> list[str]:
             b = m.get("bgmask", {}).get(label)
             r = m.get("rembg", {}).get(label)
             rembg_s = r["min_s"] if r else None
+            here = size_floor(b, floor) if b else floor
+            if b and "floor" in b:
+                add(f"{label:<6}{'floor, interleaved':<18}{b['floor']['min_s']:>9.3f}")
             for key in (b["runs"] if b else []):
                 run = b["runs"][key]
                 infer = (run.get("timings") or {}).get("inference")
-                add(f"{label:<6}{key:<18}{run['min_s']:>9.3f}{fmt(infer):>9}{fmt(ratio(run['min_s'], floor), 2):>9}"
+                add(f"{label:<6}{key:<18}{run['min_s']:>9.3f}{fmt(infer):>9}{fmt(ratio(run['min_s'], here), 2):>9}"
                     f"{fmt(rembg_s):>9}{fmt(ratio(run['min_s'], rembg_s), 2):>9}")
             if not b and r:
                 add(f"{label:<6}{'(rembg only)':<18}{'-':>9}{'-':>9}{'-':>9}{rembg_s:>9.3f}{'-':>9}")
@@ -499,6 +551,12 @@ def report(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def size_floor(b: dict[str, Any], floor: Optional[float]) -> Optional[float]:
+    """The floor a size's figures are divided by: the floor runs interleaved with that size's rounds, else
+    the floor's own sittings."""
+    return b.get("floor", {}).get("min_s", floor)
+
+
 def ratios(res: dict[str, Any]) -> dict[str, dict[str, Optional[float]]]:
     out: dict[str, dict[str, Optional[float]]] = {}
     for model in res["models"]:
@@ -512,12 +570,13 @@ def ratios(res: dict[str, Any]) -> dict[str, dict[str, Optional[float]]]:
                 continue
             best = {k: v["min_s"] for k, v in b["runs"].items()}
             default = best.get("pyzmq/refine")
-            r[f"e2e_{label}/floor"] = ratio(default, floor)
-            r[f"e2e_{label}/floor builtin"] = ratio(best.get("builtin/refine"), floor)
+            here = size_floor(b, floor)
+            r[f"e2e_{label}/floor"] = ratio(default, here)
+            r[f"e2e_{label}/floor builtin"] = ratio(best.get("builtin/refine"), here)
             r[f"e2e_{label}/rembg"] = ratio(default, rb["min_s"] if rb else None)
             if label == res["sizes"][0]:
                 infer = min((v.get("timings") or {}).get("inference", float("inf")) for v in b["runs"].values())
-                r["inference/floor"] = ratio(infer, floor)
+                r["inference/floor"] = ratio(infer, here)
             r[f"peak_rss_{label}/rembg"] = ratio(b["peak_rss"], rb["peak_rss"] if rb else None)
         c = m.get("cold")
         if c:
@@ -535,7 +594,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--parts", default=",".join(PARTS[:-1]), help=f"what to run (default all but experiments): {','.join(PARTS)}")
     p.add_argument("--experiments", action="store_true", help="also run the ORT session experiments")
     p.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, help=f"timed runs per figure (default {DEFAULT_REPEAT}); the floor runs at least 5"
-                   " in each of its two sittings, and bgmask end to end as many rounds as the floor has runs")
+                   " in each of its two sittings, and bgmask end to end twice that many rounds, each with a floor"
+                   " run of its own")
     p.add_argument("--cold-size", default="1mp", help="image size of the one-file CLI comparison (default 1mp)")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/speed-<date>.json)")
     p.add_argument("--server", type=Path, default=SERVER,
@@ -586,13 +646,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             repeat = args.repeat
             floor_rounds = max(repeat, 5)  # per sitting; the floor sits twice
             log(f"{model} ({files[model].name})")
+            tensor = tmp / f"tensor-{model}.npy"
             if "floor" in args.parts:
-                m["floor"] = bench_floor(model, files, images[args.sizes[0]], floor_rounds)
+                m["floor"] = bench_floor(model, files, images[args.sizes[0]], floor_rounds, tensor=tensor)
             if "bgmask" in args.parts:
-                # As many rounds as the floor has runs: a ratio of two minima is only fair when both are the
-                # minimum of the same number of tries on this noisy machine.
-                rounds = 2 * floor_rounds if "floor" in args.parts else repeat
-                m["bgmask"] = {s: bench_bgmask(model, s, images[s], rounds, tmp) for s in args.sizes}
+                with contextlib.ExitStack() as stack:
+                    floor = stack.enter_context(FloorRounds(model, files, tensor)) if "floor" in args.parts else None
+                    rounds = 2 * floor_rounds if floor is not None else repeat
+                    m["bgmask"] = {s: bench_bgmask(model, s, images[s], rounds, tmp, floor) for s in args.sizes}
             if "rembg" in args.parts:
                 m["rembg"] = {s: bench_rembg(model, images[s], repeat) for s in args.sizes}
             if "cold" in args.parts:
