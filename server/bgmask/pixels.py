@@ -96,25 +96,25 @@ class _U8Rows:
 
 
 def _resize_in_bands(rows: _U8Rows, size: tuple[int, int]) -> Image.Image:
-    """What Pillow's resize(size, RESAMPLE, reducing_gap=REDUCING_GAP) gives, on all cores: the pass over
-    the full-resolution rows (the integer reduce of a large shrink, else the resize itself) is done on
-    horizontal bands in parallel, each band its own image over the client's bytes."""
+    """What Pillow's resize(size, RESAMPLE, reducing_gap=REDUCING_GAP) gives (within a level: Pillow places a
+    band's filter from its own box), on all cores: each horizontal band of the output is made by its own
+    thread from the rows it reads, over the client's bytes. A large shrink first takes Pillow's integer
+    reduce of those rows, aligned to the reduce's blocks, exactly as the whole image's reduce would."""
     W, H = rows.width, rows.height
     w, h = size
     fx, fy = int(W / w / REDUCING_GAP) or 1, int(H / h / REDUCING_GAP) or 1
     bands = max(1, min(parallel.THREADS, H // (fy * 64)))
-    if fx > 1 or fy > 1:  # as Pillow does: reduce by (fx, fy), then resize what is left
-        n = -(-H // fy)
-        cuts = [min(H, n * i // bands * fy) for i in range(bands)] + [H]
-        reduced = _stacked(parallel.run(lambda i: rows.band(cuts[i], cuts[i + 1]).reduce((fx, fy)), range(bands)))
-        return reduced.resize(size, RESAMPLE, box=(0, 0, W / fx, H / fy))
-    scale = H / h
-    reach = int(scale) + 2  # the bilinear filter's support when shrinking, in input rows
+    scale = H / fy / h  # rows of the (reduced) image per output row
+    reach = int(scale) + 2  # the bilinear filter's support when shrinking, in those rows
+    rows_in = -(-H // fy)
 
     def resize_band(i: int) -> Image.Image:
         top, bottom = cuts[i] * scale, cuts[i + 1] * scale
-        y0, y1 = max(0, int(top) - reach), min(H, int(bottom) + reach + 1)
-        return rows.band(y0, y1).resize((w, cuts[i + 1] - cuts[i]), RESAMPLE, box=(0, top - y0, W, bottom - y0))
+        r0, r1 = max(0, int(top) - reach), min(rows_in, int(bottom) + reach + 1)
+        band = rows.band(r0 * fy, min(H, r1 * fy))
+        if fx > 1 or fy > 1:  # as Pillow does: reduce by (fx, fy), then resize what is left
+            band = band.reduce((fx, fy))
+        return band.resize((w, cuts[i + 1] - cuts[i]), RESAMPLE, box=(0, top - r0, W / fx, bottom - r0))
 
     cuts = [h * i // bands for i in range(bands)] + [h]
     return _stacked(parallel.run(resize_band, range(bands)))
