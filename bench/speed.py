@@ -2,7 +2,7 @@
 
 One command, from the repository root:
 
-    python bench/speed.py                      # everything but the optimisation experiments (~10 min)
+    python bench/speed.py                      # everything but the optimisation experiments (~15 min)
     python bench/speed.py --experiments        # also the ORT session experiments behind the proposals
     python bench/speed.py --models u2netp --sizes 1mp --parts floor,bgmask
 
