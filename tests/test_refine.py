@@ -247,7 +247,7 @@ def test_fitting_tile_by_tile_gives_the_whole_grids_fit(monkeypatch: pytest.Monk
     assert edge.sum() > 1000, "the outline was refined, not just upsampled"
 
 
-def test_fitting_only_near_the_outline_matches_fitting_everywhere_within_a_few_levels(monkeypatch):
+def test_fitting_only_near_the_outline_matches_fitting_everywhere_within_a_level(monkeypatch: pytest.MonkeyPatch) -> None:
     """The slopes are fitted only within two window radii of an uncertain prediction. Real predictions ripple
     below 1/256 with the background's texture, and a fit of the whole grid turns those ripples into small
     slopes everywhere: leaving them out must change an 8-bit mask by at most a level, and nothing on the

@@ -380,7 +380,7 @@ def _fit(low: np.ndarray, p_low: np.ndarray, radius: int, eps: float,
     b there. Farther out the whole grid's slopes only follow the prediction's sub-1/256 ripples in a certain
     region: keeping them two cells farther out, as before, changed 8-bit masks by at most 2 levels, at under
     0.03 % of the pixels (U2-Netp and IS-Net on bench/quality.py's scenes, whose scores did not move), for
-    17 % more cells to fit and 12 % more pixels to slope on bench/speed.py's 24 MP photo. The
+    26 % more cells to fit and 21 % more pixels to slope (U2-Netp on bench/speed.py's 24 MP photo). The
     fit runs tile by tile, on the bounding box of the cells it needs in each tile, with a halo of two window
     radii (all a coefficient depends on). One thread fits them all: a tile's numpy calls are short, and two
     threads making short calls spend longer handing the GIL to each other than they gain (measured: 47 ms
