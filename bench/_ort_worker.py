@@ -109,6 +109,16 @@ def normalised(pred: np.ndarray) -> np.ndarray:
     return (pred - lo) / max(hi - lo, 1e-12)
 
 
+def one_round(runners: list[Runner], tensor: np.ndarray) -> list[tuple[float, float]]:
+    """One inference of each configuration in turn: (wall, process CPU) seconds of each."""
+    out = []
+    for r in runners:
+        c, t = time.process_time(), time.perf_counter()
+        r(tensor)
+        out.append((time.perf_counter() - t, time.process_time() - c))
+    return out
+
+
 def main() -> None:
     args = json.loads(sys.argv[1])
     spec = Catalog.load().get(args["model"])
@@ -128,21 +138,14 @@ def main() -> None:
         for line in sys.stdin:
             if line.strip() != "run":
                 break
-            times = []
-            for r in runners:
-                t = time.perf_counter()
-                r(tensor)
-                times.append(time.perf_counter() - t)
-            print(json.dumps({"times": times}), flush=True)
+            print(json.dumps({"times": [w for w, _ in one_round(runners, tensor)]}), flush=True)
         return
     wall: list[list[float]] = [[] for _ in runners]
     cpu: list[list[float]] = [[] for _ in runners]
     for _ in range(args["rounds"]):
-        for i, r in enumerate(runners):
-            c, t = time.process_time(), time.perf_counter()
-            r(tensor)
-            wall[i].append(time.perf_counter() - t)
-            cpu[i].append(time.process_time() - c)
+        for i, (w, c) in enumerate(one_round(runners, tensor)):
+            wall[i].append(w)
+            cpu[i].append(c)
     ref = normalised(first[0])
     results = []
     for r, w, c, out in zip(runners, wall, cpu, first):

@@ -318,10 +318,14 @@ FLOOR = {"name": "floor", "file": "shipped"}  # ORT defaults on the shipped file
 DAEMON_TODAY = {"name": "daemon session (its file and options)", "daemon": True}
 
 
+def worker_command(args: dict[str, Any]) -> list[str]:
+    return [sys.executable, str(BENCH / "_ort_worker.py"), json.dumps(args)]
+
+
 def ort_worker(model: str, files: dict[str, str], image: Path, configs: list[dict], rounds: int,
                extra: Optional[dict] = None, env: Optional[dict[str, str]] = None) -> dict:
     args = dict({"model": model, "files": files, "image": str(image), "configs": configs, "rounds": rounds}, **(extra or {}))
-    return run_json([sys.executable, str(BENCH / "_ort_worker.py"), json.dumps(args)], env=dict(server_env(), **(env or {})))
+    return run_json(worker_command(args), env=dict(server_env(), **(env or {})))
 
 
 class FloorRounds:
@@ -330,10 +334,10 @@ class FloorRounds:
     shared machine, and each size's ratio compares minima of as many tries made at the same times."""
 
     def __init__(self, model: str, files: dict[str, Path], tensor: Path) -> None:
-        args = {"model": model, "files": {"shipped": str(files[model])}, "configs": [FLOOR], "rounds": 0,
-                "tensor": str(tensor), "serve": True}
-        self.proc = subprocess.Popen([sys.executable, str(BENCH / "_ort_worker.py"), json.dumps(args)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=server_env())
+        args = {"model": model, "files": {"shipped": str(files[model])}, "configs": [FLOOR], "tensor": str(tensor),
+                "serve": True}
+        self.proc = subprocess.Popen(worker_command(args), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=server_env())
         self._read()  # loaded and warmed up
 
     def _read(self) -> dict[str, Any]:
@@ -650,9 +654,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             if "floor" in args.parts:
                 m["floor"] = bench_floor(model, files, images[args.sizes[0]], floor_rounds, tensor=tensor)
             if "bgmask" in args.parts:
-                with contextlib.ExitStack() as stack:
-                    floor = stack.enter_context(FloorRounds(model, files, tensor)) if "floor" in args.parts else None
-                    rounds = 2 * floor_rounds if floor is not None else repeat
+                measured = "floor" in args.parts
+                with FloorRounds(model, files, tensor) if measured else contextlib.nullcontext() as floor:
+                    rounds = 2 * floor_rounds if measured else repeat
                     m["bgmask"] = {s: bench_bgmask(model, s, images[s], rounds, tmp, floor) for s in args.sizes}
             if "rembg" in args.parts:
                 m["rembg"] = {s: bench_rembg(model, images[s], repeat) for s in args.sizes}

@@ -129,9 +129,11 @@ def raise_open_file_limit() -> None:
     except ImportError:  # Windows: no such limit on sockets
         return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = [hard] if hard != resource.RLIM_INFINITY else []
-    for limit in wanted + [1 << 20, 1 << 16, 10240]:  # an unlimited hard limit still has a kernel ceiling
-        if soft != resource.RLIM_INFINITY and soft >= limit:
+    if soft == resource.RLIM_INFINITY or soft == hard:
+        return
+    # An unlimited hard limit still has a ceiling (the kernel's nr_open, macOS's OPEN_MAX): try a few.
+    for limit in [hard] if hard != resource.RLIM_INFINITY else [1 << 20, 1 << 16, 10240]:
+        if soft >= limit:
             return
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
