@@ -24,8 +24,8 @@ CUDA, ROCM, MIGRAPHX, DML, COREML = ("CUDAExecutionProvider", "ROCMExecutionProv
 CPU_PROVIDER = "CPUExecutionProvider"
 # Best first, with the platforms where each is built. TensorRT (also in onnxruntime-gpu) is left out: it needs
 # the separate TensorRT libraries and builds an engine per input shape, minutes on first use.
-GPU_PROVIDERS = ((CUDA, ("linux", "win32")), (ROCM, ("linux",)), (MIGRAPHX, ("linux",)), (DML, ("win32",)),
-                 (COREML, ("darwin",)))
+GPU_PROVIDERS = (CUDA, ROCM, MIGRAPHX, DML, COREML)
+BUILT_FOR = {CUDA: ("linux", "win32"), ROCM: ("linux",), MIGRAPHX: ("linux",), DML: ("win32",), COREML: ("darwin",)}
 DEVICES = ("auto", "cpu", "gpu")
 # The PyPI distributions that each install the `onnxruntime` module: exactly one may be present.
 RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
@@ -134,7 +134,7 @@ def candidates(device: str, available: Sequence[str], platform: str) -> tuple[st
     if device == "cpu":
         return ()
     os_name = "linux" if platform.startswith("linux") else platform
-    return tuple(p for p, systems in GPU_PROVIDERS if p in available and os_name in systems)
+    return tuple(p for p in GPU_PROVIDERS if p in available and os_name in BUILT_FOR[p])
 
 
 def no_gpu_sentence(available: Sequence[str], platform: str) -> str:
