@@ -171,7 +171,7 @@ def explain_failure(provider: str, log_text: str, cuda_version: Optional[str] = 
         return "CUDA could not start: the GPU is out of memory; close other GPU applications or lower --gpu-mem-limit."
     if "libcuda.so" in lower or "nvcuda.dll" in lower or "no cuda-capable device" in lower or "driver" in lower:
         return ("CUDA could not start: no usable NVIDIA driver or GPU was found (libcuda / nvcuda is the driver's "
-                f"library); install the NVIDIA driver for {wanted}, or use --device cpu.")
+                f"library); install an NVIDIA driver that supports CUDA {cuda_major}, or use --device cpu.")
     missing = re.findall(r"(lib\w+\.so(?:\.\d+)*|\w+64_\d+\.dll)", log_text)
     for lib in missing:
         for key, piece in _LIB_PIECES:
