@@ -59,14 +59,14 @@ def pack(files: list[Path], out: Path, batch_bytes: int) -> dict[str, Any]:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     manifest: dict[str, Any] = {"files": [], "batches": 0}
-    batch, used = 0, batch_bytes  # start a new batch at the first piece
+    batch, used = -1, 0
     for f in files:
         size = f.stat().st_size
         entry = {"name": f.name, "size": size, "sha256": _sha256(f), "pieces": []}
         offset = 0
         while offset < size or (size == 0 and not entry["pieces"]):
             length = min(batch_bytes, size - offset)
-            if used + length > batch_bytes:
+            if batch < 0 or used + length > batch_bytes:
                 batch, used = batch + 1, 0
             folder = out / f"batch-{batch:02d}"
             folder.mkdir(exist_ok=True)

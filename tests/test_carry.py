@@ -24,7 +24,7 @@ def files(tmp_path: Path) -> list[Path]:
     src = tmp_path / "src"
     src.mkdir()
     out = []
-    for name, size in (("empty.bin", 0), ("small.whl", 10), ("exact.whl", BATCH), ("big.tar.xz", 2 * BATCH + 517)):
+    for name, size in (("small.whl", 10), ("empty.bin", 0), ("exact.whl", BATCH), ("big.tar.xz", 2 * BATCH + 517)):
         path = src / name
         path.write_bytes(os.urandom(size))
         out.append(path)
@@ -34,7 +34,7 @@ def files(tmp_path: Path) -> list[Path]:
 def test_batches_stay_under_the_limit_and_join_back_byte_for_byte(files: list[Path], tmp_path: Path) -> None:
     manifest = carry.pack(files, tmp_path / "carry", BATCH)
     batches = sorted((tmp_path / "carry").glob("batch-*"))
-    assert len(batches) == manifest["batches"] >= 3
+    assert [b.name for b in batches] == [f"batch-{n:02d}" for n in range(manifest["batches"])] and len(batches) >= 3
     for b in batches:
         assert sum(p.stat().st_size for p in b.iterdir() if p.name != carry.MANIFEST) <= BATCH
     store = tmp_path / "store"
