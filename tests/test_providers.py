@@ -145,3 +145,9 @@ def test_loaded_models_report_the_provider_they_really_run_on(cache_env: dict) -
     pool = SessionPool(providers.choose("cpu"), 1 << 40, 0)
     pool.get("u2netp")
     assert pool.loaded_providers() == {"u2netp": CPU}
+
+
+def test_a_gpu_memory_limit_that_is_not_positive_is_refused(isolated_dirs: dict) -> None:
+    r = subprocess.run([sys.executable, "-m", "bgmask", "serve", "--gpu-mem-limit", "0"], env=base_env(isolated_dirs),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--gpu-mem-limit must be a positive number of GiB" in r.stderr

@@ -129,6 +129,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"bgmask: {exc.message}", file=sys.stderr)
         return 2
     from bgmask.daemon import Daemon, DaemonConfig  # ONNX Runtime is only imported by the daemon
+    if not args.gpu_mem_limit > 0:
+        print(f"bgmask: --gpu-mem-limit must be a positive number of GiB, got {args.gpu_mem_limit}.", file=sys.stderr)
+        return 2
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
