@@ -224,6 +224,8 @@ def probe(ort: Any, provider: str, gpu: GpuSettings) -> Optional[str]:
 
     options = ort.SessionOptions()
     options.log_severity_level = 2  # keep ORT's "Failed to create ..." warning: it names what is missing
+    options.enable_mem_pattern = False  # as in the daemon's sessions: DirectML refuses a session without these
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     with captured_output() as out:
         if provider == CUDA and hasattr(ort, "preload_dlls"):
             try:
