@@ -117,7 +117,7 @@ def floors(model: str, choice: providers.ProviderChoice, repeat: int) -> dict[st
         t = time.perf_counter()
         session = ort.InferenceSession(str(path), so, providers=provider_list)
         load = time.perf_counter() - t
-        feed = {session.get_inputs()[0].name: tensor.astype(np.float16) if session.get_inputs()[0].type == "tensor(float16)" else tensor}
+        feed = {session.get_inputs()[0].name: tensor}
         first_out = [session.get_outputs()[0].name]
         t = time.perf_counter()
         session.run(first_out, feed)

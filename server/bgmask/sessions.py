@@ -72,7 +72,7 @@ class MattingSession:
         use_shared_arena(options)
         try:
             # GPU providers get their options (bounded arena, cuDNN search) and run the file as it is: an fp16
-            # model stays fp16 there.
+            # model (fp32 input and output, as both catalog fp16 files have) stays fp16 there.
             self.session = ort.InferenceSession(str(path), options, providers=choice.session_providers())
         except Exception as exc:  # a corrupt or incompatible file, or a GPU out of memory
             raise BgmaskError(E.MODEL_UNAVAILABLE, f"ONNX Runtime could not load model {spec.name!r} from {path}: {exc}") from None
@@ -80,9 +80,6 @@ class MattingSession:
         outputs = self.session.get_outputs()
         self.input_name = spec.input_name or inputs[0].name
         self.output_name = spec.output_name or outputs[0].name
-        named = [i for i in inputs if i.name == self.input_name]
-        # an fp16 file run as it is (on a GPU) may take a float16 input
-        self._input_dtype = np.float16 if named and named[0].type == "tensor(float16)" else np.float32
         # What the session really runs on (ONNX Runtime drops a provider that cannot start without an error).
         self.provider = self.session.get_providers()[0]
         self.size = (int(spec.input_size[0]), int(spec.input_size[1]))
@@ -93,7 +90,7 @@ class MattingSession:
         """(3, h, w) sRGB in [0, 1] at the model size -> the normalised NCHW input tensor."""
         x = rgb - self._mean
         x *= self._inv_std
-        return np.ascontiguousarray(x[np.newaxis], dtype=self._input_dtype)
+        return np.ascontiguousarray(x[np.newaxis], dtype=np.float32)
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
         """Run the model; returns the raw first (or named) output as float32 (h, w)."""
