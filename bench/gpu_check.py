@@ -5,7 +5,7 @@ how far bgmask end to end is from the GPU floor (session.run on the prepared ten
 
 1. The runtime: ONNX Runtime's build, the providers it offers, the installed runtime distributions, the card.
 2. The daemon's provider choice (bgmask.providers.choose): on failure its one sentence, and exit 2.
-3. The floor of each model with ONNX Runtime's defaults for the provider and with the daemon's GPU options under
+3. The floor of each model (session.run alone) with ONNX Runtime's defaults for the provider and with the daemon's GPU options under
    each `--cudnn-conv-algo-search` (first run, which includes the search, and the minimum of the others).
 4. `bench/speed.py --device DEVICE --parts floor,bgmask`: bgmask end to end against its interleaved floor, peak
    RSS; while it runs, nvidia-smi is sampled for the GPU memory of every process of ours.
@@ -96,8 +96,9 @@ def runtime_report() -> dict[str, Any]:
 
 
 def floors(model: str, choice: providers.ProviderChoice, repeat: int) -> dict[str, Any]:
-    """session.run on the daemon's prepared tensor of the shipped file: ONNX Runtime's defaults for the provider,
-    then the daemon's options under each cuDNN search (CUDA only)."""
+    """session.run of the shipped file on a fixed random input of the model's shape (the time does not depend on
+    the values; speed.py's floor uses the daemon's own tensor): ONNX Runtime's defaults for the provider, then
+    the daemon's options under each cuDNN search (CUDA, ROCm)."""
     import onnxruntime as ort
     from bgmask import download
 
