@@ -61,15 +61,16 @@ def base_env(dirs: dict[str, str]) -> dict[str, str]:
 
 
 def start_daemon(dirs: dict[str, str], *args: str, timeout: float = 60.0,
-                 preexec_fn: Optional[Callable[[], None]] = None) -> RunningDaemon:
+                 preexec_fn: Optional[Callable[[], None]] = None, python: str = sys.executable) -> RunningDaemon:
     """Start `python -m bgmask serve` and wait for its runtime file to name a live endpoint (`preexec_fn` runs
-    in the child before the daemon does: limits it starts under, say)."""
+    in the child before the daemon does: limits it starts under, say; `python`: another environment's
+    interpreter, such as a side venv with a different ONNX Runtime)."""
     env = base_env(dirs)
     runtime_file = Path(dirs["BGMASK_RUNTIME_DIR"]) / "daemon.json"
     log_path = Path(dirs["BGMASK_RUNTIME_DIR"]).parent / f"daemon-{time.monotonic_ns()}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "bgmask", "serve", *args], env=env, preexec_fn=preexec_fn,
+        proc = subprocess.Popen([python, "-m", "bgmask", "serve", *args], env=env, preexec_fn=preexec_fn,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -400,6 +400,13 @@ def test_status_line(plugin):
     assert plugin.core.describe_status(None, None, "connection refused") == "Daemon not connected: connection refused"
 
 
+def test_status_line_says_why_the_gpu_is_not_used(plugin):
+    note = "CUDA could not start: libcudnn.so.9 (cuDNN) is missing; ... Running on the CPU instead."
+    status = {"version": "0.1.0", "device": "cpu", "provider": "CPUExecutionProvider", "default_model": "u2netp",
+              "device_note": note, "models": [{"name": "u2netp", "state": "loaded", "provider": "CPUExecutionProvider"}]}
+    assert plugin.core.describe_status(status, None).endswith(f"u2netp: loaded. GPU not used: {note}")
+
+
 # -- with the real daemon -------------------------------------------------------------------------------
 
 def test_photo_mask_matches_a_direct_request_for_the_same_pixels(plugin, krita, daemon, client_module):

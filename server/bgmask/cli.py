@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -120,7 +121,17 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from bgmask import providers
+
+    try:
+        providers.load_runtime()  # the base install has none: say which extra to install
+    except BgmaskError as exc:
+        print(f"bgmask: {exc.message}", file=sys.stderr)
+        return 2
     from bgmask.daemon import Daemon, DaemonConfig  # ONNX Runtime is only imported by the daemon
+    if not args.gpu_mem_limit > 0:
+        print(f"bgmask: --gpu-mem-limit must be a positive number of GiB, got {args.gpu_mem_limit}.", file=sys.stderr)
+        return 2
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -130,6 +141,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         idle_unload_s=args.idle_unload, memory_budget=int(args.memory_budget * GiB), preload_delay=args.preload_delay,
         release_memory_after_s=args.release_memory_after,
         default_model=args.default_model,
+        gpu=providers.GpuSettings(mem_limit=int(args.gpu_mem_limit * GiB), arena_extend=args.gpu_arena_extend,
+                                  conv_algo_search=args.cudnn_conv_algo_search, device_id=args.gpu_device_id),
     )
     try:
         return Daemon(config).serve()
@@ -166,16 +179,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"bgmask: {getattr(exc, 'message', exc)}")
         return 1
+    if args.json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+        return 0
     print(f"bgmask daemon {st['version']} (protocol {st['protocol']})")
     print(f"  endpoint  {st['endpoint']}")
     print(f"  pid       {st['pid']}, up {st['uptime']:.0f} s")
-    print(f"  device    {st['device']} ({st['provider']}, {st['threads']} threads)")
+    asked = st.get("requested_device")
+    print(f"  device    {st['device']} ({st['provider']}, {st['threads']} threads)" + (f", --device {asked}" if asked else ""))
+    if st.get("device_note"):
+        print(f"  GPU       not used: {st['device_note']}")
     print(f"  queue     {st['queue']} waiting, {st['running']} running")
     print(f"  memory    {_size(st['rss'])}")
     print("  models")
     for m in st["models"]:
         default = " (default)" if m["name"] == st["default_model"] else ""
-        print(f"    {m['name']:<20} {m['state'].replace('_', ' ')}{default}")
+        on = f" on {m['provider']}" if m.get("provider") else ""
+        print(f"    {m['name']:<20} {m['state'].replace('_', ' ')}{on}{default}")
     return 0
 
 
@@ -202,7 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="TCP port (default: a free port)")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (prints a warning)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                   help="auto: best GPU provider if any, else CPU; gpu: fail if no GPU (default auto)")
+                   help="auto: the best GPU provider that really starts, else the CPU (status says why); "
+                        "gpu: exit with the reason if no GPU provider starts (default auto)")
+    p.add_argument("--gpu-mem-limit", type=float, default=4.0,
+                   help="GiB the GPU memory arena (CUDA, ROCm) may grow to, leaving the rest to other applications (default 4)")
+    p.add_argument("--gpu-arena-extend", choices=("requested", "power-of-two"), default="requested",
+                   help="grow the GPU arena by what a run asks for, or by doubling as ONNX Runtime does by default (default requested)")
+    p.add_argument("--cudnn-conv-algo-search", choices=("heuristic", "exhaustive", "default"), default="heuristic",
+                   help="how cuDNN picks convolution algorithms: heuristic (no trial runs), exhaustive (times each at the "
+                        "first run), default (a fixed one); bench/gpu_check.py measures them (default heuristic)")
+    p.add_argument("--gpu-device-id", type=int, default=0, help="which GPU to use when there are several (default 0)")
     p.add_argument("--threads", type=int, default=0, help="inference threads (default: all usable cores)")
     p.add_argument("--default-model", default=None, help="model used when a request names none")
     p.add_argument("--preload-delay", type=float, default=0.0,
@@ -223,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="version, endpoint, device, queue, memory and model states of the daemon")
     p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--json", action="store_true", help="print the daemon's status reply as JSON")
     p.set_defaults(func=cmd_status)
 
     cli_models.add_commands(sub)

@@ -42,6 +42,7 @@ class DaemonConfig:
     port: int = 0
     allow_remote: bool = False
     device: str = "auto"
+    gpu: providers.GpuSettings = field(default_factory=providers.GpuSettings)
     threads: int = 0
     workers: int = 1
     max_message_bytes: int = 2 * GiB
@@ -174,7 +175,12 @@ class Daemon:
         keep_freed_blocks()
         raise_open_file_limit()
         self.config = config
-        self.choice = providers.choose(config.device, config.threads)
+        clash = providers.clash_warning(providers.installed_runtimes())
+        if clash:
+            log.warning("%s", clash)
+        self.choice = providers.choose(config.device, config.threads, config.gpu)
+        if self.choice.note:  # said once here and in every status reply, not per request
+            log.warning("GPU not used: %s", self.choice.note)
         self.pool = SessionPool(self.choice, config.memory_budget, config.idle_unload_s)
         self.default_model = config.default_model or Catalog.load().default_name()
         Catalog.load().get(self.default_model)  # an unknown --default-model fails at start, not per request
@@ -216,7 +222,8 @@ class Daemon:
                 self._workers.append(t)
             if self.config.preload_delay >= 0:
                 threading.Thread(target=self._preload, name="bgmask-preload", daemon=True).start()
-            log.info("bgmask %s serving on %s (provider %s, %d threads)", __version__, self.endpoint, self.choice.provider, self.choice.threads)
+            log.info("bgmask %s serving on %s (provider %s, %d threads, --device %s)", __version__, self.endpoint,
+                     self.choice.provider, self.choice.threads, self.choice.requested)
             self._loop(router, out)
             return 0
         finally:
@@ -342,10 +349,12 @@ class Daemon:
             rid, protocol=PROTOCOL_VERSION, version=__version__, capabilities=CAPABILITIES,
             max_message_bytes=self.config.max_message_bytes, max_pixels=self.config.max_pixels,
             provider=self.choice.provider, device=self.choice.device, default_model=self.default_model,
+            requested_device=self.choice.requested, device_note=self.choice.note,
         ))
 
     def _op_status(self, router: zmq.Socket, ident: bytes, rid: Any, header: dict, data: list) -> None:
         catalog = Catalog.load()
+        on = self.pool.loaded_providers()
         with self._cv:
             queued = sum(1 for j in self._queue if not j.cancel_requested.is_set())
             running = sum(1 for j in self._jobs.values() if j.running)
@@ -353,8 +362,16 @@ class Daemon:
             rid, version=__version__, protocol=PROTOCOL_VERSION, endpoint=self.endpoint, pid=os.getpid(),
             uptime=round(time.time() - self.started, 3), provider=self.choice.provider, device=self.choice.device,
             threads=self.choice.threads, queue=queued, running=running, rss=rss_bytes(), default_model=self.default_model,
-            models=[{"name": s.name, "state": self.pool.state(s)} for s in catalog.entries()],
+            requested_device=self.choice.requested, device_note=self.choice.note,
+            models=[self._model_status(s.name, self.pool.state(s), on) for s in catalog.entries()],
         ))
+
+    def _model_status(self, name: str, state: str, on: dict[str, str]) -> dict[str, Any]:
+        """A model's state, and for a loaded one the provider its session really runs on."""
+        entry = {"name": name, "state": state}
+        if name in on:
+            entry["provider"] = on[name]
+        return entry
 
     def _op_models(self, router: zmq.Socket, ident: bytes, rid: Any, header: dict, data: list) -> None:
         models = []
@@ -486,7 +503,7 @@ class Daemon:
                     raise BgmaskError(E.CANCELLED, "The request was cancelled.")
                 header = protocol.reply(
                     job.rid, mask={"width": job.spec.width, "height": job.spec.height, "sample_type": job.out_sample_type},
-                    model=job.model, provider=session.provider, device=self.choice.device, timings=result.timings,
+                    model=job.model, provider=session.provider, device=providers.device_of(session.provider), timings=result.timings,
                 )
                 frames = [result.mask] if result.colours is None else [result.mask, result.colours]
                 log.info("remove %dx%d %s ch=%d model=%s in %.3fs", job.spec.width, job.spec.height, job.spec.sample_type,

@@ -305,5 +305,6 @@ def describe_status(status: Optional[Dict[str, Any]], model: Optional[str], erro
     state_text = {"not_downloaded": "not downloaded yet (downloads on first use)",
                   "downloaded": "downloaded, loads on first use",
                   "loading": "loading", "loaded": "loaded"}.get(state, state or "unknown")
+    note = status.get("device_note")  # why a GPU is not used, when one was offered (daemons since issue 20)
     return (f"Connected to bgmask {status.get('version', '?')} on {status.get('device', '?')} "
-            f"({status.get('provider', '?')}); {model}: {state_text}.")
+            f"({status.get('provider', '?')}); {model}: {state_text}." + (f" GPU not used: {note}" if note else ""))
