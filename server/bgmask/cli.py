@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 import time
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from bgmask import __version__, cli_install, cli_models, cli_remove, cli_watch, runtime
 from bgmask.clientlib import load_client
@@ -91,8 +91,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line that says where the full usage is (sub-commands' parsers are Parsers too)."""
+
+    def error(self, message: str) -> "NoReturn":
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bgmask", description=DESCRIPTION, epilog=EPILOG,
+    parser = Parser(prog="bgmask", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"bgmask {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -48,7 +48,7 @@ def write(stream: BinaryIO, fmt: str, pixels: np.ndarray) -> None:
     if fmt == "PNG":
         img.save(stream, "PNG", compress_level=PNG_LEVEL)
     elif fmt == "WEBP":
-        img.save(stream, "WEBP", lossless=True)  # exact colours and alpha, as the PNG
+        img.save(stream, "WEBP", lossless=True, exact=True)  # every colour kept, under alpha 0 too, as in the PNG
     elif fmt == "JPEG":
         img.save(stream, "JPEG", quality=95)
     else:

@@ -76,7 +76,7 @@ def plan(inputs: Sequence[str], output: Optional[str], mask_only: bool, ext: str
         if len(found) > 1:
             raise BgmaskError(E.BAD_REQUEST, "-o - (standard output) takes one input; give -o a folder")
         return Plan([Job(found[0][0], STDIO)], [], skipped)
-    if STDIO in (s for s, _ in found):
+    if STDIO in (s for s, _ in found) and len(found) > 1:
         raise BgmaskError(E.BAD_REQUEST, "- (standard input) is read alone; give it one input and -o FILE or -o -")
     to_folder = output is not None and (len(found) > 1 or Path(output).is_dir() or output.endswith(("/", os.sep))
                                         or any(root is not None for _, root in found))
