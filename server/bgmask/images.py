@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bgmask import errors as E
 from bgmask.errors import BgmaskError
@@ -64,8 +64,12 @@ def load(source: Source) -> LoadedImage:
             orientation = opened.getexif().get(0x0112, 1)
             img = ImageOps.exif_transpose(opened)
             img.load()
+    except UnidentifiedImageError:
+        raise BgmaskError(E.BAD_IMAGE, "not an image bgmask can read (PNG, JPEG, WebP, TIFF, BMP, GIF); check the file, "
+                                       "or save it again as PNG") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise BgmaskError(E.BAD_IMAGE, f"not a readable image ({exc}); check the file, or save it again as PNG") from None
+        why = str(exc).replace(str(source), "the file") if data is None else str(exc)  # the caller names the file
+        raise BgmaskError(E.BAD_IMAGE, f"not a readable image ({why}); check the file, or save it again as PNG") from None
     if wide is not None:
         return LoadedImage(_upright(wide, orientation), animated)
     return LoadedImage(_array(img), animated)
