@@ -147,15 +147,17 @@ def test_sigint_cancels_the_batch_and_leaves_no_partial_files(daemon: RunningDae
     folder.mkdir()
     big = Image.open(EXAMPLES / "astronaut.jpg").resize((2048, 2048))
     for i in range(12):
-        big.save(folder / f"p{i:02d}.png", compress_level=1)
+        big.save(folder / f"p{i:02d}.jpg", quality=90)  # quick to read, and masks are quick to write: the
+        # request to the daemon is most of each image's time, so the signal most likely lands in one
     originals = snapshot(folder)
     results = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "bgmask", "remove", str(folder), "-o", str(results)],
+    proc = subprocess.Popen([sys.executable, "-m", "bgmask", "remove", str(folder), "-o", str(results), "--mask-only"],
                             env=base_env(daemon.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not (results.is_dir() and any(p.suffix == ".png" for p in results.iterdir())):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
+    time.sleep(0.2)  # past the first result's writing and the next image's reading: inside its request
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr.decode()
@@ -299,6 +301,8 @@ def test_watch_processes_files_once_they_are_complete(daemon: RunningDaemon, tmp
     proc = subprocess.Popen([sys.executable, "-m", "bgmask", "watch", str(inbox), str(results)],
                             env=base_env(daemon.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
+        while b"watching" not in proc.stderr.readline():  # it has started (a notice may come first)
+            assert proc.poll() is None
         data = (EXAMPLES / "coffee.jpg").read_bytes()
         with open(inbox / "sub" / "slow.jpg", "wb") as f:  # written in two halves, 2.5 s apart
             f.write(data[: len(data) // 2])
