@@ -77,3 +77,18 @@ def test_import_bgmask_loads_nothing_heavy() -> None:
     code = "import sys, bgmask; print(sorted(m for m in ('numpy', 'PIL', 'zmq', 'onnxruntime') if m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], env=base_env({}), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_the_readme_example_starts_a_daemon_when_none_runs(isolated_dirs: dict, tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("```python\nimport bgmask") + len("```python\n")
+    example = readme[start:readme.index("```", start)]
+    env = base_env(isolated_dirs)
+    (tmp_path / "examples").symlink_to(EXAMPLES)  # the example's relative paths, its result outside the checkout
+    run = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    try:
+        assert run.returncode == 0, run.stderr
+        assert Image.open(tmp_path / "astronaut-api.png").mode == "RGBA"
+    finally:
+        subprocess.run([sys.executable, "-m", "bgmask", "stop"], env=env, capture_output=True, timeout=60)

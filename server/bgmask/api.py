@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
-from bgmask import cutouts, image_files, images, removal
+from bgmask import cutouts, image_files, images, removal, runtime
 from bgmask.clientlib import load_client
 from bgmask.errors import BgmaskError as _ServerError
 
@@ -33,6 +33,7 @@ def _default_client() -> Any:
     global _shared
     with _shared_lock:
         if _shared is None:
+            runtime.record_daemon_command()  # so that the client can start this Python's daemon, as the CLI does
             _shared = load_client().Client(timeout=60.0)
         return _shared
 
