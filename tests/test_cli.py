@@ -47,7 +47,7 @@ def test_remove_starts_a_daemon_writes_a_soft_cutout_and_leaves_the_daemon_runni
     out = tmp_path / "cutout.png"
     r = bgmask(cli_dirs, "remove", str(EXAMPLES / "astronaut.jpg"), "-o", str(out), "--model", "u2netp")
     assert r.returncode == 0, r.stderr
-    assert "bgmask: starting the daemon" in r.stderr, "a start that takes seconds is not silent"
+    assert "bgmask: starting the daemon" in r.stderr or "bgmask: loading the model" in r.stderr, "no silent wait"
     cut = Image.open(out)
     src = Image.open(EXAMPLES / "astronaut.jpg").convert("RGB")
     assert cut.mode == "RGBA" and cut.size == src.size

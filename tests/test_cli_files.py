@@ -301,13 +301,15 @@ def test_watch_processes_files_once_they_are_complete(daemon: RunningDaemon, tmp
     proc = subprocess.Popen([sys.executable, "-m", "bgmask", "watch", str(inbox), str(results)],
                             env=base_env(daemon.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        while b"watching" not in proc.stderr.readline():  # it has started (a notice may come first)
-            assert proc.poll() is None
+        deadline = time.monotonic() + 120
+        while not (results / "early.png").exists():  # what was there before the watch started
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
         data = (EXAMPLES / "coffee.jpg").read_bytes()
-        with open(inbox / "sub" / "slow.jpg", "wb") as f:  # written in two halves, 2.5 s apart
-            f.write(data[: len(data) // 2])
+        with open(inbox / "sub" / "slow.jpg", "wb") as f:  # written in two halves, 3 s apart: it looks complete
+            f.write(data[: len(data) // 2])  # (unchanged for a second) before it is
             f.flush()
-            time.sleep(2.5)
+            time.sleep(3)
             assert not (results / "sub" / "slow.png").exists(), "a half-written file is not taken"
             f.write(data[len(data) // 2:])
         deadline = time.monotonic() + 120

@@ -142,12 +142,17 @@ def connect(timeout: float, notice: TextIO) -> Any:
 
 
 class Downloads:
-    """The model download bar, shown only when the daemon downloads (once per model)."""
+    """The model download bar, shown only when the daemon downloads (once per model), and a line when it loads
+    a model (seconds on a CPU, once per daemon and model), so that neither wait is silent."""
 
     def __init__(self) -> None:
         self.bar: Optional[ProgressBar] = None
+        self.loading_said = False
 
     def __call__(self, stage: str, fraction: Optional[float]) -> None:
+        if stage == "loading" and not self.loading_said:
+            self.loading_said = True
+            print("bgmask: loading the model (once per daemon start)...", file=sys.stderr, flush=True)
         if stage == "downloading":
             if self.bar is None:
                 print("bgmask: downloading the model (once)...", file=sys.stderr)

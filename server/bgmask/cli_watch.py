@@ -1,6 +1,8 @@
 """`bgmask watch IN OUT`: a hot folder. Every image that appears in IN (sub-folders too, mirrored in OUT) is
-processed once it is complete, i.e. its size and modification time have not changed for STABLE_S, until
-Ctrl-C. A file that changes later is processed again; an existing result is kept unless --overwrite."""
+processed once it is complete, until Ctrl-C: its size and modification time have not changed for STABLE_S,
+and it decodes. A file that does not decode while it is younger than SETTLE_S is taken to be still written
+(a copy that stalls, a download) and tried again; only an older one is reported as failed. A file that
+changes later is processed again; an existing result is kept unless --overwrite."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from bgmask.clientlib import load_client
 from bgmask.errors import BgmaskError
 
 POLL_S = 0.5
-STABLE_S = 1.0  # unchanged this long: the program writing the file has finished
+STABLE_S = 1.0  # unchanged this long: the program writing the file has probably finished
+SETTLE_S = 30.0  # an unreadable file modified less than this long ago may still be being written
 
 Stamp = tuple[int, int]  # size, mtime_ns
 
@@ -91,7 +94,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
                     if not args.overwrite and dest.exists():
                         print(f"bgmask: {dest} exists, kept (--overwrite replaces it)", file=sys.stderr)
                         continue
-                    outcome = _process(client, src, dest, settings, args.overwrite, stop, downloads, client_module)
+                    outcome = _process(client, src, dest, settings, args.overwrite, stop, downloads, client_module,
+                                       still_written=_young(src))
+                    if outcome == "retry":
+                        watcher.handled.pop(src, None)
+                        watcher.seen.pop(src, None)  # wait for STABLE_S again, then try again
+                        continue
                     if outcome is None:
                         break  # interrupted
                     if outcome:
@@ -110,15 +118,25 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _young(path: Path) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime < SETTLE_S
+    except OSError:
+        return False
+
+
 def _process(client: Any, src: Path, dest: Path, settings: Any, overwrite: bool, stop: Interruption,
-             downloads: Downloads, client_module: Any) -> "bool | None":
-    """True when written, False when it failed (said on stderr), None when Ctrl-C cancelled it."""
+             downloads: Downloads, client_module: Any, still_written: bool) -> "bool | str | None":
+    """True when written, False when it failed (said on stderr), None when Ctrl-C cancelled it, "retry" when
+    it does not decode but may still be being written."""
     try:
         run_job(client, outputs.Job(str(src), str(dest)), settings, overwrite, stop, downloads)
         return True
     except (BgmaskError, client_module.BgmaskError) as exc:
         if exc.code == "cancelled" and stop.requested:
             return None
+        if exc.code == "bad_image" and still_written:
+            return "retry"
         print(f"bgmask: {src}: {exc.message}", file=sys.stderr, flush=True)
         if exc.code in DAEMON_FAILURES:
             raise
