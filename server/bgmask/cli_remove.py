@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import signal
 import sys
 import threading
@@ -55,14 +56,14 @@ class Interruption:
         return self.requested
 
 
-def bounded(kind: type, lowest: Optional[float], highest: Optional[float]) -> Callable[[str], Any]:
+def bounded(lowest: float, highest: Optional[float]) -> Callable[[str], float]:
     """An argparse type: a number in the protocol's range, or a usage error saying the range."""
-    def parse(text: str) -> Any:
+    def parse(text: str) -> float:
         try:
-            value = kind(text)
+            value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if (lowest is not None and value < lowest) or (highest is not None and value > highest):
+        if not math.isfinite(value) or value < lowest or (highest is not None and value > highest):
             span = f"{lowest:g} .. {highest:g}" if highest is not None else f">= {lowest:g}"
             raise argparse.ArgumentTypeError(f"{text} is out of range ({span})")
         return value
@@ -80,16 +81,9 @@ def add_mask_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quality", choices=removal.QUALITIES, default=None,
                    help="speed/quality trade-off of the daemon (sent only when given)")
     p.add_argument("--no-refine", action="store_true", help="plain resize of the prediction instead of edge-aware refinement")
-    p.add_argument("--hardness", type=bounded(float, 0, 1), default=None,
-                   help="0 .. 1: steepen the soft edge without cutting it (1 narrows an 8-15 px edge to 1-2 px)")
-    p.add_argument("--shift-edge", type=bounded(float, -100, 100), default=None, metavar="PX",
-                   help="grow (positive) or shrink (negative) the subject by this many pixels")
-    p.add_argument("--feather", type=bounded(float, 0, 500), default=None, metavar="PX",
-                   help="soften the edge: a hard edge becomes a ramp about twice this wide")
-    p.add_argument("--fill-holes", type=bounded(float, 0, None), default=None, metavar="AREA",
-                   help="make enclosed holes smaller than this many pixels opaque")
-    p.add_argument("--remove-specks", type=bounded(float, 0, None), default=None, metavar="AREA",
-                   help="remove separate islands smaller than this many pixels")
+    for name, (lowest, highest, metavar, what) in removal.MASK_OPTIONS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=bounded(lowest, highest), default=None, metavar=metavar,
+                       help=what)
     p.add_argument("--decontaminate", action="store_true",
                    help="cut-outs get decontaminated colours: the background's colour spill removed at the edges")
     p.add_argument("--overwrite", action="store_true", help="replace existing results (default: skip them)")
