@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
 ImageLike = Union["PILImage", np.ndarray, bytes, str, Path]
+Result = Union["PILImage", np.ndarray, bytes]
 
 _shared: Any = None
 _shared_lock = threading.Lock()
@@ -42,7 +43,7 @@ def remove(image: ImageLike, *, mask_only: bool = False, model: Optional[str] = 
            depth: Optional[int] = None, refine: bool = True, hardness: Optional[float] = None,
            shift_edge: Optional[float] = None, feather: Optional[float] = None, fill_holes: Optional[float] = None,
            remove_specks: Optional[float] = None, decontaminate: bool = False, quality: Optional[str] = None,
-           client: Any = None) -> Any:
+           client: Any = None) -> Result:
     """The cut-out (original samples, the mask as straight alpha; flattened onto `bg` if given) or, with
     `mask_only`, the soft mask of `image`, in the kind given:
 
@@ -106,7 +107,7 @@ def _array_pixels(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
-def _as_kind(result: np.ndarray, kind: str, dtype: np.dtype) -> Any:
+def _as_kind(result: np.ndarray, kind: str, dtype: np.dtype) -> Result:
     if kind == "array":
         return (result.astype(np.float32) / 65535.0) if dtype == np.float32 else result
     if kind == "bytes":

@@ -8,7 +8,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import BinaryIO, Callable, Iterator, Optional, Sequence
 
 from bgmask import errors as E
 from bgmask.errors import BgmaskError
@@ -29,6 +29,8 @@ class Job:
 
 @dataclass
 class Plan:
+    """Every job of a run, decided before the first one starts, and what the user is told about it."""
+
     jobs: list[Job]
     renamed: list[tuple[str, str]]  # (source, dest) given the source extension to keep names apart
     skipped_outputs: int  # files in the folders that look like this tool's own results
@@ -78,13 +80,17 @@ def plan(inputs: Sequence[str], output: Optional[str], mask_only: bool, ext: str
         return Plan([Job(found[0][0], STDIO)], [], skipped)
     if STDIO in (s for s, _ in found) and len(found) > 1:
         raise BgmaskError(E.BAD_REQUEST, "- (standard input) is read alone; give it one input and -o FILE or -o -")
-    to_folder = output is not None and (len(found) > 1 or Path(output).is_dir() or output.endswith(("/", os.sep))
-                                        or any(root is not None for _, root in found))
-    if output is not None and not to_folder:
-        return _checked(Plan([Job(found[0][0], output)], [], skipped))
-    if output is not None and len(found) > 1 and Path(output).suffix.lower() in EXTENSIONS and not Path(output).is_dir():
+    names_a_file = (output is not None and Path(output).suffix.lower() in EXTENSIONS and not Path(output).is_dir()
+                    and not output.endswith(("/", os.sep)))
+    if names_a_file and len(found) > 1:
         raise BgmaskError(E.BAD_REQUEST, f"-o {output} names one file but there are {len(found)} inputs; give -o a "
                                          "folder (it is created)")
+    to_folder = output is not None and not names_a_file and (
+        len(found) > 1 or Path(output).is_dir() or output.endswith(("/", os.sep)) or any(r is not None for _, r in found))
+    if output is not None and not to_folder:
+        return _checked(Plan([Job(found[0][0], output)], [], skipped))
+    if to_folder and Path(output).exists() and not Path(output).is_dir():
+        raise BgmaskError(E.BAD_REQUEST, f"-o {output} is a file; give -o a folder for these inputs")
     suffix = "" if to_folder else (MASK_SUFFIX if mask_only else CUTOUT_SUFFIX)
 
     def target(src: str, root: Optional[Path], keep_ext: bool) -> str:
@@ -120,7 +126,7 @@ def _checked(result: Plan) -> Plan:
     return result
 
 
-def write_atomically(dest: Path, fill: Callable[["os.PathLike[str] | object"], None], overwrite: bool) -> bool:
+def write_atomically(dest: Path, fill: Callable[[BinaryIO], None], overwrite: bool) -> bool:
     """Create `dest` from what fill(stream) writes, through a temporary file beside it that is renamed only
     when complete (removed on any failure or interrupt). Without `overwrite` an existing `dest` is kept and
     False returned; also when it appears while the result is written."""
