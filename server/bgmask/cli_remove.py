@@ -14,13 +14,16 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Optional, TextIO
 
-from bgmask import image_files, images, outputs, removal, runtime
+from bgmask import outputs, runtime
 from bgmask.clientlib import load_client
-from bgmask.cutouts import parse_colour
 from bgmask.errors import BgmaskError
+from bgmask.mask_options import MASK_OPTIONS, QUALITIES
 from bgmask.progressbar import ProgressBar
+
+if TYPE_CHECKING:  # numpy and Pillow load only when images are processed: `bgmask status` starts ~0.3 s sooner
+    from bgmask.removal import ProgressFn, Settings
 
 INTERRUPTED_EXIT = 130
 START_NOTICE_S = 1.0  # say that the daemon is starting when connecting takes longer than this
@@ -78,10 +81,10 @@ def add_mask_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bg", metavar="COLOR", default=None,
                    help="flatten the cut-out onto this colour (white, #rrggbb, R,G,B): no alpha, so .jpg works too")
     p.add_argument("--model", default=None, help="model name (see `bgmask models`; default: the daemon's default)")
-    p.add_argument("--quality", choices=removal.QUALITIES, default=None,
+    p.add_argument("--quality", choices=QUALITIES, default=None,
                    help="speed/quality trade-off of the daemon (sent only when given)")
     p.add_argument("--no-refine", action="store_true", help="plain resize of the prediction instead of edge-aware refinement")
-    for name, (lowest, highest, metavar, what) in removal.MASK_OPTIONS.items():
+    for name, (lowest, highest, metavar, what) in MASK_OPTIONS.items():
         p.add_argument("--" + name.replace("_", "-"), type=bounded(lowest, highest), default=None, metavar=metavar,
                        help=what)
     p.add_argument("--decontaminate", action="store_true",
@@ -90,12 +93,15 @@ def add_mask_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds without any sign of life from the daemon before giving up")
 
 
-def settings_from(args: argparse.Namespace) -> removal.Settings:
+def settings_from(args: argparse.Namespace) -> "Settings":
     """The removal settings of parsed arguments; a BAD_REQUEST for combinations that make no sense."""
+    from bgmask.cutouts import parse_colour
+    from bgmask.removal import Settings
+
     options: dict[str, Any] = {}
     if args.no_refine:
         options["refine"] = False
-    for name in removal.MASK_OPTIONS:
+    for name in MASK_OPTIONS:
         value = getattr(args, name)
         if value is not None:
             options[name] = value
@@ -108,11 +114,13 @@ def settings_from(args: argparse.Namespace) -> removal.Settings:
     if args.bg is not None and args.mask_only:
         raise BgmaskError("bad_request", "--bg flattens a cut-out; it does nothing with --mask-only")
     bg = parse_colour(args.bg) if args.bg is not None else None
-    return removal.Settings(model=args.model, options=options, mask_only=args.mask_only, bg=bg, depth=args.depth)
+    return Settings(model=args.model, options=options, mask_only=args.mask_only, bg=bg, depth=args.depth)
 
 
-def result_format(dest: str, settings: removal.Settings) -> str:
+def result_format(dest: str, settings: "Settings") -> str:
     """The format of a result file (PNG on standard output), or a BAD_REQUEST naming what would work."""
+    from bgmask import image_files
+
     suffix = ".png" if dest == outputs.STDIO else Path(dest).suffix
     has_alpha = not settings.mask_only and settings.bg is None
     return image_files.format_for(suffix, has_alpha, settings.depth)
@@ -159,9 +167,11 @@ class Downloads:
             self.bar = None
 
 
-def run_job(client: Any, job: outputs.Job, settings: removal.Settings, overwrite: bool, stop: Interruption,
-            on_progress: removal.ProgressFn) -> bool:
+def run_job(client: Any, job: outputs.Job, settings: "Settings", overwrite: bool, stop: Interruption,
+            on_progress: "ProgressFn") -> bool:
     """One input to its result file (or standard output); False when an existing result was kept."""
+    from bgmask import image_files, images, removal
+
     stdin = job.source == outputs.STDIO
     img = images.load(sys.stdin.buffer.read() if stdin else Path(job.source))
     if img.animated:

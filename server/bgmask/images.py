@@ -18,7 +18,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from bgmask import errors as E
 from bgmask.errors import BgmaskError
 
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
 _WIDE_RAWMODES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L", "RGB;16L": "RGB;16B", "RGBA;16L": "RGBA;16B"}
 
 Source = Union[str, Path, bytes]

@@ -12,8 +12,8 @@ from typing import BinaryIO, Callable, Iterator, Optional, Sequence
 
 from bgmask import errors as E
 from bgmask.errors import BgmaskError
-from bgmask.images import EXTENSIONS
 
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}  # what a folder run takes
 CUTOUT_SUFFIX = "-cutout"
 MASK_SUFFIX = "-mask"
 STDIO = "-"
