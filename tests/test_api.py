@@ -14,6 +14,7 @@ from PIL import Image
 
 import bgmask
 from conftest import EXAMPLES, base_env
+from test_cli_files import png16_samples
 
 PHOTO = EXAMPLES / "chelsea.jpg"
 
@@ -46,11 +47,19 @@ def test_numpy_arrays_keep_their_dtype_and_samples(client_env: dict) -> None:
     assert flat.shape == (300, 451, 3) and flat.dtype == np.uint8
 
 
-def test_file_bytes_give_png_bytes(client_env: dict) -> None:
+def test_file_bytes_give_png_bytes(client_env: dict, tmp_path: Path) -> None:
     png = bgmask.remove(PHOTO.read_bytes(), feather=3)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     img = Image.open(io.BytesIO(png))
     assert img.mode == "RGBA" and img.size == (451, 300)
+    rgb16 = np.asarray(Image.open(PHOTO).convert("RGB")).astype(np.uint16) * 257 + 7
+    tiff = io.BytesIO()
+    from bgmask import image_files
+
+    image_files.write(tiff, "TIFF", rgb16)  # a 16-bit RGB TIFF, which Pillow alone reads as 8-bit
+    (tmp_path / "cut.png").write_bytes(bgmask.remove(tiff.getvalue()))
+    cut = png16_samples(tmp_path / "cut.png")
+    assert cut.shape == (300, 451, 4) and np.array_equal(cut[..., :3], rgb16)
 
 
 def test_failures_are_one_exception_type_with_the_daemons_code(client_env: dict) -> None:
@@ -73,8 +82,10 @@ def test_the_client_class_is_exported_for_streaming_use(client_env: dict) -> Non
     assert np.array_equal(np.frombuffer(again, np.uint8).reshape(300, 451), first)
 
 
-def test_import_bgmask_loads_nothing_heavy() -> None:
-    code = "import sys, bgmask; print(sorted(m for m in ('numpy', 'PIL', 'zmq', 'onnxruntime') if m in sys.modules))"
+@pytest.mark.parametrize("module", ["bgmask", "bgmask.cli"])
+def test_import_bgmask_loads_nothing_heavy(module: str) -> None:
+    """The daemon, every CLI command and scripts import bgmask: numpy and Pillow load only to process images."""
+    code = f"import sys, {module}; print(sorted(m for m in ('numpy', 'PIL', 'zmq', 'onnxruntime') if m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], env=base_env({}), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
 
