@@ -326,3 +326,20 @@ def test_watch_processes_files_once_they_are_complete(daemon: RunningDaemon, tmp
     assert stdout.decode().strip().splitlines()[-1] == "2 done, 0 failed (stopped)"
     assert Image.open(results / "sub" / "slow.png").size == (600, 400)
     assert sorted(snapshot(results)) == ["early.png", "sub/slow.png"]
+
+
+def test_quality_is_sent_only_when_given() -> None:
+    """`--quality` maps to the protocol option `quality` (the daemon's quality lane); without it nothing is sent,
+    so daemons without the option keep working. The flags' names are the protocol's with dashes."""
+    from bgmask.cli import build_parser
+    from bgmask.cli_remove import settings_from
+
+    def options(*flags: str) -> dict:
+        return settings_from(build_parser().parse_args(["remove", "x.png", *flags])).options
+
+    assert options() == {}
+    assert options("--quality", "best") == {"quality": "best"}
+    assert options("--no-refine", "--hardness", "0.5", "--shift-edge", "-3", "--feather", "2", "--fill-holes", "40",
+                   "--remove-specks", "9", "--decontaminate") == {
+        "refine": False, "hardness": 0.5, "shift_edge": -3.0, "feather": 2.0, "fill_holes": 40.0,
+        "remove_specks": 9.0, "decontaminate": True}
