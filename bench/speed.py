@@ -402,7 +402,8 @@ def bench_cold(model: str, image: Path, repeat: int, tmp: Path) -> dict[str, Any
     """One file through each CLI: bgmask with no daemon (it auto-starts one), bgmask warm, `rembg i`."""
     root = tmp / f"cold-{model}"
     env = server_env(fresh_dirs(root))
-    bgmask_cli = [sys.executable, "-m", "bgmask", "remove", str(image), "-o", str(root / "bgmask.png"), "--model", model]
+    bgmask_cli = [sys.executable, "-m", "bgmask", "remove", str(image), "-o", str(root / "bgmask.png"), "--model", model,
+                  "--overwrite"]  # each round writes the result again (an existing one is kept otherwise)
 
     def run(cmd: list[str], env: dict[str, str]) -> None:
         subprocess.run(cmd, env=env, check=True, capture_output=True)

@@ -7,13 +7,11 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
-from bgmask import __version__, cli_install, cli_models, images, runtime
+from bgmask import __version__, cli_install, cli_models, cli_remove, cli_watch, runtime
 from bgmask.clientlib import load_client
 from bgmask.errors import BgmaskError
-from bgmask.progressbar import ProgressBar
 
 GiB = 1024**3
 
@@ -23,101 +21,10 @@ full-resolution masks to this command and to the GIMP and Krita plugins."""
 EPILOG = """examples:
   bgmask remove photo.jpg -o cutout.png          cut-out PNG with a soft alpha channel
   bgmask remove photos/ -o out/ --mask-only      masks for every image in a folder
+  bgmask remove photo.jpg -o flat.jpg --bg white flattened onto white
+  bgmask watch inbox/ out/                       cut out images as they arrive, until Ctrl-C
   bgmask status                                  what the daemon is doing
   bgmask models pull u2netp                      download a model ahead of time"""
-
-
-# Failures of the daemon connection rather than of one file: stop instead of failing every file alike.
-DAEMON_FAILURES = {"not_running", "connection_lost", "timeout", "unauthorized", "protocol_error", "device_unavailable"}
-
-
-def _client(timeout: float) -> Any:
-    runtime.record_daemon_command()
-    return load_client().Client(timeout=timeout)
-
-
-def _inputs(paths: Sequence[str]) -> list[Path]:
-    found: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            found.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in images.EXTENSIONS and q.is_file()))
-        else:
-            found.append(p)
-    return found
-
-
-def _output_for(src: Path, out: Optional[str], many: bool, mask_only: bool) -> Path:
-    suffix = "-mask.png" if mask_only else "-cutout.png"
-    if out is None:
-        return src.with_name(src.stem + suffix)
-    target = Path(out)
-    if many or target.is_dir() or out.endswith(("/", "\\")):
-        target.mkdir(parents=True, exist_ok=True)
-        return target / (src.stem + ".png")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return target
-
-
-def cmd_remove(args: argparse.Namespace) -> int:
-    sources = _inputs(args.inputs)
-    if not sources:
-        print("bgmask: no images found in the given paths.", file=sys.stderr)
-        return 2
-    many = len(sources) > 1
-    out_type = "u16" if args.mask_only and args.depth == 16 else "u8"
-    options = {"refine": not args.no_refine}
-    client_module = load_client()
-    try:
-        client = _client(args.timeout)
-    except client_module.BgmaskError as exc:
-        print(f"bgmask: {exc.message}", file=sys.stderr)
-        return 1
-    bar = ProgressBar(len(sources), unit="images", label="removing") if many else None
-    failed: list[tuple[Path, str]] = []
-    download_bar: Optional[ProgressBar] = None
-
-    def on_progress(stage: str, fraction: Optional[float]) -> None:
-        nonlocal download_bar
-        if stage == "downloading":
-            if download_bar is None:
-                print("bgmask: downloading the model (once)...", file=sys.stderr)
-                download_bar = ProgressBar(1000, unit="", label="model")
-            download_bar.update(int((fraction or 0.0) * 1000))
-
-    started = time.perf_counter()
-    for n, src in enumerate(sources, 1):
-        try:
-            img = images.load(src)
-            mask = client.remove(img.data, img.width, img.height, img.channels, img.sample_type, model=args.model,
-                                 options=options, out_sample_type=out_type, on_progress=on_progress)
-            mask_img = images.mask_image(mask, img.width, img.height, out_type)
-            dest = _output_for(src, args.output, many, args.mask_only)
-            if args.mask_only:
-                images.save_mask(dest, mask_img)
-            else:
-                images.save_cutout(dest, img.picture, mask_img)
-            if not many:
-                print(f"{src} -> {dest}")
-        except (BgmaskError, client_module.BgmaskError) as exc:
-            failed.append((src, exc.message))
-            if exc.code in DAEMON_FAILURES:
-                break  # the daemon itself is the problem: every other file would fail the same way
-        except OSError as exc:
-            failed.append((src, f"could not write the result ({exc.strerror or exc})"))
-        if download_bar is not None:
-            download_bar.close()
-            download_bar = None
-        if bar is not None:
-            bar.update(n)
-    if bar is not None:
-        bar.close()
-    for src, why in failed:
-        print(f"bgmask: {src}: {why}", file=sys.stderr)
-    if many or failed:
-        done = len(sources) - len(failed)
-        print(f"{done} done, {len(failed)} failed, {time.perf_counter() - started:.1f} s")
-    return 1 if failed else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -174,10 +81,15 @@ def _size(n: Optional[int]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    client_module = load_client()
     try:
-        st = load_client().Client(autostart=False, timeout=args.timeout).status()
-    except Exception as exc:
-        print(f"bgmask: {getattr(exc, 'message', exc)}")
+        st = client_module.Client(autostart=False, timeout=args.timeout).status()
+    except client_module.BgmaskError as exc:
+        if exc.code == "not_running":
+            print("bgmask: no daemon is running; `bgmask remove` starts one when it needs it (or run `bgmask serve`"
+                  " to keep one in the foreground)")
+        else:
+            print(f"bgmask: {exc.message}")
         return 1
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True))
@@ -199,23 +111,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line that says where the full usage is (sub-commands' parsers are Parsers too)."""
+
+    def error(self, message: str) -> "NoReturn":
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bgmask", description=DESCRIPTION, epilog=EPILOG,
+    parser = Parser(prog="bgmask", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"bgmask {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("remove", help="remove the background of images (starts the daemon if needed)",
-                       description="Write a cut-out PNG (original pixels, soft alpha) or the mask for each image.")
-    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders")
-    p.add_argument("-o", "--output", metavar="OUT",
-                   help="output file (one input) or folder (several); default: beside each input as NAME-cutout.png / NAME-mask.png")
-    p.add_argument("--mask-only", action="store_true", help="write the mask as a grayscale PNG instead of a cut-out")
-    p.add_argument("--depth", type=int, choices=(8, 16), default=8, help="bit depth of --mask-only PNGs (default 8)")
-    p.add_argument("--model", default=None, help="model name (see `bgmask models`; default: the daemon's default)")
-    p.add_argument("--no-refine", action="store_true", help="plain resize of the prediction instead of edge-aware refinement")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds without any sign of life from the daemon before giving up")
-    p.set_defaults(func=cmd_remove)
+    cli_remove.add_commands(sub)
+    cli_watch.add_commands(sub)
 
     p = sub.add_parser("serve", help="run the daemon in the foreground (what auto-start runs)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

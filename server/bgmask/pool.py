@@ -51,6 +51,8 @@ class SessionPool:
     def get(self, name: str, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> MattingSession:
         """The warm session for `name`, downloading and loading it first if needed."""
         spec = self.catalog().get(name)
+        if spec.imported:
+            self._drop_if_replaced(spec)
         with self._lock:
             hit = self._sessions.get(name)
             if hit is not None:
@@ -72,6 +74,21 @@ class SessionPool:
             return self._load(spec, progress, cancel)
         finally:
             load_lock.release()
+
+    def _drop_if_replaced(self, spec: ModelSpec) -> None:
+        """An imported model's file is the user's: it may change, vanish or be imported again while its session is
+        loaded. Before each use its size and mtime are compared with the stamp (a full hash only when they differ);
+        a session whose file no longer matches is dropped, and loading it again refuses a changed or deleted file
+        with MODEL_UNAVAILABLE, as models/README.md says."""
+        with self._lock:
+            hit = self._sessions.get(spec.name)
+        if hit is None:
+            return
+        found = download.installed(spec)
+        if found is None or hit[0].spec.sources[0].sha256 != spec.sources[0].sha256:
+            log.info("imported model %s changed on disk or was imported again: unloading it", spec.name)
+            with self._lock:
+                self._sessions.pop(spec.name, None)
 
     def fetch(self, name: str, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> download.Installed:
         """Download (if needed) and verify a model without loading it: the `pull` operation."""
