@@ -14,10 +14,13 @@ import sys
 import time
 import traceback
 
-from PyQt5.QtWidgets import (QAbstractSpinBox, QApplication, QCheckBox, QComboBox, QLabel, QMessageBox, QProgressBar,
-                             QPushButton)
-
 from bgmask import core
+from bgmask.qt import API as QT_API
+from bgmask.qt import QtWidgets
+
+QAbstractSpinBox, QApplication, QCheckBox = QtWidgets.QAbstractSpinBox, QtWidgets.QApplication, QtWidgets.QCheckBox
+QComboBox, QLabel, QMessageBox = QtWidgets.QComboBox, QtWidgets.QLabel, QtWidgets.QMessageBox
+QProgressBar, QPushButton = QtWidgets.QProgressBar, QtWidgets.QPushButton
 
 OUT = os.path.dirname(result_path)
 OFFSET = (-40, -30)          # the photo layer sticks out of the 400x300 canvas on the left and top
@@ -445,6 +448,7 @@ def main():
         import bgmask.bgmask_client as client
         res["krita"] = app.version()
         res["python"] = sys.version.split()[0]
+        res["qt"] = QT_API
         res["client_transport"] = "pyzmq" if client.HAVE_PYZMQ else "builtin"
         for mod in ("zmq", "msgpack"):
             try:
