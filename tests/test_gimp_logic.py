@@ -373,6 +373,39 @@ def test_not_a_layer_is_refused_before_anything_happens(daemon: RunningDaemon) -
     assert not image.changes and not image.reads
 
 
+@pytest.mark.parametrize("kind", ["text", "vector"])
+def test_text_and_vector_layers_are_refused_unless_rasterized(daemon: RunningDaemon, kind: str) -> None:
+    """GIMP draws them from text or a path on transparency: no background to remove. Rasterized (GIMP 3.2),
+    they are pixels like any layer; link layers (GIMP 3.2) show a photo and get a mask."""
+    image = Image(48, 48)
+    layer = image.add_layer("title", 48, 48, fill=photo("astronaut.jpg", (48, 48)))
+    setattr(layer, f"is_{kind}_layer", lambda: True)
+    with pytest.raises(logic.PluginError, match=f"'title' is a {kind} layer: .* no background to remove"):
+        run(image, [layer], daemon)
+    assert not image.changes and not image.reads
+    layer.is_rasterized = lambda: True
+    run(image, [layer], daemon)
+    assert layer.get_mask() is not None
+    linked = image.add_layer("linked photo", 48, 48, fill=photo("astronaut.jpg", (48, 48)))
+    linked.is_link_layer = lambda: True
+    linked.is_rasterized = lambda: False
+    run(image, [linked], daemon)
+    assert_soft(values(linked.get_mask()))
+
+
+def test_a_failing_gimp_call_is_reported_with_gimps_reason(daemon: RunningDaemon) -> None:
+    """GIMP 3.2 shows no failed PDB call of a non-interactive run: the plug-in itself must say it."""
+    image = Image(48, 48)
+    layer = image.add_layer("a", 48, 48, fill=photo("astronaut.jpg", (48, 48)))
+    gimp = FakeGimp()
+    gimp.last_error = "Procedure 'gimp-layer-add-mask' has been called with an invalid ID"
+    layer.add_mask = lambda mask: False
+    with pytest.raises(logic.PluginError, match="could not add the mask to 'a' .*invalid ID.*Undo") as info:
+        run(image, [layer], daemon, gimp)
+    assert not info.value.cancelled
+    assert image.undo_depth == 0 and image.undo_groups == 1  # the undo group was closed: one undo step
+
+
 def test_selection_that_misses_the_layer_is_an_error(daemon: RunningDaemon) -> None:
     image = Image(100, 100)
     layer = image.add_layer("small", 20, 20, offsets=(0, 0))
