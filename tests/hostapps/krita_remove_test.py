@@ -100,6 +100,7 @@ class Docker:
         self.cancel = d.findChild(QPushButton, "bgmask_cancel")
         self.model = d.findChild(QComboBox, "bgmask_model")
         self.output = d.findChild(QComboBox, "bgmask_output")
+        self.quality = d.findChild(QComboBox, "bgmask_quality")
         self.refine = d.findChild(QCheckBox, "bgmask_refine")
         self.numbers = {key: d.findChild(QAbstractSpinBox, "bgmask_" + key) for key in core.NUMBER_RANGES}
         self.status = d.findChild(QLabel, "bgmask_status")
@@ -463,6 +464,8 @@ def main():
             yield 0.1          # the docker asks the daemon for its status and models in the background
         res["status_line"] = dk.status.text()
         res["models_offered"] = [dk.model.itemData(i) for i in range(dk.model.count())]
+        res["quality_offered"] = [[dk.quality.itemText(i), dk.quality.itemData(i)] for i in range(dk.quality.count())]
+        res["quality_chosen"] = dk.quality.currentData()
         wanted = [c for c in os.environ.get("KRITA_TEST_CASES", "").split(",") if c] or list(CASES)
         for name in wanted:
             rec = res["cases"][name] = {"name": name}
