@@ -100,10 +100,17 @@ def test_mask_arguments_offer_what_the_daemon_accepts_with_its_defaults() -> Non
         assert getattr(logic.Settings(), key) == default and isinstance(default, kind) and help_text
 
 
+def test_quality_is_sent_only_when_chosen() -> None:
+    """"Daemon default" sends no `quality`, so a daemon that has its own default (or none) is not overruled."""
+    assert "quality" not in logic.Settings().options()
+    assert logic.Settings(quality="best").options()["quality"] == "best"
+    assert [nick for nick, *_ in logic.QUALITY_CHOICES] == [logic.QUALITY_DEFAULT, "fast", "balanced", "best"]
+
+
 def test_mnemonics_do_not_clash() -> None:
     """GIMP warns about every clash; the other arguments and the dialog's buttons have these."""
-    # _Model, Ou_tput, _Edge refinement, mas_k; _OK, _Cancel, _Reset, _Help, _Load/_Save Settings
-    taken = ["m", "t", "e", "k", "o", "c", "r", "h", "l", "s"]
+    # _Model, Ou_tput, _Edge refinement, mas_k, _Quality; _OK, _Cancel, _Reset, _Help, _Load/_Save Settings
+    taken = ["m", "t", "e", "k", "q", "o", "c", "r", "h", "l", "s"]
     for _, _, label, *_ in logic.NUMBER_ARGUMENTS:
         assert label.count("_") == 1, label
         taken.append(label[label.index("_") + 1].lower())

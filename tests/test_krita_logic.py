@@ -276,7 +276,8 @@ def test_decontaminated_colours_are_refused_for_colour_models_that_are_converted
 
 def test_settings_survive_kritarc(plugin, krita):
     chosen = plugin.core.Settings(model="u2netp", output="decontaminated", refine=False, hardness=0.35,
-                                  shift_edge=-4.5, feather=2.5, fill_holes=120, remove_specks=7, padding=0.6)
+                                  shift_edge=-4.5, feather=2.5, fill_holes=120, remove_specks=7, padding=0.6,
+                                  quality="best")
     plugin.core.save_settings(chosen)
     assert all(isinstance(v, str) for v in krita.settings.values())
     assert plugin.core.load_settings() == chosen
@@ -286,9 +287,16 @@ def test_unreadable_or_out_of_range_settings_fall_back_to_the_defaults(plugin, k
     defaults = plugin.core.Settings()
     assert plugin.core.load_settings() == defaults  # nothing saved yet
     for key, text in [("hardness", "1.5"), ("feather", "wide"), ("fill_holes", "2.5"), ("padding", "-1"),
-                      ("output", "sideways")]:
+                      ("output", "sideways"), ("quality", "perfect")]:
         krita.writeSetting("bgmask", key, text)
     assert plugin.core.load_settings() == defaults
+
+
+def test_quality_is_sent_only_when_chosen(plugin):
+    """"Daemon default" sends no `quality`: the daemon's own default applies."""
+    assert "quality" not in plugin.core.Settings().options()
+    assert plugin.core.Settings(quality="fast").options()["quality"] == "fast"
+    assert list(plugin.core.QUALITIES) == ["", "fast", "balanced", "best"]
 
 
 def test_number_settings_offer_what_the_daemon_accepts_with_its_defaults(plugin):

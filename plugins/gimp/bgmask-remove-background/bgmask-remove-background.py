@@ -60,6 +60,8 @@ def _add_arguments(procedure, with_output):
     for name, kind, label, help_text, low, high, default in logic.NUMBER_ARGUMENTS:
         add = procedure.add_double_argument if kind is float else procedure.add_int_argument
         add(name, label, help_text, low, high, default, flags)
+    procedure.add_choice_argument("quality", "_Quality", "Speed or quality of the mask",
+                                  _choice(logic.QUALITY_CHOICES), logic.QUALITY_DEFAULT, flags)
 
 
 def _settings(config, with_output):
@@ -68,6 +70,7 @@ def _settings(config, with_output):
         output=config.get_property("output") if with_output else logic.OUTPUT_SELECTION,
         refine=bool(config.get_property("refine")),
         existing_mask=config.get_property("existing-mask") if with_output else logic.EXISTING_REPLACE,
+        quality=config.get_property("quality"),
         **{name.replace("-", "_"): config.get_property(name) for name, *_ in logic.NUMBER_ARGUMENTS},
     )
 

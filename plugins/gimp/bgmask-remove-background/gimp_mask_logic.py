@@ -39,6 +39,15 @@ OUTPUT_CHOICES = (
      "layer stays as it was"),
 )
 
+# The request's `quality` option (docs/protocol.md); QUALITY_DEFAULT sends none: the daemon's default.
+QUALITY_DEFAULT = "default"
+QUALITY_CHOICES = (
+    (QUALITY_DEFAULT, "Daemon default", "Leave the speed/quality trade-off to the daemon"),
+    ("fast", "Fast", "The quickest mask"),
+    ("balanced", "Balanced", "A good mask at a moderate cost"),
+    ("best", "Best", "The best edges, slower"),
+)
+
 EXISTING_REPLACE = "replace"
 EXISTING_INTERSECT = "intersect"
 EXISTING_CANCEL = "cancel"
@@ -97,12 +106,16 @@ class Settings:
     fill_holes: float = 0.0
     remove_specks: float = 0.0
     padding: float = DEFAULT_PADDING
+    quality: str = QUALITY_DEFAULT
 
     def options(self) -> Dict[str, Any]:
         """The request's options; a selection adds `region` and `padding` per layer."""
-        return {"refine": self.refine, "hardness": self.hardness, "shift_edge": self.shift_edge,
-                "feather": self.feather, "fill_holes": self.fill_holes, "remove_specks": self.remove_specks,
-                "decontaminate": self.output == OUTPUT_DECONTAMINATED}
+        options = {"refine": self.refine, "hardness": self.hardness, "shift_edge": self.shift_edge,
+                   "feather": self.feather, "fill_holes": self.fill_holes, "remove_specks": self.remove_specks,
+                   "decontaminate": self.output == OUTPUT_DECONTAMINATED}
+        if self.quality != QUALITY_DEFAULT:
+            options["quality"] = self.quality
+        return options
 
 
 # Layers GIMP draws from something other than pixels (GIMP 3.0: text; 3.2: vector too), by the name of

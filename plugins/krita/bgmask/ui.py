@@ -244,6 +244,13 @@ class BgmaskDocker(DockWidget):
             self.output.addItem(label, key)
         self.output.setCurrentIndex(self.output.findData(settings.output))
         form.addRow("Output:", self.output)
+        self.quality = QtWidgets.QComboBox(root)
+        self.quality.setObjectName("bgmask_quality")
+        self.quality.setToolTip("Fast, balanced or best edges; Daemon default leaves it to the daemon")
+        for key, label in core.QUALITIES.items():
+            self.quality.addItem(label, key)
+        self.quality.setCurrentIndex(self.quality.findData(settings.quality))
+        form.addRow("Quality:", self.quality)
         self.refine = QtWidgets.QCheckBox("Refine edges", root)
         self.refine.setObjectName("bgmask_refine")
         self.refine.setChecked(settings.refine)
@@ -296,7 +303,8 @@ class BgmaskDocker(DockWidget):
         self.button.clicked.connect(self._on_remove)
         self.cancel.clicked.connect(self.ctl.cancel)
         self.refresh.clicked.connect(self.ctl.refresh_status)
-        for signal in (self.model.currentIndexChanged, self.output.currentIndexChanged, self.refine.toggled,
+        for signal in (self.model.currentIndexChanged, self.output.currentIndexChanged,
+                       self.quality.currentIndexChanged, self.refine.toggled,
                        *(spin.valueChanged for spin in self.numbers.values())):
             signal.connect(self._save)
         self.ctl.busy_changed.connect(self._on_busy)
@@ -320,7 +328,7 @@ class BgmaskDocker(DockWidget):
 
     def settings(self) -> core.Settings:
         return core.Settings(model=self.model.currentData() or None, output=self.output.currentData(),
-                             refine=self.refine.isChecked(),
+                             refine=self.refine.isChecked(), quality=self.quality.currentData(),
                              **{key: spin.value() for key, spin in self.numbers.items()})
 
     def _save(self, *_: Any) -> None:
