@@ -551,3 +551,48 @@ def test_unreachable_daemon_is_a_clear_error(plugin, krita, client_module):
     with pytest.raises(client_module.BgmaskError) as err:
         job.run(client)
     assert err.value.code == "not_running" and err.value.message
+
+
+def _qt_module(monkeypatch, loaded: list, importable: list) -> types.ModuleType:
+    """plugins/krita/bgmask/qt.py run with `loaded` PyQt packages already imported (by Krita's own bindings)
+    and `importable` ones only on the path; stand-in modules, as the host has neither PyQt."""
+    monkeypatch.setitem(sys.modules, "krita", types.ModuleType("krita"))
+    for name in ("PyQt5", "PyQt6"):
+        for module in ("QtCore", "QtGui", "QtWidgets"):
+            monkeypatch.delitem(sys.modules, f"{name}.{module}", raising=False)
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    for name in loaded:
+        monkeypatch.setitem(sys.modules, f"{name}.QtCore", types.ModuleType(f"{name}.QtCore"))
+    real_import = importlib.import_module
+
+    def import_module(name: str, package=None):
+        binding = name.split(".")[0]
+        if binding in ("PyQt5", "PyQt6"):
+            if name not in sys.modules and binding not in loaded + importable:
+                raise ModuleNotFoundError(f"No module named {name!r}")
+            return sys.modules.setdefault(name, types.ModuleType(name))
+        return real_import(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    spec = importlib.util.spec_from_file_location("bgmask_qt_under_test", PLUGIN / "qt.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("loaded, importable, expected", [
+    (["PyQt6"], ["PyQt5"], "PyQt6"),   # Krita 6: its PyQt6 is loaded; a PyQt5 on the path must not be taken
+    (["PyQt5"], ["PyQt6"], "PyQt5"),   # Krita 5 with a system PyQt6 installed beside it
+    ([], ["PyQt5", "PyQt6"], "PyQt5"),  # outside Krita: the Qt 5 bindings first
+    ([], ["PyQt6"], "PyQt6"),
+])
+def test_qt_bindings_are_the_ones_krita_loaded(monkeypatch, loaded, importable, expected):
+    qt = _qt_module(monkeypatch, loaded, importable)
+    assert qt.API == expected
+    assert [qt.QtCore.__name__, qt.QtGui.__name__, qt.QtWidgets.__name__] == \
+        [f"{expected}.QtCore", f"{expected}.QtGui", f"{expected}.QtWidgets"]
+
+
+def test_no_qt_bindings_is_a_clear_error(monkeypatch):
+    with pytest.raises(ImportError, match="needs PyQt5 .Krita 5. or PyQt6 .Krita 6."):
+        _qt_module(monkeypatch, [], [])
