@@ -165,12 +165,14 @@ def test_environment(gimp: dict[str, Any]) -> None:
     # the plug-in's own process (not only the batch script) found the stubs and fell back
     plugin_hit = any(line.startswith("bgmask-remove-background.py ") for line in gimp["hidden_imports"])
     assert plugin_hit is not has_pyzmq, gimp["hidden_imports"]
-    assert env["menu_paths"] == ["<Image>/Layer/"]
-    assert env["select_menu_paths"] == ["<Image>/Select/"]
+    # GIMP 3.0 gives the menu paths back as registered, 3.2 without the trailing slash
+    assert [path.rstrip("/") for path in env["menu_paths"]] == ["<Image>/Layer"]
+    assert [path.rstrip("/") for path in env["select_menu_paths"]] == ["<Image>/Select"]
     assert env["arguments"] == ["run-mode", "image", "drawables", "model", "output", "refine", "existing-mask",
                                 "hardness", "shift-edge", "feather", "fill-holes", "remove-specks", "padding",
                                 "quality"]
-    assert "mnemonic" not in gimp["log"].lower(), "GIMP warned about clashing mnemonics in the dialog"
+    assert "mnemonic" not in gimp["log"].lower(), "GIMP warned about clashing or missing mnemonics in the dialog"
+    assert "not supported for parameter" not in gimp["log"], "the dialog asked GIMP for a widget it cannot make"
 
 
 @pytest.mark.parametrize("name, mask_format", [

@@ -23,7 +23,8 @@ import gi  # noqa: E402
 gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject  # noqa: E402
+gi.require_version("Gtk", "3.0")
+from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject, Gtk  # noqa: E402
 
 import bgmask_client  # noqa: E402
 import gimp_mask_logic as logic  # noqa: E402
@@ -115,6 +116,9 @@ class RemoveBackground(Gimp.PlugIn):
         if run_mode == Gimp.RunMode.INTERACTIVE:
             GimpUi.init("bgmask-remove-background")
             dialog = GimpUi.ProcedureDialog.new(procedure, config, TITLES[procedure.get_name()])
+            if with_output:  # GIMP 3.2 shows a choice of three as radio buttons, whose frame takes no
+                # mnemonic (it warns); a combo box, as in GIMP 3.0, keeps the keyboard shortcut
+                dialog.get_widget("existing-mask", Gtk.ComboBox.__gtype__)
             dialog.fill(None)
             accepted = dialog.run()
             dialog.destroy()
