@@ -149,9 +149,16 @@ def activate(doc, layer):
     yield 0.2
 
 
-def undo(app):
-    app.action("edit_undo").trigger()
-    yield 0.5
+def undo(app, action="edit_undo"):
+    """Edit > Undo (or Redo), then back to the event loop until the layer tree changed (at most 10 s): on a
+    busy machine Krita can take longer than a fixed pause to apply it."""
+    doc = app.activeDocument()
+    before = tree(doc.rootNode())
+    app.action(action).trigger()
+    deadline = time.time() + 10
+    while tree(doc.rootNode()) == before and time.time() < deadline:
+        yield 0.1
+    yield 0.2
 
 
 def photo_case(app, win, dk, rec, model, depth, refine=True, model_choice=""):
@@ -192,8 +199,8 @@ def case_kra_round_trip(app, win, dk, rec):
     for step in undo(app):
         yield step
     rec["children_after_undo"] = [c.name() for c in layer.childNodes()]
-    app.action("edit_redo").trigger()
-    yield 0.5
+    for step in undo(app, "edit_redo"):
+        yield step
     rec["children_after_redo"] = [c.name() for c in layer.childNodes()]
     path = os.path.join(OUT, "roundtrip.kra")
     rec["saved"] = bool(doc.saveAs(path))
