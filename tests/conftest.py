@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import pytest
 
@@ -138,3 +138,17 @@ def load_rgb(name: str, size: Optional[tuple[int, int]] = None) -> tuple[bytes, 
     if size is not None:
         img = img.resize(size, Image.Resampling.BILINEAR)
     return img.tobytes(), img.width, img.height
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Which real GIMP and Krita versions the host-app tests ran in, and how long each launch took."""
+    launches = sys.modules.get("hostapps_targets")
+    if launches is None or not launches.LAUNCHES:
+        return
+    terminalreporter.section("real host applications")
+    totals: dict[str, float] = {}
+    for app, what, seconds in launches.LAUNCHES:
+        terminalreporter.write_line(f"{app}: {what}: {seconds:.1f} s")
+        totals[app] = totals.get(app, 0.0) + seconds
+    for app, seconds in totals.items():
+        terminalreporter.write_line(f"{app}: total {seconds:.1f} s")
