@@ -24,6 +24,8 @@ internal) plus these raised by the client itself:
     too_large        (also a daemon code) a frame exceeds hello's max_message_bytes, or the image exceeds
                      max_pixels: checked before anything is sent
     bad_image        (also a daemon code) the pixel buffer does not match width/height/channels/stride
+    unsafe_runtime_dir  the runtime directory is a symlink, someone else's, or writable by others: it is
+                     never used (the message names it and says what to do)
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ PROTOCOL_ERROR = "protocol_error"
 TOO_LARGE = "too_large"
 BAD_IMAGE = "bad_image"
 CANCELLED = "cancelled"
+UNSAFE_RUNTIME_DIR = "unsafe_runtime_dir"
 
 SAMPLE_SIZES = {"u8": 1, "u16": 2, "f16": 2, "f32": 4}
 CHANNEL_NAMES = {1: "gray", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}
@@ -623,7 +626,8 @@ def _connect(transport: str, endpoint: str, timeout: float) -> Any:
 
 # ---------------------------------------------------------------------------------------------------
 # Per-user directories, computed like platformdirs 4 (user_runtime_dir / user_config_dir with
-# appauthor=False) without importing it, so the plugins find what the daemon wrote.
+# appauthor=False) without importing it, so the plugins find what the daemon wrote; the daemon takes its
+# runtime directory from here too (bgmask.paths), so both sides trust exactly the same directory.
 
 def _xdg(name: str) -> Optional[str]:
     value = os.environ.get(name, "")
@@ -653,6 +657,61 @@ def _runtime_dir_problem(path: str, missing_ok: bool, check_mode: bool = True) -
         return True
     return (stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != _geteuid()
             or (check_mode and info.st_mode & 0o777 != 0o700))
+
+
+def _unsafe_because(path: str) -> Optional[str]:
+    """Why `path` may not hold the token and the daemon's endpoint (None when it may): it must be a real
+    directory (no symlink), owned by this user, and writable by nobody else. Windows keeps these folders
+    private through the profile's ACLs, so only the symlink and directory checks apply there."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(info.st_mode):
+        return "it is not a directory"
+    if sys.platform != "win32":
+        if info.st_uid != _geteuid():
+            return "it belongs to user id %d, not to you (%d)" % (info.st_uid, _geteuid())
+        if info.st_mode & 0o022:
+            return "others can write to it (mode %03o)" % stat.S_IMODE(info.st_mode)
+    return None
+
+
+def private_dir(path: str, create: bool = True) -> str:
+    """`path`, checked before anything in it is trusted: created 0700 where missing (when `create`), tightened
+    to 0700 when it is ours but readable by others, refused with an `unsafe_runtime_dir` error naming it when
+    another user could have planted it or could change what is in it. A missing dir is fine when not `create`."""
+    try:
+        if create:
+            os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
+        why = _unsafe_because(path)
+        if why is None and sys.platform != "win32" and stat.S_IMODE(os.lstat(path).st_mode) != 0o700:
+            os.chmod(path, 0o700)
+    except FileNotFoundError:
+        if create:
+            raise BgmaskError(UNSAFE_RUNTIME_DIR, "cannot create the bgmask directory %s" % path) from None
+        return path
+    except OSError as exc:
+        why = "it cannot be used (%s)" % (exc.strerror or exc)
+    if why is not None:
+        raise BgmaskError(UNSAFE_RUNTIME_DIR, "the bgmask directory %s is not safe to use: %s. Remove it (or make it"
+                          " yours with mode 0700), or set BGMASK_RUNTIME_DIR to a private directory of yours; nothing"
+                          " was sent or written there." % (path, why))
+    return path
+
+
+def private_runtime_dir(create: bool = True) -> str:
+    """runtime_dir() through private_dir(): the only way the client (and the daemon) trusts it."""
+    return private_dir(runtime_dir(), create)
+
+
+def open_private(path: str, flags: int) -> int:
+    """os.open that never follows a symbolic link (O_NOFOLLOW where the OS has it: a planted link to a file of
+    the user's must not be written through) and creates files readable by the user only."""
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o600)
 
 
 def _runtime_parent_problem(path: str) -> bool:
@@ -718,7 +777,9 @@ def _win_known_folder(guid: str) -> str:
 
 
 def runtime_dir() -> str:
-    """Where the daemon writes daemon.json (endpoint, token, pid): $BGMASK_RUNTIME_DIR or platformdirs' choice."""
+    """Where the daemon writes daemon.json (endpoint, token, pid): $BGMASK_RUNTIME_DIR, else platformdirs'
+    choice where that is private to the user ($XDG_RUNTIME_DIR, /run/user/<uid>, the macOS and Windows per-user
+    folders), else <cache>/bgmask/run (never a shared temp dir). Use private_runtime_dir() to trust it."""
     if os.environ.get("BGMASK_RUNTIME_DIR"):
         return os.environ["BGMASK_RUNTIME_DIR"]
     if sys.platform == "win32":
@@ -737,9 +798,8 @@ def runtime_dir() -> str:
     else:
         base = "/run/user/%d" % _geteuid()
     if _runtime_dir_problem(base, missing_ok=False):
-        import tempfile
-
-        base = posixpath.join(tempfile.gettempdir(), "runtime-%d" % _geteuid())
+        # Not a shared temp dir, where another user could create ours first: a folder in the user's own cache.
+        return os.path.join(_xdg("XDG_CACHE_HOME") or _expand_user("~/.cache"), APP, "run")
     return os.path.join(base, APP)
 
 
@@ -786,8 +846,9 @@ def pid_alive(pid: int) -> bool:
 
 def _read_runtime_file() -> Optional[Dict[str, Any]]:
     """The live daemon's runtime file, or None when it is missing, unreadable or left by a dead daemon."""
+    path = os.path.join(private_runtime_dir(create=False), "daemon.json")
     try:
-        with open(os.path.join(runtime_dir(), "daemon.json"), encoding="utf-8") as f:
+        with os.fdopen(open_private(path, os.O_RDONLY), encoding="utf-8") as f:
             info = json.load(f)
     except (OSError, ValueError):
         return None
@@ -812,7 +873,7 @@ def _daemon_command() -> List[str]:
 
 def _log_tail(path: str, lines: int = 5) -> str:
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_private(path, os.O_RDONLY), "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - 4096))
             text = f.read().decode("utf-8", "replace")
@@ -829,7 +890,11 @@ class _SpawnLock:
         self.deadline = deadline
 
     def __enter__(self) -> "_SpawnLock":
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
+        except OSError as exc:
+            raise BgmaskError(NOT_RUNNING, "cannot open %s (%s): remove it, or run `bgmask serve` in a terminal"
+                              % (self.path, exc.strerror or exc)) from None
         while True:
             try:
                 self._lock(True)
@@ -1107,8 +1172,7 @@ class Client:
         self._conn, self._fresh = conn, True
 
     def _start_daemon(self) -> None:
-        rdir = runtime_dir()
-        os.makedirs(rdir, mode=0o700, exist_ok=True)
+        rdir = private_runtime_dir()
         deadline = time.monotonic() + max(self.timeout, _START_TIMEOUT_S)
         with _SpawnLock(os.path.join(rdir, "spawn.lock"), deadline):
             info = _read_runtime_file()  # whoever held the lock before us may have started it
@@ -1121,10 +1185,16 @@ class Client:
                         raise
             command = _daemon_command()
             log_path = os.path.join(rdir, "daemon.log")
+            env = dict(os.environ, BGMASK_LOG_FILE=log_path)  # the daemon rotates it (size-capped)
             try:
-                with open(log_path, "ab") as log:
+                log = os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab")
+            except OSError as exc:
+                raise BgmaskError(NOT_RUNNING, "cannot open the daemon's log %s (%s): remove it, or run `bgmask serve`"
+                                  " in a terminal" % (log_path, exc.strerror or exc)) from None
+            try:
+                with log:
                     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                            close_fds=True, **_detached())
+                                            close_fds=True, env=env, **_detached())
             except OSError as exc:
                 raise BgmaskError(NOT_RUNNING, "could not start the bgmask daemon with %s (%s): run `bgmask install`"
                                   " again, or `bgmask serve` in a terminal" % (command, exc)) from None

@@ -33,7 +33,7 @@ class DaemonLock:
 
     def acquire(self) -> bool:
         paths.ensure_private_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = load_client().open_private(str(self.path), os.O_RDWR | os.O_CREAT)
         try:
             if sys.platform == "win32":
                 msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
@@ -67,11 +67,17 @@ def write_private_json(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
+def _read_json(path: Path) -> Any:
+    """A JSON file of ours, read without following a symlink planted in its place."""
+    with os.fdopen(load_client().open_private(str(path), os.O_RDONLY), encoding="utf-8") as f:
+        return json.load(f)
+
+
 def read_runtime(path: Optional[Path] = None) -> Optional[dict[str, Any]]:
     """The live daemon's runtime record, or None when absent, unreadable or stale (dead pid)."""
     path = path or paths.runtime_file()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = _read_json(path)
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("pid"), int) or not pid_alive(data["pid"]):
@@ -83,7 +89,7 @@ def remove_runtime(path: Optional[Path] = None, pid: Optional[int] = None) -> No
     """Remove the runtime file, but only if it is ours (pid given) or stale."""
     path = path or paths.runtime_file()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = _read_json(path)
         if pid is not None and data.get("pid") != pid:
             return
     except (OSError, ValueError):
