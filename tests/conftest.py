@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
@@ -137,3 +137,13 @@ def load_rgb(name: str, size: Optional[tuple[int, int]] = None) -> tuple[bytes, 
     if size is not None:
         img = img.resize(size, Image.Resampling.BILINEAR)
     return img.tobytes(), img.width, img.height
+
+
+def authenticate(sock: Any, token: str) -> Any:
+    """Give a hand-made pyzmq socket the daemon's ZMTP PLAIN credentials (docs/protocol.md, "Handshake"):
+    without them the daemon drops the connection in the handshake, before any frame is read."""
+    import zmq
+
+    sock.setsockopt(zmq.PLAIN_USERNAME, b"bgmask")
+    sock.setsockopt(zmq.PLAIN_PASSWORD, token.encode())
+    return sock
