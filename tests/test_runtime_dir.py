@@ -141,3 +141,32 @@ def test_the_daemon_side_ignores_a_symlinked_runtime_file(isolated_dirs: dict, m
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(real)
     assert runtime.read_runtime() is None
+
+
+def test_the_daemon_log_is_size_capped_and_never_written_through_a_symlink(tmp_path: Path) -> None:
+    import logging
+
+    from bgmask import runtime
+
+    path = tmp_path / "daemon.log"
+    handler = runtime.RotatingLog(str(path))
+    logger = logging.getLogger("bgmask.test-rotation")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for n in range(40_000):  # about 4 MiB of lines
+            logger.warning("line %06d %s", n, "x" * 90)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    sizes = sorted(p.stat().st_size for p in tmp_path.iterdir())
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["daemon.log", "daemon.log.1"]
+    assert sizes[-1] <= runtime.LOG_MAX_BYTES and sum(sizes) <= 2 * runtime.LOG_MAX_BYTES
+    assert "line 039999" in path.read_text()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep\n")
+    path.unlink()
+    path.symlink_to(victim)
+    with pytest.raises(OSError):
+        runtime.RotatingLog(str(path))
+    assert victim.read_text() == "keep\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -122,7 +123,14 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from bgmask.daemon import Daemon, DaemonConfig  # ONNX Runtime is only imported by the daemon
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    log_file = os.environ.get("BGMASK_LOG_FILE")  # set by a client that auto-starts the daemon
+    try:
+        handlers = [runtime.RotatingLog(log_file)] if log_file else None
+    except OSError as exc:
+        print(f"bgmask: cannot open the log {log_file} ({exc.strerror or exc}); remove it and start again.",
+              file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=handlers,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = DaemonConfig(
         host=args.host, port=args.port, allow_remote=args.allow_remote, device=args.device, threads=args.threads,

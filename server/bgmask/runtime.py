@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging.handlers
 import os
 import sys
 import tempfile
@@ -150,3 +151,33 @@ def record_daemon_command() -> None:
     config["daemon_command"] = daemon_command()
     paths.config_dir().mkdir(parents=True, exist_ok=True)
     write_private_json(path, config)
+
+
+LOG_MAX_BYTES = 1024**2  # the runtime dir is often a small RAM-backed tmpfs: at most 2 MiB of log there
+
+
+class RotatingLog(logging.handlers.RotatingFileHandler):
+    """The daemon's log file (BGMASK_LOG_FILE, set by a client that auto-starts it): size-capped with one old
+    copy, opened without following a symlink planted in its place. When the daemon's own stdout/stderr are that
+    file (the auto-start case), they follow each rotation, so a crash's traceback lands in the live log."""
+
+    def __init__(self, path: str) -> None:
+        self._stdio = _same_file(path, 2)
+        super().__init__(path, maxBytes=LOG_MAX_BYTES, backupCount=1, encoding="utf-8")
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        fd = load_client().open_private(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        stream = os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+        if self._stdio:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(stream.fileno(), 1)
+            os.dup2(stream.fileno(), 2)
+        return stream
+
+
+def _same_file(path: str, fd: int) -> bool:
+    try:
+        return os.path.samestat(os.lstat(path), os.fstat(fd))
+    except OSError:
+        return False
