@@ -126,7 +126,7 @@ def _image_codes(d: Any, data: list[bytes]) -> tuple[set, Optional[tuple[int, in
     elif not _is_int(stride) or stride < row:
         return codes | {"bad_image"}, None
     min_bytes = (h - 1) * stride + row
-    if min_bytes > CAP:
+    if min_bytes > CAP or stride > CAP:  # a one-row image's stride too: 2^63 once overflowed numpy (internal)
         codes.add("too_large")
     if codes:
         return codes, None
@@ -339,7 +339,8 @@ def corpus(token: str) -> list[Probe]:
         ({"width": 4, "height": 3, "channels": 3, "sample_type": "u8", "stride": 2**64 - 1}, 36, "too_large"),
         ({"width": 4, "height": 3, "channels": 3, "sample_type": "u8", "stride": -12}, 36, "bad_image"),
         ({"width": 4, "height": 3, "channels": 3, "sample_type": "u8", "stride": 11}, 36, "bad_image"),
-        ({"width": 4, "height": 1, "channels": 3, "sample_type": "u8", "stride": 2**62}, 12, "reply"),  # one row
+        ({"width": 4, "height": 1, "channels": 3, "sample_type": "u8", "stride": 2**62}, 12, "too_large"),  # one row
+        ({"width": 4, "height": 1, "channels": 3, "sample_type": "u8", "stride": 2**63}, 12, "too_large"),
         ({"width": 3, "height": 2, "channels": 4, "sample_type": "f32", "stride": 64}, 112, "reply"),  # short last row
         ({"width": 4, "height": 3, "channels": 3, "sample_type": "u8"}, 35, "bad_image"),
         ({"width": 4, "height": 3, "channels": 3, "sample_type": "u8"}, 37, "bad_image"),

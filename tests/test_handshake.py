@@ -1,6 +1,7 @@
 """Protocol 2's ZMTP PLAIN handshake: a peer without the token is dropped before libzmq reads a single frame of
 its, costs neither memory nor a log line of its own, and a connection that never authenticates is closed
-after the handshake timeout. Real daemons, real libzmq, the shared client's own handshake."""
+after the handshake timeout; a client that goes away takes its queued jobs (and their memory) with it. Real
+daemons, real libzmq, the shared client's own handshake."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import msgpack
 import pytest
 import zmq
 
@@ -169,3 +171,34 @@ def test_a_daemon_of_another_protocol_is_named_with_what_to_do(isolated_dirs: di
         bc.Client(timeout=5).hello()
     assert err.value.code == "unsupported_version"
     assert "protocol 1" in err.value.message and "update bgmask" in err.value.message
+
+
+def test_the_queued_jobs_of_a_client_that_disconnected_are_dropped(own_daemon: RunningDaemon) -> None:
+    d = own_daemon
+    assert served(d)
+    ctx = zmq.Context()
+    gone = authenticate(ctx.socket(zmq.DEALER), d.token)
+    gone.setsockopt(zmq.LINGER, -1)
+    gone.connect(d.endpoint)
+    width, height = 4000, 3000
+    image = {"width": width, "height": height, "channels": 3, "sample_type": "u8"}
+    pixels = bytes(width * height * 3)
+    for rid in range(1, 7):
+        gone.send_multipart([msgpack.packb({"v": 2, "id": rid, "token": d.token, "op": "remove", "image": image}),
+                             pixels], copy=False)
+    queued = set()
+    while len(queued) < 6:  # every request has arrived and is queued or running
+        assert gone.poll(60_000)
+        header = msgpack.unpackb(gone.recv_multipart()[0])
+        assert header["type"] == "progress", header
+        queued.add(header["id"])
+    gone.close(0)  # the client dies with five requests waiting
+    ctx.term()
+    client = bc.Client(endpoint=d.endpoint, token=d.token, timeout=60, autostart=False)
+    try:
+        assert wait_for(lambda: client.status()["queue"] == 0, 8), "the dead client's requests are still queued"
+    finally:
+        client.close()
+    assert re.findall(r"dropped (\d) request\(s\) of a client that disconnected", d.log()) in (["5"], ["6"]), \
+        d.log()[-1500:]
+    assert served(d)

@@ -10,8 +10,8 @@ from bgmask.errors import BgmaskError
 
 
 @pytest.mark.parametrize("stride", [2**63, 2**64 - 1, (2 << 30) + 1])
-def test_a_stride_beyond_any_message_is_a_bad_image(stride: int) -> None:
+def test_a_stride_beyond_any_message_is_too_large(stride: int) -> None:
     image = {"width": 4, "height": 1, "channels": 3, "sample_type": "u8", "stride": stride}
     with pytest.raises(BgmaskError) as err:
         protocol.parse_image(image, max_pixels=1000, max_bytes=2 << 30)
-    assert err.value.code == E.BAD_IMAGE and "stride" in err.value.message and "2,147,483,648" in err.value.message
+    assert err.value.code == E.TOO_LARGE and "stride" in err.value.message and "2,147,483,648" in err.value.message

@@ -314,6 +314,7 @@ class Daemon:
         router = self.ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         router.setsockopt(zmq.LINGER, 1000)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # see _deliver: a disconnected client's jobs are dropped
         router.setsockopt(zmq.PLAIN_SERVER, 1)
         router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
         router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP handler would mean no handshake, never "anyone"
@@ -369,7 +370,7 @@ class Daemon:
             if out in events:
                 for _ in range(256):
                     try:
-                        router.send_multipart(out.recv_multipart(zmq.NOBLOCK, copy=False), copy=False)
+                        self._deliver(router, out.recv_multipart(zmq.NOBLOCK, copy=False))
                     except zmq.Again:
                         break
             if router in events:
@@ -397,12 +398,41 @@ class Daemon:
             t.join(timeout=5)
         while True:  # replies the workers pushed while we were stopping
             try:
-                router.send_multipart(out.recv_multipart(zmq.NOBLOCK, copy=False), copy=False)
+                self._deliver(router, out.recv_multipart(zmq.NOBLOCK, copy=False))
             except zmq.Again:
                 break
 
     def _send(self, router: zmq.Socket, ident: bytes, header: dict, *data: Any) -> None:
-        router.send_multipart([ident, protocol.pack(header), *data], copy=False)
+        self._deliver(router, [ident, protocol.pack(header), *data])
+
+    def _deliver(self, router: zmq.Socket, frames: list) -> None:
+        """Send without ever blocking the socket thread. The ROUTER is mandatory-routing, so a message for a
+        client that has disconnected fails instead of vanishing: that is how the daemon learns a client is
+        gone (each waiting job gets a progress message every second) and drops its jobs. A client that
+        reads nothing loses messages at its high-water mark, as with libzmq's default ROUTER."""
+        try:
+            router.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            pass
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            ident = frames[0] if isinstance(frames[0], bytes) else frames[0].bytes
+            self._drop_jobs_of(ident)
+
+    def _drop_jobs_of(self, ident: bytes) -> None:
+        """Cancel the jobs of a client that disconnected: queued ones never start, a running one stops at its
+        next cancellation point; nobody is left to read their answers."""
+        with self._cv:
+            jobs = [job for job in self._jobs.values() if job.ident == ident and not job.cancel_requested.is_set()]
+            for job in jobs:
+                job.cancel_requested.set()
+                if not job.running:
+                    self._queue.remove(job)
+                    del self._jobs[job.key]
+                    job.frame = None
+        if jobs:
+            log.info("dropped %d request(s) of a client that disconnected", len(jobs))
 
     def _handle(self, router: zmq.Socket, frames: list[zmq.Frame]) -> None:
         ident = frames[0].bytes

@@ -130,11 +130,11 @@ def parse_image(d: Any, max_pixels: int, max_bytes: int) -> ImageSpec:
         stride = row_bytes
     elif isinstance(stride, bool) or not isinstance(stride, int) or stride < row_bytes:
         raise BgmaskError(E.BAD_IMAGE, f"image.stride must be an integer of at least {row_bytes} bytes (width x channels x sample size), got {stride!r}.")
-    elif stride > max_bytes:  # one row's step cannot exceed a whole message (and 2^63 would overflow numpy)
-        raise BgmaskError(E.BAD_IMAGE, f"image.stride is {stride:,} bytes, more than a whole message may hold ({max_bytes:,}).")
     spec = ImageSpec(width, height, channels, sample_type, stride, linear)
     if spec.min_bytes > max_bytes:
         raise BgmaskError(E.TOO_LARGE, f"The image needs {spec.min_bytes:,} bytes; this daemon accepts at most {max_bytes:,} per message.")
+    if stride > max_bytes:  # even for one row, where it is never stepped over (2^63 once overflowed numpy)
+        raise BgmaskError(E.TOO_LARGE, f"image.stride is {stride:,} bytes; this daemon accepts at most {max_bytes:,} per message.")
     return spec
 
 
