@@ -37,6 +37,7 @@ EXIT_BAD_CONFIG = 2
 GiB = 1024**3
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks who may complete a handshake (RFC 27)
 ZAP_DOMAIN = b"bgmask"
+REQUEST_BYTES_PER_PIXEL = 60  # a remove's peak working memory per pixel, as the security review measured it
 FREE_HEAP_LIMIT = 64 * 1024**2  # free C heap an idle daemon gives back at once (keep_freed_blocks keeps the rest)
 
 
@@ -61,6 +62,7 @@ class DaemonConfig:
     handshake_timeout_s: float = 5.0  # a connection that has not authenticated by then is dropped
     refusal_summary_s: float = 60.0  # refused handshakes and requests are logged as one line per interval
     release_memory_after_s: float = 5.0  # idle seconds before inference memory goes back to the system
+    request_memory: int = 0  # bytes one remove may need (estimated); 0: half of the machine's memory
 
 
 @dataclass(eq=False)
@@ -144,6 +146,18 @@ def raise_open_file_limit() -> None:
             return
         except (ValueError, OSError):
             continue
+
+
+def _size(n: int) -> str:
+    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / 1024**2:.0f} MiB"
+
+
+def default_request_memory() -> int:
+    """Half of the machine's memory (8 GiB where that cannot be read): what one request may use by default."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 * GiB
 
 
 def return_free_heap() -> None:
@@ -303,7 +317,7 @@ class Daemon:
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             self.refusals.add("handshakes without the token")
         else:  # the wrong mechanism (clients of protocol 1 use NULL), garbage, or no handshake in time
-            self.refusals.add("connections that failed the handshake (clients older than protocol 2 fail here)")
+            self.refusals.add("connections that failed the handshake or let it time out (protocol-1 clients fail here)")
 
     def _bind(self) -> tuple[zmq.Socket, zmq.Socket]:
         host = self.config.host
@@ -489,11 +503,23 @@ class Daemon:
     def _op_remove(self, router: zmq.Socket, ident: bytes, rid: Any, header: dict, data: list) -> None:
         model = protocol.parse_model_name(header.get("model")) or self.default_model
         spec = protocol.parse_image(header.get("image"), self.config.max_pixels, self.config.max_message_bytes)
+        self._check_request_memory(spec)
         frame = protocol.check_pixel_frames(spec, data)
         options = protocol.parse_options(header.get("options"), spec)
         out_type = protocol.parse_output(header.get("output"))
         Catalog.load().get(model)
         self._enqueue(router, Job(ident, rid, "remove", model, spec, frame, options, out_type))
+
+    def _check_request_memory(self, spec: ImageSpec) -> None:
+        """Refuse a remove whose working memory (about REQUEST_BYTES_PER_PIXEL a pixel besides its pixels: the
+        float planes of refinement and the options) would exceed the per-request budget, before it is queued,
+        instead of letting it swap the machine."""
+        budget = self.config.request_memory or default_request_memory()
+        need = spec.pixels * REQUEST_BYTES_PER_PIXEL + spec.height * spec.stride
+        if need > budget:
+            raise BgmaskError(E.TOO_LARGE, f"A {spec.width}x{spec.height} image needs about {_size(need)} of memory "
+                                           f"to process; this daemon allows {_size(budget)} per request (bgmask serve "
+                                           "--request-memory).")
 
     def _op_pull(self, router: zmq.Socket, ident: bytes, rid: Any, header: dict, data: list) -> None:
         model = protocol.parse_model_name(header.get("model")) or self.default_model
