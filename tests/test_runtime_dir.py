@@ -170,3 +170,22 @@ def test_the_daemon_log_is_size_capped_and_never_written_through_a_symlink(tmp_p
     with pytest.raises(OSError):
         runtime.RotatingLog(str(path))
     assert victim.read_text() == "keep\n"
+
+
+def test_an_own_config_dir_left_group_writable_by_a_umask_is_tightened_not_refused(tmp_path: Path,
+                                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from bgmask import paths, runtime
+
+    config = tmp_path / "config"
+    config.mkdir()
+    config.chmod(0o775)  # what a umask of 002 gives
+    monkeypatch.setenv("BGMASK_CONFIG_DIR", str(config))
+    monkeypatch.setenv("BGMASK_RUNTIME_DIR", str(tmp_path / "run"))
+    runtime.write_private_json(paths.config_file(), {"daemon_command": ["x"]})
+    assert (config.stat().st_mode & 0o777) == 0o700
+    runtime_dir = tmp_path / "run"
+    runtime_dir.mkdir(mode=0o700)
+    runtime_dir.chmod(0o775)
+    with pytest.raises(Exception) as err:
+        runtime.write_private_json(paths.runtime_file(), {"pid": 1})
+    assert getattr(err.value, "code", None) == "unsafe_runtime_dir" and str(runtime_dir) in str(err.value)

@@ -725,10 +725,12 @@ def _unsafe_because(path: str) -> Optional[str]:
     return None
 
 
-def private_dir(path: str, create: bool = True) -> str:
+def private_dir(path: str, create: bool = True, tighten: bool = False) -> str:
     """`path`, checked before anything in it is trusted: created 0700 where missing (when `create`), tightened
     to 0700 when it is ours but readable by others, refused with an `unsafe_runtime_dir` error naming it when
-    another user could have planted it or could change what is in it. A missing dir is fine when not `create`."""
+    another user could have planted it or could change what is in it. A missing dir is fine when not `create`.
+    `tighten` also makes our own group-writable dir 0700 instead of refusing it (the config dir, which a umask
+    of 002 creates 0775; never the runtime dir, where a planted daemon.json would be trusted)."""
     try:
         if create:
             os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
@@ -737,6 +739,8 @@ def private_dir(path: str, create: bool = True) -> str:
             except FileExistsError:
                 pass
         why = _unsafe_because(path)
+        if why is not None and tighten and why.startswith("others can write"):
+            why = None
         if why is None and sys.platform != "win32" and stat.S_IMODE(os.lstat(path).st_mode) != 0o700:
             os.chmod(path, 0o700)
     except FileNotFoundError:

@@ -59,9 +59,10 @@ def imported_models_file() -> Path:
 
 def ensure_private_dir(path: Path) -> Path:
     """Create a directory readable only by the user (the runtime dir holds the token), or refuse one that is a
-    symlink, someone else's or writable by others (E.UNSAFE_RUNTIME_DIR, naming it): the client's check."""
+    symlink, someone else's or (the runtime dir) writable by others (E.UNSAFE_RUNTIME_DIR, naming it): the
+    client's check. Our own group-writable config dir is made 0700 instead."""
     client = load_client()
     try:
-        return Path(client.private_dir(str(path)))
+        return Path(client.private_dir(str(path), tighten=path != runtime_dir()))
     except client.BgmaskError as exc:
         raise BgmaskError(E.UNSAFE_RUNTIME_DIR, exc.message[:1].upper() + exc.message[1:]) from None
