@@ -20,6 +20,7 @@ from conftest import base_env
 bc = client_suite.load_client()
 TRANSPORTS = ["builtin", "pyzmq"]
 STRANGER = 65534  # nobody
+LOGIN_DIR_PROBLEM = bc._runtime_dir_problem  # the real check, before fallback_env replaces it
 needs_root = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown needs root")
 
 
@@ -30,7 +31,13 @@ def fallback_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("BGMASK_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setattr(bc, "_runtime_dir_problem", lambda *args, **kwargs: True)  # as if no /run/user/<uid>
     return Path(bc.runtime_dir())
+
+
+def no_login_runtime_dir() -> bool:
+    """Whether a subprocess falls back too: this machine has no usable /run/user/<uid>."""
+    return bool(LOGIN_DIR_PROBLEM("/run/user/%d" % os.getuid(), missing_ok=False))
 
 
 @pytest.fixture
@@ -84,6 +91,8 @@ def test_a_planted_runtime_dir_gets_no_pixel_and_no_success(fallback_env: Path, 
 @needs_root
 def test_the_daemon_refuses_a_planted_runtime_dir_and_says_so(fallback_env: Path, listener: socket.socket,
                                                               isolated_dirs: dict) -> None:
+    if not no_login_runtime_dir():
+        pytest.skip("this machine has a /run/user/<uid>, which the daemon would use instead of the fallback")
     plant(fallback_env, "tcp://127.0.0.1:%d" % listener.getsockname()[1])
     env = base_env(isolated_dirs)
     del env["BGMASK_RUNTIME_DIR"]
