@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
@@ -152,3 +152,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         totals[app] = totals.get(app, 0.0) + seconds
     for app, seconds in totals.items():
         terminalreporter.write_line(f"{app}: total {seconds:.1f} s")
+
+
+def authenticate(sock: Any, token: str) -> Any:
+    """Give a hand-made pyzmq socket the daemon's ZMTP PLAIN credentials (docs/protocol.md, "Handshake"):
+    without them the daemon drops the connection in the handshake, before any frame is read."""
+    import zmq
+
+    sock.setsockopt(zmq.PLAIN_USERNAME, b"bgmask")
+    sock.setsockopt(zmq.PLAIN_PASSWORD, token.encode())
+    return sock

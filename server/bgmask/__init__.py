@@ -6,7 +6,7 @@ For scripts: `bgmask.remove(image, **options)` (see bgmask.api), `bgmask.Client`
 from typing import Any
 
 __version__ = "0.1.0"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 __all__ = ["remove", "Client", "BgmaskError", "RemoveResult", "__version__", "PROTOCOL_VERSION"]
 
 

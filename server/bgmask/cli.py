@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from typing import NoReturn, Optional, Sequence
@@ -40,13 +41,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"bgmask: --gpu-mem-limit must be a positive number of GiB, got {args.gpu_mem_limit}.", file=sys.stderr)
         return 2
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    log_file = os.environ.get("BGMASK_LOG_FILE")  # set by a client that auto-starts the daemon
+    try:
+        handlers = [runtime.RotatingLog(log_file)] if log_file else None
+    except OSError as exc:
+        print(f"bgmask: cannot open the log {log_file} ({exc.strerror or exc}); remove it and start again.",
+              file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=handlers,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = DaemonConfig(
         host=args.host, port=args.port, allow_remote=args.allow_remote, device=args.device, threads=args.threads,
         max_message_bytes=args.max_message_bytes, max_pixels=args.max_pixels, queue_limit=args.queue_limit,
         idle_unload_s=args.idle_unload, memory_budget=int(args.memory_budget * GiB), preload_delay=args.preload_delay,
-        release_memory_after_s=args.release_memory_after,
+        release_memory_after_s=args.release_memory_after, request_memory=int(args.request_memory * GiB),
         default_model=args.default_model,
         gpu=providers.GpuSettings(mem_limit=int(args.gpu_mem_limit * GiB), arena_extend=args.gpu_arena_extend,
                                   conv_algo_search=args.cudnn_conv_algo_search, device_id=args.gpu_device_id),
@@ -151,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=250_000_000, help="largest accepted image in pixels (default 250 M)")
     p.add_argument("--idle-unload", type=float, default=1800.0, help="unload models unused this many seconds (0: never)")
     p.add_argument("--memory-budget", type=float, default=6.0, help="GiB of loaded models before the least recently used is dropped")
+    p.add_argument("--request-memory", type=float, default=0.0,
+                   help="GiB one remove request may need (about 60 bytes a pixel); larger ones get too_large "
+                        "(default: half of this machine's memory)")
     p.add_argument("--release-memory-after", type=float, default=5.0,
                    help="idle seconds before the memory a running model needs goes back to the system (default 5)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request")
