@@ -52,10 +52,22 @@ def _channel_float(arr: np.ndarray, c: int, sample_type: str) -> np.ndarray:
     return ch
 
 
+def _reduce_factors(width: int, height: int, size: tuple[int, int]) -> tuple[int, int]:
+    """Pillow's integer reduce for resize(size, reducing_gap=REDUCING_GAP): what is left is a shrink of 3x or less."""
+    return int(width / size[0] / REDUCING_GAP) or 1, int(height / size[1] / REDUCING_GAP) or 1
+
+
 def _resize_f(ch: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
-    """A float channel resized like the 8-bit path (which Pillow clamps to [0, 1]: LANCZOS overshoots at edges)."""
-    out = np.asarray(Image.fromarray(ch, mode="F").resize(size, resample, reducing_gap=REDUCING_GAP), dtype=np.float32)
-    return np.clip(out, 0.0, 1.0)
+    """A float channel resized exactly as the 8-bit path is, but for rounding: the same reduce, rows first, then
+    columns, clamped to [0, 1] after each pass as Pillow's 8-bit passes are (LANCZOS overshoots at edges)."""
+    img = Image.fromarray(ch, mode="F")
+    (W, H), (w, h) = img.size, size
+    fx, fy = _reduce_factors(W, H, size)
+    if fx > 1 or fy > 1:
+        img = img.reduce((fx, fy))
+    rows = np.clip(np.asarray(img.resize((img.width, h), resample, box=(0, 0, img.width, H / fy))), 0.0, 1.0)
+    out = Image.fromarray(rows, mode="F").resize(size, resample, box=(0, 0, W / fx, h))
+    return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
 
 
 _SRGB_LUT = srgb_encode(np.arange(65536, dtype=np.float32) / np.float32(65535.0))
@@ -103,13 +115,13 @@ class _U8Rows:
 
 
 def _resize_in_bands(rows: _U8Rows, size: tuple[int, int], resample: Image.Resampling = RESAMPLE) -> Image.Image:
-    """What Pillow's resize(size, resample, reducing_gap=REDUCING_GAP) gives (within a level: Pillow places a
-    band's filter from its own box), on all cores: each horizontal band of the output is made by its own
+    """What Pillow's resize(size, resample, reducing_gap=REDUCING_GAP) gives when it resizes the rows first
+    (within a level: Pillow places a band's filter from its own box), on all cores: each horizontal band of the output is made by its own
     thread from the rows it reads, over the client's bytes. A large shrink first takes Pillow's integer
     reduce of those rows, aligned to the reduce's blocks, exactly as the whole image's reduce would."""
     W, H = rows.width, rows.height
     w, h = size
-    fx, fy = int(W / w / REDUCING_GAP) or 1, int(H / h / REDUCING_GAP) or 1
+    fx, fy = _reduce_factors(W, H, size)
     bands = max(1, min(parallel.THREADS, H // (fy * 64)))
     scale = H / fy / h  # rows of the (reduced) image per output row
     reach = int(FILTER_SUPPORT[resample] * max(scale, 1.0)) + 2  # the filter's support, in those rows
@@ -121,7 +133,13 @@ def _resize_in_bands(rows: _U8Rows, size: tuple[int, int], resample: Image.Resam
         band = rows.band(r0 * fy, min(H, r1 * fy))
         if fx > 1 or fy > 1:  # as Pillow does: reduce by (fx, fy), then resize what is left
             band = band.reduce((fx, fy))
-        return band.resize((w, cuts[i + 1] - cuts[i]), resample, box=(0, top - r0, W / fx, bottom - r0))
+        rows_out = cuts[i + 1] - cuts[i]
+        # The two passes in a fixed order, rows first: Pillow picks the order of its passes from the shapes
+        # involved, and LANCZOS's negative lobes make the 8-bit result between passes order-dependent (up to
+        # ~10 levels on noise), so a band's own call could differ from the whole image's. Rows first gives the
+        # same pixels however many bands there are (the number follows the machine's cores).
+        tall = band.resize((band.width, rows_out), resample, box=(0, top - r0, band.width, bottom - r0))
+        return tall.resize((w, rows_out), resample, box=(0, 0, W / fx, rows_out))
 
     cuts = [h * i // bands for i in range(bands)] + [h]
     return _stacked(parallel.run(resize_band, range(bands)))
