@@ -288,7 +288,8 @@ def test_model_input_resized_in_parallel_bands_is_pillows_resize(size, model, re
     spec = ImageSpec(w, h, 4, "u8", w * 4, False)
     banded = pixels._resize_in_bands(pixels._U8Rows.of(rgba.tobytes(), spec), model, resample)
     whole = Image.fromarray(rgba[..., :3].copy(), "RGB")
-    fx, fy = int(w / model[0] / pixels.REDUCING_GAP) or 1, int(h / model[1] / pixels.REDUCING_GAP) or 1
+    gap = pixels.REDUCING_GAP[resample]
+    fx, fy = int(w / model[0] / gap) or 1, int(h / model[1] / gap) or 1
     if fx > 1 or fy > 1:
         whole = whole.reduce((fx, fy))
     rows = whole.resize((whole.width, model[1]), resample, box=(0, 0, whole.width, h / fy))  # rows first
