@@ -331,6 +331,7 @@ def sweep(scenes, photos, results) -> None:
 def real(models: list[str], qualities: list[str], chosen: list, with_rembg: bool, results: dict) -> None:
     """bgmask at each quality and rembg on the same photos with the same model file: one table per model."""
     from bgmask import catalog
+    from bgmask.protocol import RemoveOptions
 
     cols = ("MAE", "maxF", "IoU", "BF")
     for model in models:
@@ -358,6 +359,7 @@ def real(models: list[str], qualities: list[str], chosen: list, with_rembg: bool
         print("| method | MAE | BF | IoU | MAE - rembg's | BF - rembg's |")
         print("| --- | --- | --- | --- | --- | --- |")
         theirs = runs["rembg"][0]
+        verdict = None
         for name, (ours, _) in runs.items():
             if name == "rembg":
                 continue
@@ -366,12 +368,11 @@ def real(models: list[str], qualities: list[str], chosen: list, with_rembg: bool
             dm, db = rows[name]["MAE"] - rows["rembg"]["MAE"], rows[name]["BF"] - rows["rembg"]["BF"]
             print(f"| {name} | " + " | ".join("{} / {} / {}".format(*wins[k]) for k in ("MAE", "BF", "IoU"))
                   + f" | {dm:+.4f} | {db:+.4f} |")
-            if name == f"bgmask {RP_DEFAULT_QUALITY}":
+            if name == f"bgmask {RemoveOptions().quality}":
                 verdict = "ok" if dm <= 0 and db >= 0.01 else "MISSED"
-                print(f"\ntarget (default quality): MAE <= rembg's and BF >= rembg's + 0.01: {verdict}")
+        if verdict is not None:
+            print(f"\ntarget (default quality): MAE <= rembg's and BF >= rembg's + 0.01: {verdict}")
 
-
-RP_DEFAULT_QUALITY = "balanced"
 
 
 def _plain(x):
@@ -391,7 +392,8 @@ def main() -> int:
     ap.add_argument("--stride", type=int, default=1, help="--real: every k-th photo of the manifest")
     ap.add_argument("--start", type=int, default=0, help="--real: the first photo taken (an index into the manifest)")
     ap.add_argument("--no-rembg", action="store_true", help="--real: bgmask only")
-    ap.add_argument("--json", type=Path, default=D.bench_cache() / "quality.json", help="where to write the results")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="where to write the results (default: quality.json, or quality-real.json with --real, in the bench cache)")
     args = ap.parse_args()
     if args.real:
         why = RP.missing()
@@ -404,9 +406,10 @@ def main() -> int:
         real([m for m in args.models.split(",") if m], [q for q in args.qualities.split(",") if q], chosen,
              not args.no_rembg, results)
         print(f"\n{time.perf_counter() - t:.0f} s")
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.with_name("quality-real.json").write_text(json.dumps(results, indent=1, default=_plain))
-        print(f"results written to {args.json.with_name('quality-real.json')}")
+        path = args.json or D.bench_cache() / "quality-real.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=1, default=_plain))
+        print(f"results written to {path}")
         return 0
     photos = D.load_photos()
     scenes = [D.SCENES[0], D.SCENES[2]] if args.quick else list(D.SCENES)
@@ -421,9 +424,10 @@ def main() -> int:
             end_to_end(scenes, photos, results, models, conn)
         cost(photos, results, models)
         decontamination(scenes[:2], photos, results)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1))
-    print(f"\nresults written to {args.json}")
+    path = args.json or D.bench_cache() / "quality.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+    print(f"\nresults written to {path}")
     return 0
 
 
