@@ -343,3 +343,50 @@ def test_quality_is_sent_only_when_given() -> None:
                    "--remove-specks", "9", "--decontaminate") == {
         "refine": False, "hardness": 0.5, "shift_edge": -3.0, "feather": 2.0, "fill_holes": 40.0,
         "remove_specks": 9.0, "decontaminate": True}
+
+
+# -- modes, links, names, failures that are not the file's ----------------------------------------------------
+
+def test_results_get_the_mode_of_a_new_file_or_of_the_file_they_replace(daemon: RunningDaemon, tmp_path: Path) -> None:
+    src, dest = str(EXAMPLES / "chelsea.jpg"), tmp_path / "c.png"
+    r = subprocess.run([sys.executable, "-m", "bgmask", "remove", src, "-o", str(dest)], env=base_env(daemon.env),
+                       capture_output=True, timeout=300, preexec_fn=lambda: os.umask(0o027))
+    assert r.returncode == 0, err(r)
+    assert dest.stat().st_mode & 0o777 == 0o640, oct(dest.stat().st_mode)
+    dest.chmod(0o604)
+    r = bgmask(daemon, "remove", src, "-o", str(dest), "--overwrite")
+    assert r.returncode == 0, err(r)
+    assert dest.stat().st_mode & 0o777 == 0o604, oct(dest.stat().st_mode)
+
+
+def test_recursion_does_not_follow_links_to_folders(daemon: RunningDaemon, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes((EXAMPLES / "chelsea.jpg").read_bytes())
+    (folder / "again").symlink_to(".")
+    r = bgmask(daemon, "remove", "-r", str(folder), "-o", str(tmp_path / "out"), "--mask-only")
+    assert r.returncode == 0, err(r)
+    assert sorted(snapshot(tmp_path / "out")) == ["a.png"]
+
+
+def test_a_destination_that_is_an_input_under_another_name_is_refused(daemon: RunningDaemon, tmp_path: Path) -> None:
+    """A hard link stands in for a case-insensitive volume's A.PNG: another name, the same file."""
+    src = tmp_path / "photo.png"
+    Image.open(EXAMPLES / "chelsea.jpg").save(src)
+    os.link(src, tmp_path / "other.png")
+    before = src.read_bytes()
+    r = bgmask(daemon, "remove", str(src), "-o", str(tmp_path / "other.png"), "--overwrite")
+    assert r.returncode == 2 and "is an input" in err(r), err(r)
+    assert src.read_bytes() == before
+
+
+def test_names_that_differ_only_in_case_clash_where_the_volume_ignores_case(tmp_path: Path) -> None:
+    from bgmask import outputs
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "A.jpg")
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    names = lambda plan: sorted(Path(j.dest).name for j in plan.jobs)  # noqa: E731
+    assert names(outputs.plan([str(folder)], str(tmp_path / "out"), False, case_insensitive=True)) == ["A-jpg.png", "a-png.png"]
+    assert names(outputs.plan([str(folder)], str(tmp_path / "out"), False, case_insensitive=False)) == ["A.png", "a.png"]
