@@ -390,3 +390,9 @@ def test_names_that_differ_only_in_case_clash_where_the_volume_ignores_case(tmp_
     names = lambda plan: sorted(Path(j.dest).name for j in plan.jobs)  # noqa: E731
     assert names(outputs.plan([str(folder)], str(tmp_path / "out"), False, case_insensitive=True)) == ["A-jpg.png", "a-png.png"]
     assert names(outputs.plan([str(folder)], str(tmp_path / "out"), False, case_insensitive=False)) == ["A.png", "a.png"]
+
+
+def test_an_area_beyond_the_protocols_range_is_a_usage_error(daemon: RunningDaemon, tmp_path: Path) -> None:
+    r = bgmask(daemon, "remove", str(EXAMPLES / "chelsea.jpg"), "-o", str(tmp_path / "c.png"), "--fill-holes", "2e12")
+    assert r.returncode == 2 and "out of range (0 .. 1e+12)" in err(r), err(r)
+    assert not (tmp_path / "c.png").exists()

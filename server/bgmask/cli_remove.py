@@ -59,16 +59,15 @@ class Interruption:
         return self.requested
 
 
-def bounded(lowest: float, highest: Optional[float]) -> Callable[[str], float]:
+def bounded(lowest: float, highest: float) -> Callable[[str], float]:
     """An argparse type: a number in the protocol's range, or a usage error saying the range."""
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value) or value < lowest or (highest is not None and value > highest):
-            span = f"{lowest:g} .. {highest:g}" if highest is not None else f">= {lowest:g}"
-            raise argparse.ArgumentTypeError(f"{text} is out of range ({span})")
+        if not math.isfinite(value) or not lowest <= value <= highest:
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({lowest:g} .. {highest:g})")
         return value
     return parse
 
