@@ -396,3 +396,17 @@ def test_an_area_beyond_the_protocols_range_is_a_usage_error(daemon: RunningDaem
     r = bgmask(daemon, "remove", str(EXAMPLES / "chelsea.jpg"), "-o", str(tmp_path / "c.png"), "--fill-holes", "2e12")
     assert r.returncode == 2 and "out of range (0 .. 1e+12)" in err(r), err(r)
     assert not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("command", ["remove", "watch"])
+def test_a_config_folder_that_cannot_be_made_is_one_line_not_a_traceback(daemon: RunningDaemon, tmp_path: Path,
+                                                                         command: str) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "in").mkdir()
+    env = base_env(dict(daemon.env, BGMASK_CONFIG_DIR=str(tmp_path / "file" / "bgmask")))
+    args = [str(EXAMPLES / "chelsea.jpg"), "-o", str(tmp_path / "c.png")] if command == "remove" else \
+        [str(tmp_path / "in"), str(tmp_path / "out")]
+    r = subprocess.run([sys.executable, "-m", "bgmask", command, *args], env=env, capture_output=True, timeout=120)
+    assert r.returncode == 1, err(r)
+    no_traceback(r)
+    assert err(r).strip().count("\n") == 0 and "bgmask:" in err(r) and "Not a directory" in err(r), err(r)

@@ -29,7 +29,9 @@ INTERRUPTED_EXIT = 130
 START_NOTICE_S = 1.0  # say that the daemon is starting when connecting takes longer than this
 
 # Failures of the daemon connection rather than of one file: stop instead of failing every file alike.
-DAEMON_FAILURES = {"not_running", "connection_lost", "timeout", "unauthorized", "protocol_error", "device_unavailable"}
+# device_unavailable is not one of them: a request can run out of GPU memory where a smaller one fits
+# (a device that is not there at all already fails `hello`, before any file).
+DAEMON_FAILURES = {"not_running", "connection_lost", "timeout", "unauthorized", "protocol_error"}
 
 
 class Interruption:
@@ -127,9 +129,22 @@ def result_format(dest: str, settings: "Settings") -> str:
 
 def connect(timeout: float, notice: TextIO) -> Any:
     """A client with a live connection; says so on `notice` when the daemon takes more than a second to answer
-    (it is being started, or it is busy loading)."""
+    (it is being started, or it is busy loading). Every failure to get one, the client's own or a refused
+    config or runtime folder, raises the client's BgmaskError: the caller prints one line."""
+    client_module = load_client()
+    try:
+        return _connect(client_module, timeout, notice)
+    except BgmaskError as exc:
+        raise client_module.BgmaskError(exc.code, exc.message) from None
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise client_module.BgmaskError("not_running", f"could not reach or start the daemon: "
+                                                       f"{exc.strerror or exc}{where}") from None
+
+
+def _connect(client_module: Any, timeout: float, notice: TextIO) -> Any:
     runtime.record_daemon_command()
-    client = load_client().Client(timeout=timeout)
+    client = client_module.Client(timeout=timeout)
     starting = runtime.read_runtime() is None
     text = "bgmask: starting the daemon (a few seconds)..." if starting else "bgmask: waiting for the daemon..."
     timer = threading.Timer(START_NOTICE_S, lambda: print(text, file=notice, flush=True))
