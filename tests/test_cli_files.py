@@ -322,10 +322,36 @@ def test_watch_processes_files_once_they_are_complete(daemon: RunningDaemon, tmp
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0 and b"Traceback" not in stderr, stderr.decode()
+    assert proc.returncode == 130 and b"Traceback" not in stderr, stderr.decode()
     assert stdout.decode().strip().splitlines()[-1] == "2 done, 0 failed (stopped)"
     assert Image.open(results / "sub" / "slow.png").size == (600, 400)
     assert sorted(snapshot(results)) == ["early.png", "sub/slow.png"]
+
+
+def test_watch_names_results_from_the_folder_not_from_arrival_order(daemon: RunningDaemon, tmp_path: Path) -> None:
+    """a.jpg and a.png both get NAME-ext results, whichever is taken first, as `remove` names them; a link to the
+    folder itself is not followed."""
+    inbox, results = tmp_path / "inbox", tmp_path / "results"
+    photo_folder(inbox)
+    (inbox / "again").symlink_to(".")
+    proc = subprocess.Popen([sys.executable, "-m", "bgmask", "watch", str(inbox), str(results), "--mask-only"],
+                            env=base_env(daemon.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(snapshot(results) if results.is_dir() else {}) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode() if proc.poll() else ""
+            time.sleep(0.1)
+        time.sleep(2)  # nothing more comes
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and b"Traceback" not in stderr, stderr.decode()
+    assert sorted(snapshot(results)) == ["a-jpg.png", "a-png.png", "c.png"]
+    assert stdout.decode().strip().splitlines()[-1] == "3 done, 0 failed (stopped)"
+    from bgmask import outputs
+    assert sorted(Path(j.dest).name for j in outputs.plan([str(inbox)], str(results), True).jobs) == sorted(snapshot(results))
 
 
 def test_quality_is_sent_only_when_given() -> None:
