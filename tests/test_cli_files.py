@@ -11,6 +11,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -318,17 +319,32 @@ def test_recursive_mirrors_sub_folders(daemon: RunningDaemon, tmp_path: Path) ->
     assert "2 kept" in out(again), "the output folder inside the input folder is not read as input"
 
 
+def start_watch(daemon: RunningDaemon, inbox: Path, results: Path, *flags: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bgmask", "watch", str(inbox), str(results), *flags],
+                            env=base_env(daemon.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for(proc: subprocess.Popen, done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 120
+    while not done():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode() if proc.poll() else ""
+        time.sleep(0.1)
+
+
+def interrupt(proc: subprocess.Popen) -> tuple[bytes, bytes]:
+    """Ctrl-C after two more seconds of watching, and what the watch printed."""
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    return proc.communicate(timeout=60)
+
+
 def test_watch_processes_files_once_they_are_complete(daemon: RunningDaemon, tmp_path: Path) -> None:
     inbox, results = tmp_path / "inbox", tmp_path / "results"
     (inbox / "sub").mkdir(parents=True)
     (inbox / "early.jpg").write_bytes((EXAMPLES / "chelsea.jpg").read_bytes())
-    proc = subprocess.Popen([sys.executable, "-m", "bgmask", "watch", str(inbox), str(results)],
-                            env=base_env(daemon.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start_watch(daemon, inbox, results)
     try:
-        deadline = time.monotonic() + 120
-        while not (results / "early.png").exists():  # what was there before the watch started
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_for(proc, (results / "early.png").exists)  # what was there before the watch started
         data = (EXAMPLES / "coffee.jpg").read_bytes()
         with open(inbox / "sub" / "slow.jpg", "wb") as f:  # written in two halves, 3 s apart: it looks complete
             f.write(data[: len(data) // 2])  # (unchanged for a second) before it is
@@ -336,13 +352,8 @@ def test_watch_processes_files_once_they_are_complete(daemon: RunningDaemon, tmp
             time.sleep(3)
             assert not (results / "sub" / "slow.png").exists(), "a half-written file is not taken"
             f.write(data[len(data) // 2:])
-        deadline = time.monotonic() + 120
-        while not ((results / "early.png").exists() and (results / "sub" / "slow.png").exists()):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode() if proc.poll() else ""
-            time.sleep(0.1)
-        time.sleep(2)  # nothing is processed twice
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+        wait_for(proc, (results / "sub" / "slow.png").exists)
+        stdout, stderr = interrupt(proc)  # nothing is processed twice
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -358,16 +369,10 @@ def test_watch_names_results_from_the_folder_not_from_arrival_order(daemon: Runn
     inbox, results = tmp_path / "inbox", tmp_path / "results"
     photo_folder(inbox)
     (inbox / "again").symlink_to(".")
-    proc = subprocess.Popen([sys.executable, "-m", "bgmask", "watch", str(inbox), str(results), "--mask-only"],
-                            env=base_env(daemon.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start_watch(daemon, inbox, results, "--mask-only")
     try:
-        deadline = time.monotonic() + 120
-        while len(snapshot(results) if results.is_dir() else {}) < 3:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode() if proc.poll() else ""
-            time.sleep(0.1)
-        time.sleep(2)  # nothing more comes
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+        wait_for(proc, lambda: results.is_dir() and len(snapshot(results)) >= 3)
+        stdout, stderr = interrupt(proc)  # nothing more comes
     finally:
         if proc.poll() is None:
             proc.kill()
