@@ -30,7 +30,7 @@ START_NOTICE_S = 1.0  # say that the daemon is starting when connecting takes lo
 
 # Failures of the daemon connection rather than of one file: stop instead of failing every file alike.
 # device_unavailable is not one of them: a request can run out of GPU memory where a smaller one fits
-# (a device that is not there at all already fails `hello`, before any file).
+# (with no usable device at all `serve --device gpu` does not start, so connecting fails before any file).
 DAEMON_FAILURES = {"not_running", "connection_lost", "timeout", "unauthorized", "protocol_error"}
 
 
