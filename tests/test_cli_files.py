@@ -11,6 +11,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -255,9 +256,6 @@ def test_mask_options_reach_the_daemon(daemon: RunningDaemon, tmp_path: Path) ->
     assert soft(mask("--feather", "12")) > soft(plain) * 2
     assert np.count_nonzero(mask("--shift-edge", "8") > 127) > np.count_nonzero(plain > 127)
     assert not np.array_equal(mask("--no-refine"), plain)
-    assert np.array_equal(mask("--fill-holes", "0", "--remove-specks", "0"), plain)
-    specks = mask("--remove-specks", "5000")
-    assert np.count_nonzero(specks > 127) <= np.count_nonzero(plain > 127)
     cut = tmp_path / "clean.png"
     r = bgmask(daemon, "remove", src, "-o", str(cut), "--decontaminate")
     assert r.returncode == 0, err(r)
@@ -265,6 +263,33 @@ def test_mask_options_reach_the_daemon(daemon: RunningDaemon, tmp_path: Path) ->
     original = np.asarray(Image.open(EXAMPLES / "astronaut.jpg").convert("RGB"))
     opaque, edge = clean[..., 3] == 255, (clean[..., 3] > 20) & (clean[..., 3] < 235)
     assert np.array_equal(clean[opaque][:, :3], original[opaque]) and not np.array_equal(clean[edge][:, :3], original[edge])
+
+
+def ring_and_dot(path: Path) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """A red ring (a hole of ~20000 px in the middle) and a separate red dot (~1500 px) on light gray: U2-Netp
+    masks both and leaves the hole clear. Returns the centre of the hole and of the dot."""
+    yy, xx = np.mgrid[:400, :400]
+    img = np.full((400, 400, 3), 240, np.uint8)
+    img[(np.hypot(yy - 200, xx - 200) < 150) & (np.hypot(yy - 200, xx - 200) > 85)] = (200, 30, 30)
+    img[np.hypot(yy - 40, xx - 360) < 22] = (200, 30, 30)
+    Image.fromarray(img).save(path)
+    return (slice(190, 210), slice(190, 210)), (slice(35, 45), slice(355, 365))
+
+
+def test_fill_holes_and_remove_specks_change_the_mask_where_they_say(daemon: RunningDaemon, tmp_path: Path) -> None:
+    hole, dot = ring_and_dot(tmp_path / "ring.png")
+
+    def mask(*flags: str) -> np.ndarray:
+        dest = tmp_path / f"m{len(os.listdir(tmp_path))}.png"
+        r = bgmask(daemon, "remove", str(tmp_path / "ring.png"), "-o", str(dest), "--mask-only", *flags)
+        assert r.returncode == 0, err(r)
+        return np.asarray(Image.open(dest)) > 127
+
+    plain, filled, cleaned = mask(), mask("--fill-holes", "50000"), mask("--remove-specks", "3000")
+    assert not plain[hole].any() and plain[dot].all(), "the image has a hole and a speck to begin with"
+    assert filled[hole].all() and filled[dot].all()
+    assert not cleaned[dot].any() and np.array_equal(cleaned[100:400, :300], plain[100:400, :300])
+    assert np.array_equal(mask("--fill-holes", "100", "--remove-specks", "100"), plain), "smaller than either: kept"
 
 
 # -- stdin / stdout, recursion, watch -----------------------------------------------------------------------
@@ -294,17 +319,32 @@ def test_recursive_mirrors_sub_folders(daemon: RunningDaemon, tmp_path: Path) ->
     assert "2 kept" in out(again), "the output folder inside the input folder is not read as input"
 
 
+def start_watch(daemon: RunningDaemon, inbox: Path, results: Path, *flags: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bgmask", "watch", str(inbox), str(results), *flags],
+                            env=base_env(daemon.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for(proc: subprocess.Popen, done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 120
+    while not done():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode() if proc.poll() else ""
+        time.sleep(0.1)
+
+
+def interrupt(proc: subprocess.Popen) -> tuple[bytes, bytes]:
+    """Ctrl-C after two more seconds of watching, and what the watch printed."""
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    return proc.communicate(timeout=60)
+
+
 def test_watch_processes_files_once_they_are_complete(daemon: RunningDaemon, tmp_path: Path) -> None:
     inbox, results = tmp_path / "inbox", tmp_path / "results"
     (inbox / "sub").mkdir(parents=True)
     (inbox / "early.jpg").write_bytes((EXAMPLES / "chelsea.jpg").read_bytes())
-    proc = subprocess.Popen([sys.executable, "-m", "bgmask", "watch", str(inbox), str(results)],
-                            env=base_env(daemon.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start_watch(daemon, inbox, results)
     try:
-        deadline = time.monotonic() + 120
-        while not (results / "early.png").exists():  # what was there before the watch started
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_for(proc, (results / "early.png").exists)  # what was there before the watch started
         data = (EXAMPLES / "coffee.jpg").read_bytes()
         with open(inbox / "sub" / "slow.jpg", "wb") as f:  # written in two halves, 3 s apart: it looks complete
             f.write(data[: len(data) // 2])  # (unchanged for a second) before it is
@@ -312,20 +352,35 @@ def test_watch_processes_files_once_they_are_complete(daemon: RunningDaemon, tmp
             time.sleep(3)
             assert not (results / "sub" / "slow.png").exists(), "a half-written file is not taken"
             f.write(data[len(data) // 2:])
-        deadline = time.monotonic() + 120
-        while not ((results / "early.png").exists() and (results / "sub" / "slow.png").exists()):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode() if proc.poll() else ""
-            time.sleep(0.1)
-        time.sleep(2)  # nothing is processed twice
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+        wait_for(proc, (results / "sub" / "slow.png").exists)
+        stdout, stderr = interrupt(proc)  # nothing is processed twice
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0 and b"Traceback" not in stderr, stderr.decode()
+    assert proc.returncode == 130 and b"Traceback" not in stderr, stderr.decode()
     assert stdout.decode().strip().splitlines()[-1] == "2 done, 0 failed (stopped)"
     assert Image.open(results / "sub" / "slow.png").size == (600, 400)
     assert sorted(snapshot(results)) == ["early.png", "sub/slow.png"]
+
+
+def test_watch_names_results_from_the_folder_not_from_arrival_order(daemon: RunningDaemon, tmp_path: Path) -> None:
+    """a.jpg and a.png both get NAME-ext results, whichever is taken first, as `remove` names them; a link to the
+    folder itself is not followed."""
+    inbox, results = tmp_path / "inbox", tmp_path / "results"
+    photo_folder(inbox)
+    (inbox / "again").symlink_to(".")
+    proc = start_watch(daemon, inbox, results, "--mask-only")
+    try:
+        wait_for(proc, lambda: results.is_dir() and len(snapshot(results)) >= 3)
+        stdout, stderr = interrupt(proc)  # nothing more comes
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and b"Traceback" not in stderr, stderr.decode()
+    assert sorted(snapshot(results)) == ["a-jpg.png", "a-png.png", "c.png"]
+    assert stdout.decode().strip().splitlines()[-1] == "3 done, 0 failed (stopped)"
+    from bgmask import outputs
+    assert sorted(Path(j.dest).name for j in outputs.plan([str(inbox)], str(results), True).jobs) == sorted(snapshot(results))
 
 
 def test_quality_is_sent_only_when_given() -> None:
@@ -343,3 +398,70 @@ def test_quality_is_sent_only_when_given() -> None:
                    "--remove-specks", "9", "--decontaminate") == {
         "refine": False, "hardness": 0.5, "shift_edge": -3.0, "feather": 2.0, "fill_holes": 40.0,
         "remove_specks": 9.0, "decontaminate": True}
+
+
+# -- modes, links, names, failures that are not the file's ----------------------------------------------------
+
+def test_results_get_the_mode_of_a_new_file_or_of_the_file_they_replace(daemon: RunningDaemon, tmp_path: Path) -> None:
+    src, dest = str(EXAMPLES / "chelsea.jpg"), tmp_path / "c.png"
+    r = subprocess.run([sys.executable, "-m", "bgmask", "remove", src, "-o", str(dest)], env=base_env(daemon.env),
+                       capture_output=True, timeout=300, preexec_fn=lambda: os.umask(0o027))
+    assert r.returncode == 0, err(r)
+    assert dest.stat().st_mode & 0o777 == 0o640, oct(dest.stat().st_mode)
+    dest.chmod(0o604)
+    r = bgmask(daemon, "remove", src, "-o", str(dest), "--overwrite")
+    assert r.returncode == 0, err(r)
+    assert dest.stat().st_mode & 0o777 == 0o604, oct(dest.stat().st_mode)
+
+
+def test_recursion_does_not_follow_links_to_folders(daemon: RunningDaemon, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes((EXAMPLES / "chelsea.jpg").read_bytes())
+    (folder / "again").symlink_to(".")
+    r = bgmask(daemon, "remove", "-r", str(folder), "-o", str(tmp_path / "out"), "--mask-only")
+    assert r.returncode == 0, err(r)
+    assert sorted(snapshot(tmp_path / "out")) == ["a.png"]
+
+
+def test_a_destination_that_is_an_input_under_another_name_is_refused(daemon: RunningDaemon, tmp_path: Path) -> None:
+    """A hard link stands in for a case-insensitive volume's A.PNG: another name, the same file."""
+    src = tmp_path / "photo.png"
+    Image.open(EXAMPLES / "chelsea.jpg").save(src)
+    os.link(src, tmp_path / "other.png")
+    before = src.read_bytes()
+    r = bgmask(daemon, "remove", str(src), "-o", str(tmp_path / "other.png"), "--overwrite")
+    assert r.returncode == 2 and "is an input" in err(r), err(r)
+    assert src.read_bytes() == before
+
+
+def test_names_that_differ_only_in_case_clash_where_the_volume_ignores_case(tmp_path: Path) -> None:
+    from bgmask import outputs
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "A.jpg")
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    names = lambda plan: sorted(Path(j.dest).name for j in plan.jobs)  # noqa: E731
+    assert names(outputs.plan([str(folder)], str(tmp_path / "out"), False, case_insensitive=True)) == ["A-jpg.png", "a-png.png"]
+    assert names(outputs.plan([str(folder)], str(tmp_path / "out"), False, case_insensitive=False)) == ["A.png", "a.png"]
+
+
+def test_an_area_beyond_the_protocols_range_is_a_usage_error(daemon: RunningDaemon, tmp_path: Path) -> None:
+    r = bgmask(daemon, "remove", str(EXAMPLES / "chelsea.jpg"), "-o", str(tmp_path / "c.png"), "--fill-holes", "2e12")
+    assert r.returncode == 2 and "out of range (0 .. 1e+12)" in err(r), err(r)
+    assert not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("command", ["remove", "watch"])
+def test_a_config_folder_that_cannot_be_made_is_one_line_not_a_traceback(daemon: RunningDaemon, tmp_path: Path,
+                                                                         command: str) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "in").mkdir()
+    env = base_env(dict(daemon.env, BGMASK_CONFIG_DIR=str(tmp_path / "file" / "bgmask")))
+    args = [str(EXAMPLES / "chelsea.jpg"), "-o", str(tmp_path / "c.png")] if command == "remove" else \
+        [str(tmp_path / "in"), str(tmp_path / "out")]
+    r = subprocess.run([sys.executable, "-m", "bgmask", command, *args], env=env, capture_output=True, timeout=120)
+    assert r.returncode == 1, err(r)
+    no_traceback(r)
+    assert err(r).strip().count("\n") == 0 and "bgmask:" in err(r) and "Not a directory" in err(r), err(r)

@@ -29,7 +29,9 @@ INTERRUPTED_EXIT = 130
 START_NOTICE_S = 1.0  # say that the daemon is starting when connecting takes longer than this
 
 # Failures of the daemon connection rather than of one file: stop instead of failing every file alike.
-DAEMON_FAILURES = {"not_running", "connection_lost", "timeout", "unauthorized", "protocol_error", "device_unavailable"}
+# device_unavailable is not one of them: a request can run out of GPU memory where a smaller one fits
+# (with no usable device at all `serve --device gpu` does not start, so connecting fails before any file).
+DAEMON_FAILURES = {"not_running", "connection_lost", "timeout", "unauthorized", "protocol_error"}
 
 
 class Interruption:
@@ -59,16 +61,15 @@ class Interruption:
         return self.requested
 
 
-def bounded(lowest: float, highest: Optional[float]) -> Callable[[str], float]:
+def bounded(lowest: float, highest: float) -> Callable[[str], float]:
     """An argparse type: a number in the protocol's range, or a usage error saying the range."""
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value) or value < lowest or (highest is not None and value > highest):
-            span = f"{lowest:g} .. {highest:g}" if highest is not None else f">= {lowest:g}"
-            raise argparse.ArgumentTypeError(f"{text} is out of range ({span})")
+        if not math.isfinite(value) or not lowest <= value <= highest:
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({lowest:g} .. {highest:g})")
         return value
     return parse
 
@@ -128,9 +129,22 @@ def result_format(dest: str, settings: "Settings") -> str:
 
 def connect(timeout: float, notice: TextIO) -> Any:
     """A client with a live connection; says so on `notice` when the daemon takes more than a second to answer
-    (it is being started, or it is busy loading)."""
+    (it is being started, or it is busy loading). Every failure to get one, the client's own or a refused
+    config or runtime folder, raises the client's BgmaskError: the caller prints one line."""
+    client_module = load_client()
+    try:
+        return _connect(client_module, timeout, notice)
+    except BgmaskError as exc:
+        raise client_module.BgmaskError(exc.code, exc.message) from None
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise client_module.BgmaskError("not_running", f"could not reach or start the daemon: "
+                                                       f"{exc.strerror or exc}{where}") from None
+
+
+def _connect(client_module: Any, timeout: float, notice: TextIO) -> Any:
     runtime.record_daemon_command()
-    client = load_client().Client(timeout=timeout)
+    client = client_module.Client(timeout=timeout)
     starting = runtime.read_runtime() is None
     text = "bgmask: starting the daemon (a few seconds)..." if starting else "bgmask: waiting for the daemon..."
     timer = threading.Timer(START_NOTICE_S, lambda: print(text, file=notice, flush=True))

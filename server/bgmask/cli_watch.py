@@ -2,7 +2,9 @@
 processed once it is complete, until Ctrl-C: its size and modification time have not changed for STABLE_S,
 and it decodes. A file that does not decode while it is younger than SETTLE_S is taken to be still written
 (a copy that stalls, a download) and tried again; only an older one is reported as failed. A file that
-changes later is processed again; an existing result is kept unless --overwrite."""
+changes later is taken again, but its earlier result is replaced only with --overwrite (kept otherwise).
+Result names follow the folder as it is, as `remove` names them: OUT/NAME.png, or OUT/NAME-ext.png for every
+image of a folder where another image has the same NAME. Ctrl-C stops and exits 130, as `remove` does."""
 
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bgmask import outputs
-from bgmask.cli_remove import DAEMON_FAILURES, Downloads, Interruption, add_mask_arguments, connect, result_format, \
-    run_job, settings_from
+from bgmask.cli_remove import DAEMON_FAILURES, INTERRUPTED_EXIT, Downloads, Interruption, add_mask_arguments, \
+    connect, result_format, run_job, settings_from
 from bgmask.clientlib import load_client
 from bgmask.errors import BgmaskError
 
@@ -40,7 +42,6 @@ class Watcher:
         self.folder, self.out, self.ext = folder, out, ext
         self.seen: dict[Path, tuple[Stamp, float]] = {}  # path -> (stamp, when it was first seen so)
         self.handled: dict[Path, Stamp] = {}
-        self.written_for: dict[Path, Path] = {}  # result -> the source it was written for in this session
 
     def ready(self) -> list[Path]:
         now = time.monotonic()
@@ -58,12 +59,13 @@ class Watcher:
         return found
 
     def dest(self, src: Path) -> Path:
-        """OUT/<sub-folders>/NAME.png; NAME-jpg.png when another source already wrote NAME.png."""
+        """OUT/<sub-folders>/NAME.png; NAME-jpg.png when another image of src's folder has the same NAME
+        (decided from the folder listing, so a restart or the order of arrival never changes it)."""
         sub = src.parent.relative_to(self.folder)
-        dest = self.out / sub / (src.stem + self.ext)
-        if self.written_for.get(dest, src) != src:
-            dest = self.out / sub / f"{src.stem}-{src.suffix[1:].lower()}{self.ext}"
-        return dest
+        stem = outputs.name_key(src.stem)
+        twins = [p for p in outputs.folder_images(src.parent, False, None) if p != src and outputs.name_key(p.stem) == stem]
+        name = f"{src.stem}-{src.suffix[1:].lower()}" if twins else src.stem
+        return self.out / sub / (name + self.ext)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -80,7 +82,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         print(f"bgmask: {exc.message}", file=sys.stderr)
         return 2
     watcher = Watcher(folder, out, ".png")
-    done, failed = 0, 0
+    done, failed, interrupted = 0, 0, False
     with Interruption() as stop:
         try:
             client = connect(args.timeout, sys.stderr)
@@ -102,20 +104,22 @@ def cmd_watch(args: argparse.Namespace) -> int:
                         continue
                     if outcome is None:
                         break  # interrupted
-                    if outcome:
-                        watcher.written_for[dest] = src
+                    if outcome == "done":
                         done += 1
                         print(f"{src} -> {dest}", flush=True)
+                    elif outcome == "kept":
+                        print(f"bgmask: {dest} appeared meanwhile, kept (--overwrite replaces it)", file=sys.stderr)
                     else:
                         failed += 1
                 time.sleep(POLL_S)
         except KeyboardInterrupt:
-            pass
+            interrupted = True
         except client_module.BgmaskError as exc:
             print(f"bgmask: {exc.message}", file=sys.stderr)
             return 1
+        interrupted = interrupted or stop.requested
     print(f"{done} done, {failed} failed (stopped)", flush=True)
-    return 0
+    return INTERRUPTED_EXIT if interrupted else 0
 
 
 def _young(path: Path) -> bool:
@@ -126,12 +130,12 @@ def _young(path: Path) -> bool:
 
 
 def _process(client: Any, src: Path, dest: Path, settings: Any, overwrite: bool, stop: Interruption,
-             downloads: Downloads, client_module: Any, still_written: bool) -> "bool | str | None":
-    """True when written, False when it failed (said on stderr), None when Ctrl-C cancelled it, "retry" when
-    it does not decode but may still be being written."""
+             downloads: Downloads, client_module: Any, still_written: bool) -> "str | None":
+    """"done" when written, "kept" when a result appeared meanwhile (without --overwrite), "failed" (said on
+    stderr), None when Ctrl-C cancelled it, "retry" when it does not decode but may still be being written."""
     try:
-        run_job(client, outputs.Job(str(src), str(dest)), settings, overwrite, stop, downloads)
-        return True
+        written = run_job(client, outputs.Job(str(src), str(dest)), settings, overwrite, stop, downloads)
+        return "done" if written else "kept"
     except (BgmaskError, client_module.BgmaskError) as exc:
         if exc.code == "cancelled" and stop.requested:
             return None
@@ -140,10 +144,10 @@ def _process(client: Any, src: Path, dest: Path, settings: Any, overwrite: bool,
         print(f"bgmask: {src}: {exc.message}", file=sys.stderr, flush=True)
         if exc.code in DAEMON_FAILURES:
             raise
-        return False
+        return "failed"
     except OSError as exc:
         print(f"bgmask: {src}: could not write {dest} ({exc.strerror or exc}); check the folder", file=sys.stderr)
-        return False
+        return "failed"
     finally:
         downloads.close()
 
@@ -153,7 +157,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("watch", help="process images as they appear in a folder, until Ctrl-C",
                               description="Watch IN (and its sub-folders) and write a result into OUT for every "
                                           "image once it is completely written. Existing results are kept unless "
-                                          "--overwrite; Ctrl-C stops.")
+                                          "--overwrite; Ctrl-C stops (exit status 130).")
     p.add_argument("folder", metavar="IN", help="the folder to watch")
     p.add_argument("out", metavar="OUT", help="the folder for results (created; may not be IN)")
     add_mask_arguments(p)

@@ -5,6 +5,8 @@ and never half a file (a temporary name in the target folder, renamed when compl
 from __future__ import annotations
 
 import os
+import stat
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,8 @@ EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
 CUTOUT_SUFFIX = "-cutout"
 MASK_SUFFIX = "-mask"
 STDIO = "-"
+# Volumes where A.png and a.png are one file by default (APFS, NTFS): names are compared casefolded there.
+CASE_INSENSITIVE = sys.platform in ("darwin", "win32")
 
 
 @dataclass(frozen=True)
@@ -41,21 +45,28 @@ def is_own_output(path: Path) -> bool:
     return path.stem.endswith((CUTOUT_SUFFIX, MASK_SUFFIX))
 
 
+def name_key(name: str, case_insensitive: bool = CASE_INSENSITIVE) -> str:
+    """What decides whether two result names are the same file on this platform's usual volumes."""
+    return name.casefold() if case_insensitive else name
+
+
 def folder_images(folder: Path, recursive: bool, exclude: Optional[Path]) -> Iterator[Path]:
+    """The images of `folder`, sorted; with `recursive` those of its sub-folders too, but never through a
+    symbolic link to a folder (a link to `.` or to a parent would never end)."""
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue  # hidden files, and our own temporary files
         if entry.is_dir():
-            if recursive and (exclude is None or entry.resolve() != exclude):
+            if recursive and not entry.is_symlink() and (exclude is None or entry.resolve() != exclude):
                 yield from folder_images(entry, recursive, exclude)
         elif entry.suffix.lower() in EXTENSIONS and entry.is_file():
             yield entry
 
 
 def plan(inputs: Sequence[str], output: Optional[str], mask_only: bool, ext: str = ".png",
-         recursive: bool = False) -> Plan:
+         recursive: bool = False, case_insensitive: bool = CASE_INSENSITIVE) -> Plan:
     """Every (input, output) pair, or a BAD_REQUEST saying what to change. `ext` is the result extension for
-    outputs that are not named by `-o FILE`."""
+    outputs that are not named by `-o FILE`; with `case_insensitive` names differing only in case clash."""
     found: list[tuple[str, Optional[Path]]] = []  # (source, folder it was found in: mirrored under -o)
     skipped = 0
     out_dir = Path(output).resolve() if output not in (None, STDIO) else None
@@ -102,28 +113,53 @@ def plan(inputs: Sequence[str], output: Optional[str], mask_only: bool, ext: str
         return str(Path(output) / sub / name)
 
     first = [target(s, r, False) for s, r in found]
-    clashing = {d for d in first if first.count(d) > 1}
+    keys = [name_key(d, case_insensitive) for d in first]
+    clashing = {k for k in keys if keys.count(k) > 1}
     jobs, renamed = [], []
     for (src, root), dest in zip(found, first):
-        if dest in clashing:
+        if name_key(dest, case_insensitive) in clashing:
             dest = target(src, root, True)
             renamed.append((src, dest))
         jobs.append(Job(src, dest))
-    return _checked(Plan(jobs, renamed, skipped))
+    return _checked(Plan(jobs, renamed, skipped), case_insensitive)
 
 
-def _checked(result: Plan) -> Plan:
-    """Refuse a plan that would write onto one of its inputs or write one file twice."""
+def _file_id(path: str) -> Optional[tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _checked(result: Plan, case_insensitive: bool = CASE_INSENSITIVE) -> Plan:
+    """Refuse a plan that would write onto one of its inputs or write one file twice. An existing destination
+    is compared with the inputs as a file (device and inode), not by name: on a case-insensitive volume
+    A.PNG is a.png."""
     sources = {os.path.realpath(j.source) for j in result.jobs}
+    source_ids = {_file_id(j.source) for j in result.jobs if j.source != STDIO} - {None}
     seen: set[str] = set()
     for job in result.jobs:
         real = os.path.realpath(job.dest)
-        if real in sources:
+        if real in sources or _file_id(job.dest) in source_ids:
             raise BgmaskError(E.BAD_REQUEST, f"{job.dest} is an input: its result would replace it; choose another -o")
-        if real in seen:
+        key = name_key(real, case_insensitive)
+        if key in seen:
             raise BgmaskError(E.BAD_REQUEST, f"two inputs would both be written to {job.dest}; choose another -o")
-        seen.add(real)
+        seen.add(key)
     return result
+
+
+def _result_mode(dest: Path, overwrite: bool) -> int:
+    """The mode of the file that `dest` replaces, else the one any new file gets (0o666 less the umask)."""
+    if overwrite:
+        try:
+            return stat.S_IMODE(dest.stat().st_mode)
+        except FileNotFoundError:
+            pass
+    umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_atomically(dest: Path, fill: Callable[[BinaryIO], None], overwrite: bool) -> bool:
@@ -135,6 +171,8 @@ def write_atomically(dest: Path, fill: Callable[[BinaryIO], None], overwrite: bo
     try:
         with os.fdopen(fd, "wb") as stream:
             fill(stream)
+            if hasattr(os, "fchmod"):  # mkstemp made it 0600: the result gets the mode any other new file would
+                os.fchmod(stream.fileno(), _result_mode(dest, overwrite))
         if overwrite:
             os.replace(tmp, dest)
             return True
