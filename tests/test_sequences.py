@@ -5,6 +5,7 @@ daemon's sequence state freed when a sequence ends."""
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -43,9 +44,12 @@ def send_frame(raw: Raw, pixels: bytes, w: int, h: int, **sequence: Any) -> int:
                     image={"width": w, "height": h, "channels": 3, "sample_type": "u8"})
 
 
-def finals(raw: Raw, ids: list[int]) -> dict[int, tuple[dict, list[bytes]]]:
+def finals(raw: Raw, ids: list[int], within: float = 120.0) -> dict[int, tuple[dict, list[bytes]]]:
+    """The final messages of requests `ids` (progress skipped; a frame stuck waiting still sends those)."""
     out: dict[int, tuple[dict, list[bytes]]] = {}
+    deadline = time.monotonic() + within
     while len(out) < len(ids):
+        assert time.monotonic() < deadline, f"no final message for {sorted(set(ids) - set(out))} in {within} s"
         header, data = raw.recv()
         if header["type"] != "progress" and header["id"] in ids:
             out[header["id"]] = (header, data)
