@@ -7,7 +7,8 @@ hits every configuration alike; the minimum over rounds is the figure, the media
 times as a JSON line: speed.py interleaves those rounds with the calls it times elsewhere.
 
 A configuration is a map: `file` "shipped" (the cached model file as downloaded) or "prepared" (rewritten
-by bgmask.modelprep); `daemon` true takes the daemon's own session from its SessionPool instead (whatever
+by bgmask.modelprep); `daemon` true takes the daemon's own session from its SessionPool (on the provider of
+$BGMASK_BENCH_DEVICE, default cpu, as is the floor) instead (whatever
 file and options the daemon runs today); otherwise ORT options: `level` (disable/basic/extended/all), `threads` (0 = ORT default),
 `spin` (bool), `daz` (denormals as zero), `arena`, `pattern` (bool), `shrink` (release the arena after each run), `trim` (glibc malloc_trim(0) after each run), `outputs`
 ("first" or "all", as rembg asks). The input tensor comes from the daemon's own MattingSession.prepare, so
@@ -18,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,6 +69,8 @@ def session_options(cfg: dict[str, Any]) -> tuple[ort.SessionOptions, Optional[o
 
 
 LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
+# speed.py --device: the daemon's choice of provider; the floor uses it with ONNX Runtime's default options.
+CHOICE = providers.choose(os.environ.get("BGMASK_BENCH_DEVICE", "cpu"), 0)
 
 
 class Runner:
@@ -77,12 +81,12 @@ class Runner:
         path = files[cfg.get("file", "shipped")]
         t = time.perf_counter()
         if cfg.get("daemon"):  # the very session a CPU daemon runs (its model file, its options)
-            self.daemon: Optional[MattingSession] = SessionPool(providers.choose("cpu", 0), 1 << 40, 0).get(spec.name)
+            self.daemon: Optional[MattingSession] = SessionPool(CHOICE, 1 << 40, 0).get(spec.name)
             self.session = self.daemon.session
         else:
             self.daemon = None
             so, self.run_options = session_options(cfg)
-            self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(path, so, providers=list(CHOICE.providers))
         self.load_s = time.perf_counter() - t
         self.input = self.session.get_inputs()[0].name
         self.outputs = None if cfg.get("outputs") == "all" else [self.session.get_outputs()[0].name]

@@ -5,6 +5,7 @@ One command, from the repository root:
     python bench/speed.py                      # everything but the optimisation experiments (~15 min)
     python bench/speed.py --experiments        # also the ORT session experiments behind the proposals
     python bench/speed.py --models u2netp --sizes 1mp --parts floor,bgmask
+    python bench/speed.py --device gpu --parts floor,bgmask   # on a GPU (bench/gpu_check.sh runs this)
 
 It prints a table with the ratios the issue sets targets for and writes everything it measured to
 bench/results/speed-<date>.json. rembg runs from its own virtual environment (bench/rembg_env.py) with our
@@ -60,6 +61,7 @@ TARGETS = {  # from the issue: (figure, model) -> upper bound of the ratio
 }
 RESULTS = BENCH / "results"
 RELEASE_AFTER_S = 5.0  # `bgmask serve --release-memory-after` default
+DEVICE = "auto"  # `bgmask serve --device` of the daemons, and the provider of the floor (--device)
 
 
 def log(message: str) -> None:
@@ -149,7 +151,8 @@ def proc_status(pid: int, key: str) -> Optional[int]:
 
 def server_env(dirs: Optional[dict[str, str]] = None) -> dict[str, str]:
     """The environment of a daemon, CLI or worker process running the bgmask source tree under test."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SERVER), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SERVER), os.environ.get("PYTHONPATH")])),
+               BGMASK_BENCH_DEVICE=DEVICE)
     for key in ("BGMASK_ENDPOINT", "BGMASK_TOKEN"):
         env.pop(key, None)
     env.update(dirs or {})
@@ -212,7 +215,7 @@ class Daemon:
         self.env = server_env(self.dirs)
         self.log = open(root / "daemon.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "bgmask", "serve", "--default-model", model,
-                                      "--idle-unload", "0", "--preload-delay", "0"],
+                                      "--idle-unload", "0", "--preload-delay", "0", "--device", DEVICE],
                                      env=self.env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         runtime_file = Path(self.dirs["BGMASK_RUNTIME_DIR"]) / "daemon.json"
         deadline = time.monotonic() + 120
@@ -399,7 +402,8 @@ def bench_cold(model: str, image: Path, repeat: int, tmp: Path) -> dict[str, Any
     """One file through each CLI: bgmask with no daemon (it auto-starts one), bgmask warm, `rembg i`."""
     root = tmp / f"cold-{model}"
     env = server_env(fresh_dirs(root))
-    bgmask_cli = [sys.executable, "-m", "bgmask", "remove", str(image), "-o", str(root / "bgmask.png"), "--model", model]
+    bgmask_cli = [sys.executable, "-m", "bgmask", "remove", str(image), "-o", str(root / "bgmask.png"), "--model", model,
+                  "--overwrite"]  # each round writes the result again (an existing one is kept otherwise)
 
     def run(cmd: list[str], env: dict[str, str]) -> None:
         subprocess.run(cmd, env=env, check=True, capture_output=True)
@@ -605,6 +609,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--server", type=Path, default=SERVER,
                    help="the bgmask source tree whose daemon and CLI are measured (default server/ of this checkout;"
                         " a patched copy, with plugins/ beside it, measures a proposed change)")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="the daemons' --device, and the provider of the floor (ORT's defaults for it) (default auto)")
     p.add_argument("--quiet-wait", type=float, default=180.0,
                    help="before each timed part, wait up to this many seconds for the machine to be idle (default 180)")
     args = p.parse_args(argv)
@@ -629,11 +635,12 @@ def machine() -> dict[str, Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    global QUIET_WAIT, SERVER
-    QUIET_WAIT, SERVER = args.quiet_wait, args.server.resolve()
+    global QUIET_WAIT, SERVER, DEVICE
+    QUIET_WAIT, SERVER, DEVICE = args.quiet_wait, args.server.resolve(), args.device
     started = datetime.datetime.now()
     out_path = args.out or RESULTS / f"speed-{started.strftime('%Y-%m-%dT%H-%M-%S')}.json"
     res: dict[str, Any] = {"started": started.isoformat(timespec="seconds"), "machine": machine(), "server": str(SERVER),
+                           "device": DEVICE,
                            "models": args.models,
                            "sizes": args.sizes, "photo": PHOTO.name, "by_model": {m: {} for m in args.models}}
     images = make_images(sorted(set(args.sizes) | ({args.cold_size} if "cold" in args.parts else set()), key=list(SIZES).index))

@@ -73,7 +73,7 @@ def expect_error(bc: ModuleType, code: str, fn: Callable[[], Any]) -> Any:
 @check
 def hello_reports_the_daemons_limits(bc: ModuleType) -> None:
     hello = bc.Client().hello()
-    assert hello["protocol"] == 1
+    assert hello["protocol"] == 2
     assert {"remove", "cancel", "progress"} <= set(hello["capabilities"])
     assert hello["max_message_bytes"] >= 1 << 20 and hello["max_pixels"] > 0
     assert hello["default_model"] == MODEL
@@ -225,7 +225,7 @@ def cancel_from_another_thread(bc: ModuleType) -> None:
                                                              on_progress=lambda s, f: started.set()))
     finally:
         canceller.join()
-    assert client.hello()["protocol"] == 1
+    assert client.hello()["protocol"] == 2
 
 
 @check

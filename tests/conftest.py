@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
@@ -61,15 +61,16 @@ def base_env(dirs: dict[str, str]) -> dict[str, str]:
 
 
 def start_daemon(dirs: dict[str, str], *args: str, timeout: float = 60.0,
-                 preexec_fn: Optional[Callable[[], None]] = None) -> RunningDaemon:
+                 preexec_fn: Optional[Callable[[], None]] = None, python: str = sys.executable) -> RunningDaemon:
     """Start `python -m bgmask serve` and wait for its runtime file to name a live endpoint (`preexec_fn` runs
-    in the child before the daemon does: limits it starts under, say)."""
+    in the child before the daemon does: limits it starts under, say; `python`: another environment's
+    interpreter, such as a side venv with a different ONNX Runtime)."""
     env = base_env(dirs)
     runtime_file = Path(dirs["BGMASK_RUNTIME_DIR"]) / "daemon.json"
     log_path = Path(dirs["BGMASK_RUNTIME_DIR"]).parent / f"daemon-{time.monotonic_ns()}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "bgmask", "serve", *args], env=env, preexec_fn=preexec_fn,
+        proc = subprocess.Popen([python, "-m", "bgmask", "serve", *args], env=env, preexec_fn=preexec_fn,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -137,3 +138,27 @@ def load_rgb(name: str, size: Optional[tuple[int, int]] = None) -> tuple[bytes, 
     if size is not None:
         img = img.resize(size, Image.Resampling.BILINEAR)
     return img.tobytes(), img.width, img.height
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Which real GIMP and Krita versions the host-app tests ran in, and how long each launch took."""
+    launches = sys.modules.get("hostapps_targets")
+    if launches is None or not launches.LAUNCHES:
+        return
+    terminalreporter.section("real host applications")
+    totals: dict[str, float] = {}
+    for app, what, seconds in launches.LAUNCHES:
+        terminalreporter.write_line(f"{app}: {what}: {seconds:.1f} s")
+        totals[app] = totals.get(app, 0.0) + seconds
+    for app, seconds in totals.items():
+        terminalreporter.write_line(f"{app}: total {seconds:.1f} s")
+
+
+def authenticate(sock: Any, token: str) -> Any:
+    """Give a hand-made pyzmq socket the daemon's ZMTP PLAIN credentials (docs/protocol.md, "Handshake"):
+    without them the daemon drops the connection in the handshake, before any frame is read."""
+    import zmq
+
+    sock.setsockopt(zmq.PLAIN_USERNAME, b"bgmask")
+    sock.setsockopt(zmq.PLAIN_PASSWORD, token.encode())
+    return sock

@@ -47,6 +47,7 @@ def test_remove_starts_a_daemon_writes_a_soft_cutout_and_leaves_the_daemon_runni
     out = tmp_path / "cutout.png"
     r = bgmask(cli_dirs, "remove", str(EXAMPLES / "astronaut.jpg"), "-o", str(out), "--model", "u2netp")
     assert r.returncode == 0, r.stderr
+    assert "bgmask: starting the daemon" in r.stderr or "bgmask: loading the model" in r.stderr, "no silent wait"
     cut = Image.open(out)
     src = Image.open(EXAMPLES / "astronaut.jpg").convert("RGB")
     assert cut.mode == "RGBA" and cut.size == src.size
@@ -100,7 +101,9 @@ def test_folder_with_a_bad_file_reports_it_and_goes_on(cli_dirs: dict, tmp_path:
     (src / "broken.png").write_bytes(b"this is not a png")
     r = bgmask(cli_dirs, "remove", str(src), "-o", str(tmp_path / "out"), "--mask-only", "--model", "u2netp")
     assert r.returncode == 1
-    assert "broken.png" in r.stderr and "2 done, 1 failed" in r.stdout
+    assert "2 done, 1 failed" in r.stdout and "Traceback" not in r.stderr
+    [line] = [line for line in r.stderr.splitlines() if "broken.png" in line]
+    assert line.count("broken.png") == 1 and "save it again as PNG" in line, "the file once, and what to do"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["astronaut.png", "chelsea.png"]
 
 
@@ -124,7 +127,12 @@ def test_stop_stops_the_daemon(cli_dirs: dict) -> None:
     assert "no daemon" in bgmask(cli_dirs, "stop").stdout
 
 
+def test_status_without_a_daemon_says_remove_starts_one(cli_dirs: dict) -> None:
+    r = bgmask(cli_dirs, "status")
+    assert r.returncode == 1 and "no daemon is running; `bgmask remove` starts one" in r.stdout, r.stdout
+
+
 def test_help_lists_every_command() -> None:
     r = subprocess.run([sys.executable, "-m", "bgmask", "--help"], env=base_env({}), capture_output=True, text=True)
-    for command in ("remove", "serve", "stop", "status", "models", "install", "uninstall", "autostart"):
+    for command in ("remove", "watch", "serve", "stop", "status", "models", "install", "uninstall", "autostart"):
         assert command in r.stdout

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import RunningDaemon, load_rgb, start_daemon
+from conftest import RunningDaemon, authenticate, load_rgb, start_daemon
 
 SAMPLE = {"u8": np.uint8, "u16": np.dtype("<u2"), "f16": np.dtype("<f2"), "f32": np.dtype("<f4")}
 
@@ -25,10 +25,11 @@ SAMPLE = {"u8": np.uint8, "u16": np.dtype("<u2"), "f16": np.dtype("<f2"), "f32":
 class Raw:
     """A DEALER socket speaking the protocol by hand."""
 
-    def __init__(self, endpoint: str, token: Optional[str]) -> None:
+    def __init__(self, endpoint: str, token: Optional[str], handshake: Optional[str] = None) -> None:
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        authenticate(self.sock, handshake if handshake is not None else token or "")
         self.sock.connect(endpoint)
         self.token = token
         self.next_id = 0
@@ -38,7 +39,7 @@ class Raw:
 
     def send(self, op: str, *data: Any, **fields: Any) -> int:
         self.next_id += 1
-        header = {"v": 1, "id": self.next_id, "op": op, **fields}
+        header = {"v": 2, "id": self.next_id, "op": op, **fields}
         if self.token is not None and "token" not in fields:
             header["token"] = self.token
         self.sock.send_multipart([msgpack.packb(header), *data])
@@ -92,14 +93,14 @@ def photo(name: str = "astronaut.jpg", size: Optional[tuple[int, int]] = None) -
 def test_hello_reports_version_limits_and_provider(raw: Raw) -> None:
     header, data, _ = raw.call("hello")
     assert header["type"] == "reply" and header["id"] == 1 and data == []
-    assert header["protocol"] == 1 and header["provider"] == "CPUExecutionProvider" and header["device"] == "cpu"
+    assert header["protocol"] == 2 and header["provider"] == "CPUExecutionProvider" and header["device"] == "cpu"
     assert header["max_message_bytes"] > 0 and "remove" in header["capabilities"]
     assert header["default_model"] == "u2netp"
 
 
 @pytest.mark.parametrize("token", [None, "", "wrong-token"])
 def test_requests_without_the_token_are_refused_and_do_no_work(daemon: RunningDaemon, token: Optional[str]) -> None:
-    c = Raw(daemon.endpoint, None)
+    c = Raw(daemon.endpoint, None, handshake=daemon.token)  # a token holder's buggy header
     try:
         fields = {} if token is None else {"token": token}
         rid = c.send("remove", b"\0" * 12, model="u2netp", image={"width": 2, "height": 2, "channels": 3, "sample_type": "u8"}, **fields)
@@ -111,10 +112,10 @@ def test_requests_without_the_token_are_refused_and_do_no_work(daemon: RunningDa
 
 
 def test_version_mismatch_is_a_clear_error(raw: Raw) -> None:
-    raw.sock.send_multipart([msgpack.packb({"v": 2, "id": 9, "op": "hello", "token": raw.token})])
+    raw.sock.send_multipart([msgpack.packb({"v": 3, "id": 9, "op": "hello", "token": raw.token})])
     header, _ = raw.recv()
     assert header["type"] == "error" and header["error"]["code"] == "unsupported_version"
-    assert header["protocol"] == 1 and header["id"] == 9
+    assert header["protocol"] == 2 and header["id"] == 9
 
 
 @pytest.mark.parametrize("frame0", [b"", b"\xc1", b"\x93\x01\x02\x03", msgpack.packb("hello"), msgpack.packb({1: 2})])
@@ -309,7 +310,7 @@ def test_runtime_file_is_private_and_removed_on_sigterm(isolated_dirs: dict) -> 
     d = start_daemon(isolated_dirs, "--default-model", "u2netp", "--preload-delay", "-1")
     record = json.loads(d.runtime_file.read_text())
     assert stat.S_IMODE(d.runtime_file.stat().st_mode) == 0o600
-    assert record["pid"] == d.pid and record["protocol"] == 1 and record["endpoint"].startswith("tcp://127.0.0.1:")
+    assert record["pid"] == d.pid and record["protocol"] == 2 and record["endpoint"].startswith("tcp://127.0.0.1:")
     assert len(record["token"]) >= 32
     assert d.stop() == 0
     assert not d.runtime_file.exists()
@@ -338,7 +339,7 @@ def test_stale_runtime_file_is_replaced(isolated_dirs: dict) -> None:
     runtime_file = Path(isolated_dirs["BGMASK_RUNTIME_DIR"]) / "daemon.json"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    runtime_file.write_text(json.dumps({"endpoint": "tcp://127.0.0.1:1", "token": "x", "pid": dead.pid, "protocol": 1}))
+    runtime_file.write_text(json.dumps({"endpoint": "tcp://127.0.0.1:1", "token": "x", "pid": dead.pid, "protocol": 2}))
     d = start_daemon(isolated_dirs, "--default-model", "u2netp", "--preload-delay", "-1")
     try:
         assert json.loads(runtime_file.read_text())["pid"] == d.pid
@@ -386,7 +387,7 @@ def test_busy_when_the_queue_is_full_and_oversized_frames_are_dropped(isolated_d
         # declared too large -> too_large; an actual frame over the cap -> connection dropped, daemon unharmed
         big = {"width": 2000, "height": 1000, "channels": 4, "sample_type": "u8"}
         assert c.call("remove", b"\0" * 16, image=big)[0]["error"]["code"] == "too_large"
-        c.sock.send_multipart([msgpack.packb({"v": 1, "id": 99, "op": "hello", "token": d.token}), b"\0" * 3_000_000])
+        c.sock.send_multipart([msgpack.packb({"v": 2, "id": 99, "op": "hello", "token": d.token}), b"\0" * 3_000_000])
         fresh = Raw(d.endpoint, d.token)
         try:
             assert fresh.call("hello")[0]["type"] == "reply"

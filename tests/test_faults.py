@@ -149,7 +149,7 @@ def test_daemon_killed_mid_request_is_reported_and_the_next_call_starts_a_new_on
 
     hello = client.hello()  # the same client object carries on: finds the file stale and starts a new daemon
     record = read_record(user)
-    assert record["pid"] != first.pid and not pid_gone(record["pid"]) and hello["protocol"] == 1
+    assert record["pid"] != first.pid and not pid_gone(record["pid"]) and hello["protocol"] == 2
     small, sw, sh = rgb((300, 200))
     assert len(client.remove(small, sw, sh, 3, "u8")) == sw * sh
     client.close()
@@ -168,12 +168,12 @@ def test_stale_runtime_file_and_lock_do_not_stop_the_next_start(bc: ModuleType, 
         (runtime / "daemon.json").write_text("{\"endpoint\": \"tcp://127.0.0.1:")  # cut off mid-write
     else:  # the pid was reused by some other program after a crash; nothing listens on the port any more
         (runtime / "daemon.json").write_text(json.dumps({"endpoint": f"tcp://127.0.0.1:{_closed_port()}", "token": "x" * 43,
-                                                         "pid": os.getpid(), "protocol": 1}))
+                                                         "pid": os.getpid(), "protocol": 2}))
     (runtime / "daemon.lock").write_bytes(b"")
     (runtime / "spawn.lock").write_bytes(b"")
     record_command(user)
     with bc.Client(timeout=10.0) as client:
-        assert client.hello()["protocol"] == 1
+        assert client.hello()["protocol"] == 2
     record = read_record(user)
     assert record is not None and record["pid"] != os.getpid() and not pid_gone(record["pid"])
 
@@ -224,7 +224,7 @@ def test_hundreds_of_idle_connections_do_not_lock_the_next_client_out(bc: Module
                 conns.append(socket.create_connection((host, int(port)), timeout=5))
             time.sleep(0.5)  # the daemon's I/O thread accepts them
             client = bc.Client(endpoint=d.endpoint, token=d.token, timeout=10)
-            assert client.hello()["protocol"] == 1
+            assert client.hello()["protocol"] == 2
             client.close()
         finally:
             for c in conns:
@@ -396,7 +396,7 @@ def test_a_full_disk_during_a_download_is_a_clear_error_and_leaves_no_partial_fi
         assert info.value.code == "model_unavailable" and "disk space" in info.value.message, info.value.message
         assert not (cache / "models" / "u2netp.onnx").exists()
         assert [p.name for p in cache.rglob("*") if p.is_file() and p.suffix not in (".lock",)] == []
-        assert client.hello()["protocol"] == 1 and d.proc.poll() is None
+        assert client.hello()["protocol"] == 2 and d.proc.poll() is None
         # space freed: the same daemon now downloads it, from scratch and verified
         resource.prlimit(d.pid, resource.RLIMIT_FSIZE, (soft, hard))
         assert client.pull("u2netp")["sha256"] == U2NETP_SHA256

@@ -32,7 +32,7 @@ TIMEOUT = 0.3  # the client's inactivity timeout in these tests: every silence c
 HUNG = 15.0  # a call still running after this long counts as hung
 TOKEN = "t" * 43
 
-GREETING = b"\xff" + bytes(8) + b"\x7f" + bytes([3, 0]) + b"NULL".ljust(20, b"\0") + b"\0" + bytes(31)
+GREETING = b"\xff" + bytes(8) + b"\x7f" + bytes([3, 0]) + b"PLAIN".ljust(20, b"\0") + b"\0" + bytes(31)
 MORE, LONG, COMMAND = 0x01, 0x02, 0x04
 
 
@@ -53,6 +53,9 @@ def command(name: bytes, body: bytes = b"") -> bytes:
 
 def ready(socket_type: bytes = b"ROUTER") -> bytes:
     return command(b"READY", b"\x0bSocket-Type" + struct.pack(">I", len(socket_type)) + socket_type)
+
+
+WELCOME = command(b"WELCOME")  # the PLAIN server's answer to HELLO; sent ahead, the client reads it in turn
 
 
 def lying_frame(size: int, sent: bytes = b"", flags: int = 0) -> bytes:
@@ -186,12 +189,12 @@ def assert_own_error(bc: ModuleType, out: Outcome) -> None:
 
 
 def hello_reply(rid: Any, **fields: Any) -> bytes:
-    return message(msgpack.packb({"v": 1, "id": rid, "type": "reply", "protocol": 1, "max_pixels": 1000,
+    return message(msgpack.packb({"v": 2, "id": rid, "type": "reply", "protocol": 2, "max_pixels": 1000,
                                   "max_message_bytes": 1 << 20, **fields}))
 
 
 def handshake(peer: Peer) -> None:
-    peer.send(GREETING + ready())
+    peer.send(GREETING + WELCOME + ready())
     peer.greeting()
 
 
@@ -331,7 +334,7 @@ class Script:
         if self.greeting != GREETING:
             return self.ending
         peer.greeting()
-        peer.send(self.ready)
+        peer.send(WELCOME + self.ready)
         if self.ready != ready():
             return self.ending
         rid = peer.request_id()
@@ -345,7 +348,7 @@ class Script:
 def scripts() -> st.SearchStrategy[Script]:
     greetings = weighted((8, st.just(GREETING)), (1, st.one_of(
         st.binary(max_size=80), st.builds(lambda n: GREETING[:n], st.integers(0, 63)),
-        st.sampled_from([GREETING.replace(b"NULL", b"CURV"), GREETING[:10] + b"\x02" + GREETING[11:],
+        st.sampled_from([GREETING.replace(b"PLAIN", b"CURVE"), GREETING.replace(b"PLAIN", b"NULL\0"), GREETING[:10] + b"\x02" + GREETING[11:],
                          b"\xff" + bytes(8) + b"\x7e" + GREETING[10:], b"HTTP/1.1 400 Bad Request\r\n\r\n"]))))
     readies = weighted((8, st.just(ready())), (1, st.one_of(
         st.sampled_from([ready(b"DEALER"), ready(b"PUB"), ready(b""), command(b"READY"),
@@ -374,7 +377,7 @@ def test_frames_longer_than_the_client_accepts_are_refused_at_once(bc: ModuleTyp
         if stage == "ready":
             peer.send(lying_frame(size, flags=COMMAND))
             return
-        peer.send(ready())
+        peer.send(WELCOME + ready())
         if stage == "hello":
             peer.send(lying_frame(size))
             return
@@ -393,7 +396,7 @@ def test_a_message_cut_short_is_reported(bc: ModuleType, ending: str, code: str)
         handshake(peer)
         peer.send(hello_reply(peer.request_id()))
         rid = peer.request_id()
-        peer.send(frame(msgpack.packb({"v": 1, "id": rid, "type": "reply"}), MORE) + lying_frame(70000, bytes(1000)))
+        peer.send(frame(msgpack.packb({"v": 2, "id": rid, "type": "reply"}), MORE) + lying_frame(70000, bytes(1000)))
         return ending
 
     with HostileDaemon(script) as peer:
@@ -407,7 +410,7 @@ def test_hostile_limits_in_hello_give_the_clients_own_error_or_a_result(bc: Modu
         handshake(peer)
         peer.send(hello_reply(peer.request_id(), max_pixels=value, max_message_bytes=value))
         rid = peer.request_id()
-        peer.send(message(msgpack.packb({"v": 1, "id": rid, "type": "reply", "mask": {"width": 2, "height": 2}}), bytes(4)))
+        peer.send(message(msgpack.packb({"v": 2, "id": rid, "type": "reply", "mask": {"width": 2, "height": 2}}), bytes(4)))
 
     with HostileDaemon(script) as peer:
         out = call(bc, peer.endpoint)
@@ -420,8 +423,8 @@ def test_hostile_progress_gives_the_clients_own_error_or_a_result(bc: ModuleType
         handshake(peer)
         peer.send(hello_reply(peer.request_id()))
         rid = peer.request_id()
-        peer.send(message(msgpack.packb({"v": 1, "id": rid, "type": "progress", "stage": ["x"], "fraction": fraction})))
-        peer.send(message(msgpack.packb({"v": 1, "id": rid, "type": "reply"}), bytes(4)))
+        peer.send(message(msgpack.packb({"v": 2, "id": rid, "type": "progress", "stage": ["x"], "fraction": fraction})))
+        peer.send(message(msgpack.packb({"v": 2, "id": rid, "type": "reply"}), bytes(4)))
 
     with HostileDaemon(script) as peer:
         out = call(bc, peer.endpoint)
@@ -441,7 +444,7 @@ def _flood(rid_offset: Optional[int]) -> Callable[[Peer], None]:
             if rid_offset is None:
                 peer.send(command(b"PING", b"\x00\x00"))
             else:
-                peer.send(message(msgpack.packb({"v": 1, "id": rid + rid_offset, "type": "progress", "stage": "queued",
+                peer.send(message(msgpack.packb({"v": 2, "id": rid + rid_offset, "type": "progress", "stage": "queued",
                                                  "fraction": None})))
             time.sleep(0.05)
     return script
@@ -480,7 +483,7 @@ def test_a_frame_length_is_never_allocated_before_it_is_checked(max_pixels: int)
         handshake(peer)
         peer.send(hello_reply(peer.request_id(), max_pixels=max_pixels))
         rid = peer.request_id()
-        peer.send(frame(msgpack.packb({"v": 1, "id": rid, "type": "reply"}), MORE) + lying_frame(6 << 30, bytes(100)))
+        peer.send(frame(msgpack.packb({"v": 2, "id": rid, "type": "reply"}), MORE) + lying_frame(6 << 30, bytes(100)))
         return "close"
 
     with HostileDaemon(script) as peer:

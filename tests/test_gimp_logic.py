@@ -100,10 +100,17 @@ def test_mask_arguments_offer_what_the_daemon_accepts_with_its_defaults() -> Non
         assert getattr(logic.Settings(), key) == default and isinstance(default, kind) and help_text
 
 
+def test_quality_is_sent_only_when_chosen() -> None:
+    """"Daemon default" sends no `quality`, so a daemon that has its own default (or none) is not overruled."""
+    assert "quality" not in logic.Settings().options()
+    assert logic.Settings(quality="best").options()["quality"] == "best"
+    assert [nick for nick, *_ in logic.QUALITY_CHOICES] == [logic.QUALITY_DEFAULT, "fast", "balanced", "best"]
+
+
 def test_mnemonics_do_not_clash() -> None:
     """GIMP warns about every clash; the other arguments and the dialog's buttons have these."""
-    # _Model, Ou_tput, _Edge refinement, mas_k; _OK, _Cancel, _Reset, _Help, _Load/_Save Settings
-    taken = ["m", "t", "e", "k", "o", "c", "r", "h", "l", "s"]
+    # _Model, Ou_tput, _Edge refinement, mas_k, _Quality; _OK, _Cancel, _Reset, _Help, _Load/_Save Settings
+    taken = ["m", "t", "e", "k", "q", "o", "c", "r", "h", "l", "s"]
     for _, _, label, *_ in logic.NUMBER_ARGUMENTS:
         assert label.count("_") == 1, label
         taken.append(label[label.index("_") + 1].lower())
@@ -371,6 +378,39 @@ def test_not_a_layer_is_refused_before_anything_happens(daemon: RunningDaemon) -
     with pytest.raises(logic.PluginError, match="is not a layer"):
         run(image, [mask], daemon)
     assert not image.changes and not image.reads
+
+
+@pytest.mark.parametrize("kind", ["text", "vector"])
+def test_text_and_vector_layers_are_refused_unless_rasterized(daemon: RunningDaemon, kind: str) -> None:
+    """GIMP draws them from text or a path on transparency: no background to remove. Rasterized (GIMP 3.2),
+    they are pixels like any layer; link layers (GIMP 3.2) show a photo and get a mask."""
+    image = Image(48, 48)
+    layer = image.add_layer("title", 48, 48, fill=photo("astronaut.jpg", (48, 48)))
+    setattr(layer, f"is_{kind}_layer", lambda: True)
+    with pytest.raises(logic.PluginError, match=f"'title' is a {kind} layer: .* no background to remove"):
+        run(image, [layer], daemon)
+    assert not image.changes and not image.reads
+    layer.is_rasterized = lambda: True
+    run(image, [layer], daemon)
+    assert layer.get_mask() is not None
+    linked = image.add_layer("linked photo", 48, 48, fill=photo("astronaut.jpg", (48, 48)))
+    linked.is_link_layer = lambda: True
+    linked.is_rasterized = lambda: False
+    run(image, [linked], daemon)
+    assert_soft(values(linked.get_mask()))
+
+
+def test_a_failing_gimp_call_is_reported_with_gimps_reason(daemon: RunningDaemon) -> None:
+    """GIMP 3.2 shows no failed PDB call of a non-interactive run: the plug-in itself must say it."""
+    image = Image(48, 48)
+    layer = image.add_layer("a", 48, 48, fill=photo("astronaut.jpg", (48, 48)))
+    gimp = FakeGimp()
+    gimp.last_error = "Procedure 'gimp-layer-add-mask' has been called with an invalid ID"
+    layer.add_mask = lambda mask: False
+    with pytest.raises(logic.PluginError, match="could not add the mask to 'a' .*invalid ID.*Undo") as info:
+        run(image, [layer], daemon, gimp)
+    assert not info.value.cancelled
+    assert image.undo_depth == 0 and image.undo_groups == 1  # the undo group was closed: one undo step
 
 
 def test_selection_that_misses_the_layer_is_an_error(daemon: RunningDaemon) -> None:

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from bgmask import cli_install, install
+from bgmask import cli_install, hostprofiles, install
 from bgmask.autostart import LAUNCHD, SYSTEMD, XDG
 from bgmask.hostprofiles import Host, ini_get, ini_has_section, ini_set, ini_unset
 from bgmask.install import Context, InstallError
@@ -168,11 +168,12 @@ def test_fresh_home_gets_exactly_the_plugins_config_and_autostart(platform, mech
 
 
 def user_profiles(home: Path) -> None:
-    """A Linux HOME where native GIMP 3.0 and 2.10, Flatpak GIMP 3.0 and 3.2, native and Flatpak Krita ran."""
+    """A Linux HOME where native GIMP 3.0, 3.2 and 2.10, Flatpak GIMP 3.0 and 3.2, native and Flatpak Krita ran."""
     files = {
         ".config/GIMP/3.0/gimprc": "(theme \"Dark\")\n",
         ".config/GIMP/3.0/plug-ins/someone-else/someone-else.py": "# not ours\n",
         ".config/GIMP/2.10/gimprc": "(old)\n",
+        ".config/GIMP/3.2/gimprc": "(3.2)\n",
         ".var/app/org.gimp.GIMP/config/GIMP/3.0/gimprc": "(flatpak)\n",
         ".var/app/org.gimp.GIMP/config/GIMP/3.2/sessionrc": "(3.2)\n",
         ".local/share/krita/brushes/a.kpp": "brush",
@@ -205,7 +206,7 @@ def test_existing_profiles_native_and_flatpak_are_all_found_and_restored(home, p
     ctx = context("linux", home, plugins)
     install.install(ctx, ["gimp", "krita"], create_missing=False, with_autostart=False)
 
-    for profile in (".config/GIMP/3.0", ".var/app/org.gimp.GIMP/config/GIMP/3.0",
+    for profile in (".config/GIMP/3.0", ".config/GIMP/3.2", ".var/app/org.gimp.GIMP/config/GIMP/3.0",
                     ".var/app/org.gimp.GIMP/config/GIMP/3.2"):
         assert (home / profile / "plug-ins/bgmask-remove-background" / GIMP_MAIN).is_file(), profile
     assert not (home / ".config/GIMP/2.10/plug-ins").exists(), "a GIMP 2.10 profile is not GIMP 3"
@@ -227,6 +228,26 @@ def test_existing_profiles_native_and_flatpak_are_all_found_and_restored(home, p
     assert normalised(tree(home)) == normalised(before)
     assert json.loads((home / ".config/bgmask/config.json").read_text())["daemon_command"] == \
         ["/usr/bin/python3", "-m", "bgmask", "serve"], "the user's own daemon_command came back"
+
+
+def test_a_gimp_that_never_ran_gets_the_profile_of_its_own_version(tmp_path, home, plugins):
+    """No GIMP profile yet: the GIMPs on PATH say which to create (GIMP 3.2 reads only ~/.config/GIMP/3.2);
+    uninstall removes those folders again, and nothing else."""
+    programs = tmp_path / "bin"
+    programs.mkdir()
+    for name in ("gimp-3.2", "gimp-console-3.2", "gimp-console-3.0", "gimp-2.10", "gimp"):
+        (programs / name).write_text("#!/bin/sh\n")
+    host = Host("linux", {"HOME": str(home), "PATH": f"/nonexistent:{programs}"})
+    assert hostprofiles.installed_gimp_versions(host) == ["3.0", "3.2"]
+    ctx = Context(host, home / ".config/bgmask", PYTHON, io.StringIO(), plugins=plugins)
+    install.install(ctx, ["gimp"], create_missing=True, with_autostart=False)
+    assert sorted(p.name for p in (home / ".config/GIMP").iterdir()) == ["3.0", "3.2"]
+    for version in ("3.0", "3.2"):
+        assert (home / f".config/GIMP/{version}/plug-ins/bgmask-remove-background" / GIMP_MAIN).is_file()
+    install.uninstall(Context(host, home / ".config/bgmask", PYTHON, io.StringIO(), plugins=plugins))
+    assert not (home / ".config/GIMP").exists()
+    no_gimp = Host("linux", {"HOME": str(home), "PATH": "/nonexistent"})
+    assert [p.label for p in hostprofiles.default_gimp_profiles(no_gimp)] == ["GIMP 3.0"]
 
 
 def test_xdg_variables_are_honoured(tmp_path, plugins):

@@ -1,6 +1,7 @@
-"""The Krita plugin in real Krita 5.2 (Xvfb, Debian trixie chroot) against a real daemon.
+"""The Krita plugin in real Krita 5.2, 5.3 and 6 (Xvfb, Debian chroots: tests/hostapps_targets.py) against a
+real daemon. Every test runs once per Krita version; its id names the exact version (`krita-6.0.4.1`).
 
-Two Krita launches per session: one with Krita's pyzmq and msgpack, running every case of
+Two Krita launches per version: one with Krita's pyzmq and msgpack, running every case of
 tests/hostapps/krita_remove_test.py, and one with them hidden (the client's built-in ZMTP path),
 running a few. The in-Krita script works the docker and dumps layer and mask pixels; here each mask
 is compared with this process's own request to the same daemon for the same pixels, reordered from
@@ -16,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import List
@@ -24,13 +26,13 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLES, REPO
+from hostapps_targets import KRITAS, Target, record_launch
 
 pytestmark = pytest.mark.hostapp
 
 RUNNER = REPO / "tests" / "hostapps" / "run-krita-test.sh"
 TEST_PY = REPO / "tests" / "hostapps" / "krita_remove_test.py"
 PHOTOS = [EXAMPLES / "astronaut.jpg", EXAMPLES / "chelsea.jpg"]
-SKIP_CODES = {77: "not root", 78: "no network"}
 MASK = "Background Removal (u2netp)"
 PHOTO_RECT = [-40, -30, 512, 512]  # astronaut.jpg, moved out of the 400x300 canvas's top-left corner
 # case: numpy sample type, channels, stored B,G,R,A (Krita's integer RGBA), linear (Krita's default profile)
@@ -52,19 +54,27 @@ def closed_endpoint() -> str:
     return f"tcp://127.0.0.1:{port}"  # closed again on leaving the block: nothing listens there
 
 
-def run_krita(out: Path, daemon, cases: List[str], hide_pyzmq: bool) -> SimpleNamespace:
+@pytest.fixture(scope="module", params=KRITAS, ids=[t.id for t in KRITAS])
+def target(request: pytest.FixtureRequest) -> Target:
+    """The Krita under test: module-scoped, so pytest runs all tests of one version before the next."""
+    return request.param
+
+
+def run_krita(out: Path, daemon, target: Target, cases: List[str], hide_pyzmq: bool) -> SimpleNamespace:
     """One Krita launch running `cases` (all when empty); skips when the chroot cannot be built."""
-    env = dict(os.environ, BGMASK_ENDPOINT=daemon.endpoint, BGMASK_TOKEN=daemon.token,
+    problem = target.problem()
+    if problem:
+        pytest.skip(f"real Krita {target.series} unavailable: {problem}")
+    env = dict(os.environ, **target.env, BGMASK_ENDPOINT=daemon.endpoint, BGMASK_TOKEN=daemon.token,
                KRITA_TEST_DEAD_ENDPOINT=closed_endpoint(), KRITA_TEST_CASES=",".join(cases),
                HOSTAPPS_PASSENV="BGMASK_ENDPOINT BGMASK_TOKEN KRITA_TEST_DEAD_ENDPOINT KRITA_TEST_CASES",
                HOSTAPPS_PYTHON=sys.executable)
     if hide_pyzmq:
         env["HOSTAPPS_HIDE_PYZMQ"] = "1"
+    start = time.monotonic()
     proc = subprocess.run(["bash", str(RUNNER), str(TEST_PY), str(out), *map(str, PHOTOS)],
                           env=env, capture_output=True, text=True, timeout=1500)
-    if proc.returncode in SKIP_CODES:
-        reason = (proc.stderr.strip().splitlines() or [SKIP_CODES[proc.returncode]])[-1]
-        pytest.skip(f"real Krita unavailable: {reason}")
+    record_launch(target, "without pyzmq" if hide_pyzmq else "all cases", time.monotonic() - start)
     result_file = out / "result.json"
     assert result_file.exists(), f"no result from Krita (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     result = json.loads(result_file.read_text())
@@ -73,13 +83,14 @@ def run_krita(out: Path, daemon, cases: List[str], hide_pyzmq: bool) -> SimpleNa
 
 
 @pytest.fixture(scope="module")
-def krita(tmp_path_factory, daemon) -> SimpleNamespace:
-    return run_krita(tmp_path_factory.mktemp("krita"), daemon, [], hide_pyzmq=False)
+def krita(tmp_path_factory, daemon, target: Target) -> SimpleNamespace:
+    return run_krita(tmp_path_factory.mktemp(target.id), daemon, target, [], hide_pyzmq=False)
 
 
 @pytest.fixture(scope="module")
-def krita_no_pyzmq(tmp_path_factory, daemon) -> SimpleNamespace:
-    return run_krita(tmp_path_factory.mktemp("krita-no-pyzmq"), daemon, NO_PYZMQ_CASES, hide_pyzmq=True)
+def krita_no_pyzmq(tmp_path_factory, daemon, target: Target) -> SimpleNamespace:
+    return run_krita(tmp_path_factory.mktemp(f"{target.id}-no-pyzmq"), daemon, target, NO_PYZMQ_CASES,
+                     hide_pyzmq=True)
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +124,18 @@ def reference(client, run: SimpleNamespace, name: str, rect, dtype="<u1", channe
     return np.frombuffer(mask, np.uint8).reshape(h, w)
 
 
-def test_docker_shows_the_connected_daemon_and_its_models(krita):
+def test_docker_shows_the_connected_daemon_and_its_models(krita, target: Target):
+    # the Krita the chroot holds, and the Qt bindings it gives Python plugins (Krita 6: PyQt6)
+    assert krita.result["krita"].startswith(target.series + "."), krita.result["krita"]
+    assert krita.result["qt"] == ("PyQt6" if target.series == "6" else "PyQt5")
     assert krita.result["client_transport"] == "pyzmq" and krita.result["import_zmq"] == "ok"
     assert krita.result["status_line"].startswith("Connected to bgmask"), krita.result["status_line"]
     assert "cpu" in krita.result["status_line"] and "u2netp" in krita.result["status_line"]
     assert "u2netp" in krita.result["models_offered"] and "isnet-general-use" in krita.result["models_offered"]
+    # Quality: "Daemon default" (sends nothing) until the user picks one
+    assert krita.result["quality_offered"] == [["Daemon default", ""], ["Fast", "fast"], ["Balanced", "balanced"],
+                                               ["Best", "best"]]
+    assert krita.result["quality_chosen"] == ""
 
 
 @pytest.mark.parametrize("name", list(NATIVE))

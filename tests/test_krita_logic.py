@@ -276,7 +276,8 @@ def test_decontaminated_colours_are_refused_for_colour_models_that_are_converted
 
 def test_settings_survive_kritarc(plugin, krita):
     chosen = plugin.core.Settings(model="u2netp", output="decontaminated", refine=False, hardness=0.35,
-                                  shift_edge=-4.5, feather=2.5, fill_holes=120, remove_specks=7, padding=0.6)
+                                  shift_edge=-4.5, feather=2.5, fill_holes=120, remove_specks=7, padding=0.6,
+                                  quality="best")
     plugin.core.save_settings(chosen)
     assert all(isinstance(v, str) for v in krita.settings.values())
     assert plugin.core.load_settings() == chosen
@@ -286,9 +287,16 @@ def test_unreadable_or_out_of_range_settings_fall_back_to_the_defaults(plugin, k
     defaults = plugin.core.Settings()
     assert plugin.core.load_settings() == defaults  # nothing saved yet
     for key, text in [("hardness", "1.5"), ("feather", "wide"), ("fill_holes", "2.5"), ("padding", "-1"),
-                      ("output", "sideways")]:
+                      ("output", "sideways"), ("quality", "perfect")]:
         krita.writeSetting("bgmask", key, text)
     assert plugin.core.load_settings() == defaults
+
+
+def test_quality_is_sent_only_when_chosen(plugin):
+    """"Daemon default" sends no `quality`: the daemon's own default applies."""
+    assert "quality" not in plugin.core.Settings().options()
+    assert plugin.core.Settings(quality="fast").options()["quality"] == "fast"
+    assert list(plugin.core.QUALITIES) == ["", "fast", "balanced", "best"]
 
 
 def test_number_settings_offer_what_the_daemon_accepts_with_its_defaults(plugin):
@@ -398,6 +406,13 @@ def test_status_line(plugin):
     assert "0.1.0" in line and "cpu" in line and "u2netp: loaded" in line
     assert "not downloaded" in plugin.core.describe_status(status, "isnet-general-use")
     assert plugin.core.describe_status(None, None, "connection refused") == "Daemon not connected: connection refused"
+
+
+def test_status_line_says_why_the_gpu_is_not_used(plugin):
+    note = "CUDA could not start: libcudnn.so.9 (cuDNN) is missing; ... Running on the CPU instead."
+    status = {"version": "0.1.0", "device": "cpu", "provider": "CPUExecutionProvider", "default_model": "u2netp",
+              "device_note": note, "models": [{"name": "u2netp", "state": "loaded", "provider": "CPUExecutionProvider"}]}
+    assert plugin.core.describe_status(status, None).endswith(f"u2netp: loaded. GPU not used: {note}")
 
 
 # -- with the real daemon -------------------------------------------------------------------------------
@@ -543,3 +558,48 @@ def test_unreachable_daemon_is_a_clear_error(plugin, krita, client_module):
     with pytest.raises(client_module.BgmaskError) as err:
         job.run(client)
     assert err.value.code == "not_running" and err.value.message
+
+
+def _qt_module(monkeypatch, loaded: list, importable: list) -> types.ModuleType:
+    """plugins/krita/bgmask/qt.py run with `loaded` PyQt packages already imported (by Krita's own bindings)
+    and `importable` ones only on the path; stand-in modules, as the host has neither PyQt."""
+    monkeypatch.setitem(sys.modules, "krita", types.ModuleType("krita"))
+    for name in ("PyQt5", "PyQt6"):
+        for module in ("QtCore", "QtGui", "QtWidgets"):
+            monkeypatch.delitem(sys.modules, f"{name}.{module}", raising=False)
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    for name in loaded:
+        monkeypatch.setitem(sys.modules, f"{name}.QtCore", types.ModuleType(f"{name}.QtCore"))
+    real_import = importlib.import_module
+
+    def import_module(name: str, package=None):
+        binding = name.split(".")[0]
+        if binding in ("PyQt5", "PyQt6"):
+            if name not in sys.modules and binding not in loaded + importable:
+                raise ModuleNotFoundError(f"No module named {name!r}")
+            return sys.modules.setdefault(name, types.ModuleType(name))
+        return real_import(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    spec = importlib.util.spec_from_file_location("bgmask_qt_under_test", PLUGIN / "qt.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("loaded, importable, expected", [
+    (["PyQt6"], ["PyQt5"], "PyQt6"),   # Krita 6: its PyQt6 is loaded; a PyQt5 on the path must not be taken
+    (["PyQt5"], ["PyQt6"], "PyQt5"),   # Krita 5 with a system PyQt6 installed beside it
+    ([], ["PyQt5", "PyQt6"], "PyQt5"),  # outside Krita: the Qt 5 bindings first
+    ([], ["PyQt6"], "PyQt6"),
+])
+def test_qt_bindings_are_the_ones_krita_loaded(monkeypatch, loaded, importable, expected):
+    qt = _qt_module(monkeypatch, loaded, importable)
+    assert qt.API == expected
+    assert [qt.QtCore.__name__, qt.QtGui.__name__, qt.QtWidgets.__name__] == \
+        [f"{expected}.QtCore", f"{expected}.QtGui", f"{expected}.QtWidgets"]
+
+
+def test_no_qt_bindings_is_a_clear_error(monkeypatch):
+    with pytest.raises(ImportError, match="needs PyQt5 .Krita 5. or PyQt6 .Krita 6."):
+        _qt_module(monkeypatch, [], [])

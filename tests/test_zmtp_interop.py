@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, List
 import msgpack
 import pytest
 import zmq
+import zmq.auth.thread
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,10 +28,19 @@ DEALERS = {"builtin": bc._ZmtpDealer, "pyzmq": bc._PyzmqDealer}
 
 # --------------------------------------------------------------------------------------- real libzmq peers
 
+TOKEN = "t0ken"
+
+
 @pytest.fixture
 def ctx() -> Iterator[zmq.Context]:
+    """A context whose PLAIN servers accept the user bgmask with TOKEN, judged by pyzmq's own ZAP handler
+    (libzmq 4.3 ends every PLAIN handshake when no handler answers)."""
     context = zmq.Context()
+    auth = zmq.auth.thread.ThreadAuthenticator(context)
+    auth.start()
+    auth.configure_plain(domain="*", passwords={"bgmask": TOKEN})
     yield context
+    auth.stop()
     context.destroy(linger=0)
 
 
@@ -59,8 +69,8 @@ def pattern(n: int, seed: int = 0) -> bytes:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_multipart_messages_both_ways_with_a_pyzmq_router(ctx: zmq.Context, transport: str) -> None:
-    router, endpoint = bound(ctx, zmq.ROUTER)
-    dealer = DEALERS[transport](endpoint, 10.0, 1 << 24)
+    router, endpoint = bound(ctx, zmq.ROUTER, PLAIN_SERVER=1)
+    dealer = DEALERS[transport](endpoint, 10.0, 1 << 24, token=TOKEN)
     try:
         sizes = [0, 1, 255, 256, 65535, 65536, 65537, 1_000_000]  # short/long frame boundary, copy/no-copy boundary
         frames = [pattern(n, seed) for seed, n in enumerate(sizes)]
@@ -77,7 +87,7 @@ def test_multipart_messages_both_ways_with_a_pyzmq_router(ctx: zmq.Context, tran
 
 
 def test_a_frame_over_256_mb_round_trips_through_libzmq(ctx: zmq.Context) -> None:
-    router, endpoint = bound(ctx, zmq.ROUTER)
+    router, endpoint = bound(ctx, zmq.ROUTER, PLAIN_SERVER=1)
     size = 300 * 1024 * 1024 + 7
     big = pattern(size, 3)
 
@@ -87,7 +97,7 @@ def test_a_frame_over_256_mb_round_trips_through_libzmq(ctx: zmq.Context) -> Non
 
     thread = threading.Thread(target=echo)
     thread.start()
-    dealer = bc._ZmtpDealer(endpoint, 60.0, 1 << 30)
+    dealer = bc._ZmtpDealer(endpoint, 60.0, 1 << 30, token=TOKEN)
     try:
         dealer.send([b"header", memoryview(big)])
         header, payload = recv_message(dealer, 120.0)
@@ -99,8 +109,8 @@ def test_a_frame_over_256_mb_round_trips_through_libzmq(ctx: zmq.Context) -> Non
 
 def test_builtin_dealer_answers_libzmq_heartbeats(ctx: zmq.Context) -> None:
     """A ROUTER with heartbeats drops a peer that does not PONG within the timeout; ours must stay connected."""
-    router, endpoint = bound(ctx, zmq.ROUTER, HEARTBEAT_IVL=100, HEARTBEAT_TIMEOUT=300)
-    dealer = bc._ZmtpDealer(endpoint, 10.0)
+    router, endpoint = bound(ctx, zmq.ROUTER, PLAIN_SERVER=1, HEARTBEAT_IVL=100, HEARTBEAT_TIMEOUT=300)
+    dealer = bc._ZmtpDealer(endpoint, 10.0, token=TOKEN)
     try:
         dealer.send([b"hi"])
         assert router.poll(10_000)
@@ -123,9 +133,9 @@ def test_a_zmq_socket_that_is_not_a_router_is_a_protocol_error(ctx: zmq.Context,
 
 
 def test_builtin_dealer_insists_on_a_router(ctx: zmq.Context) -> None:
-    _, endpoint = bound(ctx, zmq.DEALER)
+    _, endpoint = bound(ctx, zmq.DEALER, PLAIN_SERVER=1)
     with pytest.raises(bc.BgmaskError) as err:
-        bc._ZmtpDealer(endpoint, 3.0)
+        bc._ZmtpDealer(endpoint, 3.0, token=TOKEN)
     assert err.value.code == "protocol_error" and "DEALER" in err.value.message
 
 
@@ -141,9 +151,46 @@ def test_nothing_listening_is_not_running(transport: str) -> None:
     assert err.value.code == "not_running"
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_wrong_token_is_refused_in_the_handshake_by_libzmq(ctx: zmq.Context, transport: str) -> None:
+    router, endpoint = bound(ctx, zmq.ROUTER, PLAIN_SERVER=1)
+    with pytest.raises(bc.BgmaskError) as err:
+        DEALERS[transport](endpoint, 5.0, token=TOKEN + "x")
+    assert err.value.code == "unauthorized" and "token" in err.value.message
+    assert not router.poll(200), "a frame got through a refused handshake"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_null_handshake_router_is_an_old_daemon_to_update(ctx: zmq.Context, transport: str) -> None:
+    """A daemon of protocol 1 (NULL mechanism): the new client says what to do instead of hanging."""
+    _, endpoint = bound(ctx, zmq.ROUTER)
+    with pytest.raises(bc.BgmaskError) as err:
+        DEALERS[transport](endpoint, 5.0, token=TOKEN)
+    assert err.value.code == "protocol_error" and "update bgmask" in err.value.message
+    assert "NULL" in err.value.message or transport == "pyzmq"  # libzmq's event may say less when both ends hang up
+
+
+def test_an_old_null_client_fails_the_handshake_against_a_plain_router(ctx: zmq.Context) -> None:
+    """What a protocol-1 client meets: libzmq ends the handshake at the greeting's mechanism, no frame passes."""
+    router, endpoint = bound(ctx, zmq.ROUTER, PLAIN_SERVER=1)
+    old = ctx.socket(zmq.DEALER)
+    monitor = old.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+    try:
+        old.connect(endpoint)
+        old.send(b"hello from protocol 1")
+        assert monitor.poll(5000), "the mismatch was not reported to the old client"
+        event = monitor.recv_multipart()[0]
+        assert struct.unpack("=I", event[2:6])[0] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+        assert not router.poll(200)
+    finally:
+        old.disable_monitor()
+        monitor.close(0)
+        old.close(0)
+
+
 # --------------------------------------------------------------------------------------- hand-made peers
 
-GREETING = b"\xff" + bytes(8) + b"\x7f" + bytes([3, 1]) + b"NULL".ljust(20, b"\0") + b"\0" + bytes(31)
+GREETING = b"\xff" + bytes(8) + b"\x7f" + bytes([3, 1]) + b"PLAIN".ljust(20, b"\0") + b"\1" + bytes(31)
 
 
 def command(name: bytes, body: bytes) -> bytes:
@@ -170,12 +217,17 @@ def read_frame(conn: socket.socket) -> tuple:
     return flags, recv_exact(conn, size)
 
 
-def zmtp_handshake(conn: socket.socket) -> None:
-    """Greet as a ROUTER and read the client's greeting and READY."""
-    conn.sendall(GREETING + READY_ROUTER)
-    assert recv_exact(conn, 64)[:1] == b"\xff"
+def zmtp_handshake(conn: socket.socket, token: bytes = b"t") -> None:
+    """Greet as a PLAIN server ROUTER (RFC 24): HELLO with the token, WELCOME, INITIATE from a DEALER, READY."""
+    conn.sendall(GREETING)
+    greeting = recv_exact(conn, 64)
+    assert greeting[:1] == b"\xff" and greeting[12:32].rstrip(b"\0") == b"PLAIN" and greeting[32] == 0
     flags, body = read_frame(conn)
-    assert flags & 0x04 and body.startswith(b"\x05READY") and b"DEALER" in body
+    assert flags & 0x04 and body == b"\x05HELLO" + b"\x06bgmask" + bytes([len(token)]) + token
+    conn.sendall(command(b"WELCOME", b""))
+    flags, body = read_frame(conn)
+    assert flags & 0x04 and body.startswith(b"\x08INITIATE") and b"DEALER" in body
+    conn.sendall(READY_ROUTER)
 
 
 class RawPeer:
@@ -229,7 +281,7 @@ def test_builtin_dealer_pongs_with_the_ping_context() -> None:
         seen.append(read_frame(conn))
 
     peer = RawPeer(script)
-    dealer = bc._ZmtpDealer(peer.endpoint, 10.0)
+    dealer = bc._ZmtpDealer(peer.endpoint, 10.0, token="t")
     try:
         assert [bytes(f) for f in recv_message(dealer)] == [b"after"]
         dealer.send([b"bye"])
@@ -368,7 +420,7 @@ def test_hostile_msgpack_is_refused_cleanly(name: str) -> None:
 
 
 def test_every_prefix_of_a_valid_header_is_refused() -> None:
-    packed = msgpack.packb({"v": 1, "id": 7, "type": "reply", "mask": {"width": 6000, "sample_type": "u16"},
+    packed = msgpack.packb({"v": 2, "id": 7, "type": "reply", "mask": {"width": 6000, "sample_type": "u16"},
                             "timings": {"total": 1.25}, "data": b"\x00" * 300, "list": [1, -70000, None]})
     for end in range(len(packed)):
         with pytest.raises(ValueError):

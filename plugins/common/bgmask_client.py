@@ -1,8 +1,9 @@
 """bgmask_client: the one client file that the GIMP and Krita plugins (and the `bgmask` CLI) share.
 
 Standard library only, Python 3.8+: editors bundle their own Python, so nothing can be installed for it.
-With pyzmq and msgpack importable it uses them; otherwise it speaks ZMTP 3 (NULL mechanism, DEALER, TCP)
-and the msgpack subset of the bgmask protocol itself (docs/protocol.md). Both paths behave the same.
+With pyzmq and msgpack importable it uses them; otherwise it speaks ZMTP 3 (PLAIN mechanism with the daemon's
+token as password, DEALER, TCP) and the msgpack subset of the bgmask protocol itself (docs/protocol.md). Both
+paths behave the same.
 
     client = Client()                      # finds (or starts) the per-user daemon on first use
     mask = client.remove(pixels, width, height, channels=4, sample_type="u8")
@@ -20,10 +21,15 @@ internal) plus these raised by the client itself:
     timeout          the daemon sent nothing for `timeout` seconds (inactivity: a live daemon reports
                      progress at least every second), or stopped in the middle of a message
     connection_lost  the connection closed under a request (daemon killed or crashed)
-    protocol_error   the peer is not a bgmask daemon: no ZMTP greeting, not a ROUTER, not msgpack, ...
+    protocol_error   the peer is not a bgmask daemon: no ZMTP greeting, not a ROUTER, not msgpack, or a daemon
+                     older than protocol 2 (NULL handshake; the message says to update it)
+    unauthorized     (also a daemon code) the daemon refused the token in the ZMTP PLAIN handshake
+    unsupported_version  (also a daemon code) daemon.json names a daemon of another protocol version
     too_large        (also a daemon code) a frame exceeds hello's max_message_bytes, or the image exceeds
                      max_pixels: checked before anything is sent
     bad_image        (also a daemon code) the pixel buffer does not match width/height/channels/stride
+    unsafe_runtime_dir  the runtime directory is a symlink, someone else's, or writable by others: it is
+                     never used (the message names it and says what to do)
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ __all__ = ["BgmaskError", "Client", "RemoveResult", "runtime_dir", "config_dir",
            "decontaminated_pixels"]
 
 APP = "bgmask"
-PROTOCOL = 1
+PROTOCOL = 2
 HAVE_PYZMQ = _zmq is not None
 
 # Client-side error codes (the daemon's codes arrive as they are).
@@ -63,6 +69,9 @@ PROTOCOL_ERROR = "protocol_error"
 TOO_LARGE = "too_large"
 BAD_IMAGE = "bad_image"
 CANCELLED = "cancelled"
+UNAUTHORIZED = "unauthorized"
+UNSUPPORTED_VERSION = "unsupported_version"
+UNSAFE_RUNTIME_DIR = "unsafe_runtime_dir"
 
 SAMPLE_SIZES = {"u8": 1, "u16": 2, "f16": 2, "f32": 4}
 CHANNEL_NAMES = {1: "gray", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}
@@ -274,12 +283,30 @@ def _unpack_container(kind: str, n: int, buf: bytes, pos: int, depth: int) -> Tu
 
 
 # ---------------------------------------------------------------------------------------------------
-# Built-in ZMTP 3 DEALER over TCP (rfc.zeromq.org/spec/23 and /37), NULL mechanism.
+# Built-in ZMTP 3 DEALER over TCP (rfc.zeromq.org/spec/23, /24 and /37), PLAIN mechanism as the client.
 
 _MORE, _LONG, _COMMAND = 0x01, 0x02, 0x04
-_GREETING = b"\xff" + bytes(8) + b"\x7f" + bytes([3, 1]) + b"NULL".ljust(20, b"\0") + b"\0" + bytes(31)
+_GREETING = b"\xff" + bytes(8) + b"\x7f" + bytes([3, 1]) + b"PLAIN".ljust(20, b"\0") + b"\0" + bytes(31)
+PLAIN_USERNAME = b"bgmask"  # the daemon checks only the password (its token); the name says who we are
+_METADATA = b"\x0bSocket-Type\x00\x00\x00\x06DEALER\x08Identity\x00\x00\x00\x00"
 _BIG = 1 << 16  # frames above this are received into their own buffer and sent without copying
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # a closed peer must not SIGPIPE the editor (Krita)
+
+
+def _plain_password(token: str) -> bytes:
+    """The token as a ZMTP PLAIN password (at most 255 bytes on the wire)."""
+    password = token.encode("utf-8")
+    if len(password) > 255:
+        raise BgmaskError(UNAUTHORIZED, "the token is %d bytes long; a bgmask token has at most 255" % len(password))
+    return password
+
+
+def _not_a_daemon(endpoint: str, why: str) -> str:
+    """What to tell the user when the peer does not complete the PLAIN handshake of protocol 2: an older
+    bgmask daemon (protocol 1 used ZeroMQ's NULL handshake) looks exactly like that."""
+    return ("%s %s: it is not a bgmask daemon of protocol %d. If it is an older bgmask daemon, update bgmask where"
+            " it runs (pip install -U bgmask), then restart the daemon (`bgmask stop`, then `bgmask serve`)"
+            % (endpoint, why, PROTOCOL))
 
 
 def _parse_tcp(endpoint: str) -> Tuple[str, int]:
@@ -343,10 +370,11 @@ class _FrameSource(io.RawIOBase):
 class _ZmtpDealer:
     """A ZeroMQ DEALER connection in plain Python: one TCP socket, blocking calls with timeouts."""
 
-    def __init__(self, endpoint: str, timeout: float, max_frame: int = _SMALL_REPLY_CAP) -> None:
+    def __init__(self, endpoint: str, timeout: float, max_frame: int = _SMALL_REPLY_CAP, token: str = "") -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.max_frame = max_frame
+        self._password = _plain_password(token)
         self._buf = bytearray()
         self._pos = 0
         host, port = _parse_tcp(endpoint)
@@ -379,7 +407,10 @@ class _ZmtpDealer:
             raise
 
     def _greet(self) -> None:
-        self._send_all(memoryview(_GREETING))
+        # Signature and major version first; the rest (our mechanism) once the peer's greeting has arrived. libzmq
+        # sends its whole greeting as soon as it has our major version, and a peer that ends the handshake with
+        # our unread bytes in its buffer resets the connection, which would drop its greeting before we read it.
+        self._send_all(memoryview(_GREETING[:11]))
         signature = self._read_exact(10)
         if signature[0] != 0xFF or not signature[9] & 0x01:
             raise BgmaskError(PROTOCOL_ERROR, "%s is not a ZeroMQ peer (it answered %r); is it a bgmask daemon?"
@@ -388,22 +419,37 @@ class _ZmtpDealer:
         if rest[0] < 3:
             raise BgmaskError(PROTOCOL_ERROR, "%s speaks ZMTP %d; bgmask needs ZMTP 3" % (self.endpoint, rest[0]))
         mechanism = bytes(rest[2:22]).rstrip(b"\0")
-        if mechanism != b"NULL":
-            raise BgmaskError(PROTOCOL_ERROR, "%s wants the %s security mechanism; bgmask uses NULL"
-                              % (self.endpoint, mechanism.decode("latin-1")))
-        self._send_all(memoryview(_command(b"READY", b"\x0bSocket-Type\x00\x00\x00\x06DEALER"
-                                                     b"\x08Identity\x00\x00\x00\x00")))
-        flags, body = self._read_frame()
-        name = bytes(body[1:1 + body[0]]) if flags & _COMMAND and body else b""
-        if name == b"ERROR":
-            reason = bytes(body[7:7 + body[6]]).decode("utf-8", "replace") if len(body) > 6 else ""
-            raise BgmaskError(PROTOCOL_ERROR, "%s refused the ZeroMQ handshake: %s" % (self.endpoint, reason))
-        if name != b"READY":
-            raise BgmaskError(PROTOCOL_ERROR, "%s did not send a ZMTP READY command" % self.endpoint)
-        socket_type = _ready_properties(bytes(body[6:])).get("socket-type", b"")
+        if mechanism != b"PLAIN":  # (libzmq always sends as-server 0, so that byte says nothing)
+            raise BgmaskError(PROTOCOL_ERROR, _not_a_daemon(self.endpoint, "uses ZeroMQ's %s handshake, not PLAIN"
+                                                            % mechanism.decode("latin-1")))
+        self._send_all(memoryview(_GREETING[11:]))
+        # RFC 24: HELLO carries the user name and password, WELCOME (or ERROR) answers once the daemon's ZAP
+        # handler has judged them; only then are INITIATE/READY (the socket metadata) exchanged.
+        self._send_all(memoryview(_command(b"HELLO", bytes([len(PLAIN_USERNAME)]) + PLAIN_USERNAME
+                                           + bytes([len(self._password)]) + self._password)))
+        self._expect(b"WELCOME")
+        self._send_all(memoryview(_command(b"INITIATE", _METADATA)))
+        body = self._expect(b"READY")
+        socket_type = _ready_properties(body).get("socket-type", b"")
         if socket_type != b"ROUTER":
             raise BgmaskError(PROTOCOL_ERROR, "%s is a ZeroMQ %s socket, not the bgmask daemon's ROUTER"
                               % (self.endpoint, socket_type.decode("latin-1") or "unknown"))
+
+    def _expect(self, wanted: bytes) -> bytes:
+        """The body of the handshake command `wanted`; an ERROR command says why the daemon refused us."""
+        flags, body = self._read_frame()
+        name = bytes(body[1:1 + body[0]]) if flags & _COMMAND and body else b""
+        if flags & _COMMAND and body[:5] == b"^RROR":  # libzmq 4.3's ERROR: "\x05ERROR" in C is "\x5e" "RROR"
+            body, name = b"\x05E" + body[1:], b"ERROR"
+        if name == b"ERROR":
+            reason = bytes(body[7:7 + body[6]]).decode("utf-8", "replace") if len(body) > 6 else ""
+            if reason.startswith("400"):  # the ZAP handler's verdict: wrong password
+                raise BgmaskError(UNAUTHORIZED, "the bgmask daemon at %s refused this client's token in the ZeroMQ"
+                                  " handshake (the daemon was restarted, or the token is not its own)" % self.endpoint)
+            raise BgmaskError(PROTOCOL_ERROR, "%s refused the ZeroMQ handshake: %s" % (self.endpoint, reason))
+        if name != wanted:
+            raise BgmaskError(PROTOCOL_ERROR, "%s did not send a ZMTP %s command" % (self.endpoint, wanted.decode()))
+        return bytes(body[1 + len(wanted):])
 
     # -- sending ------------------------------------------------------------------------------------
 
@@ -538,7 +584,7 @@ class _ZmtpDealer:
 # forever on a socket whose own finaliser has not run yet.
 
 class _PyzmqDealer:
-    def __init__(self, endpoint: str, timeout: float, max_frame: int = _SMALL_REPLY_CAP) -> None:
+    def __init__(self, endpoint: str, timeout: float, max_frame: int = _SMALL_REPLY_CAP, token: str = "") -> None:
         zmq = _zmq
         self.endpoint = endpoint
         self.timeout = timeout
@@ -547,6 +593,8 @@ class _PyzmqDealer:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
         self._sock.setsockopt(zmq.HANDSHAKE_IVL, int(timeout * 1000))
+        self._sock.setsockopt(zmq.PLAIN_USERNAME, PLAIN_USERNAME)
+        self._sock.setsockopt(zmq.PLAIN_PASSWORD, _plain_password(token))
         self._monitor = self._sock.get_monitor_socket(
             zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_DISCONNECTED
             | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -584,9 +632,13 @@ class _PyzmqDealer:
             self._ready = True
         elif event == zmq.EVENT_CONNECT_RETRIED and not self._connected:
             raise BgmaskError(NOT_RUNNING, "nothing answers at %s (connection refused)" % self.endpoint)
-        elif event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
-                       zmq.EVENT_HANDSHAKE_FAILED_AUTH):
-            raise BgmaskError(PROTOCOL_ERROR, "%s failed the ZeroMQ handshake; is it a bgmask daemon?" % self.endpoint)
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            raise BgmaskError(UNAUTHORIZED, "the bgmask daemon at %s refused this client's token in the ZeroMQ"
+                              " handshake (the daemon was restarted, or the token is not its own)" % self.endpoint)
+        elif event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+            mismatch = struct.unpack("=I", frames[0][2:6])[0] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+            raise BgmaskError(PROTOCOL_ERROR, _not_a_daemon(self.endpoint, "uses another ZeroMQ handshake than PLAIN"
+                                                            if mismatch else "failed the ZeroMQ PLAIN handshake"))
         elif event == zmq.EVENT_DISCONNECTED:
             if self._ready:
                 raise BgmaskError(CONNECTION_LOST, "the bgmask daemon at %s closed the connection" % self.endpoint)
@@ -617,13 +669,14 @@ class _PyzmqDealer:
         self._sock.close(0)
 
 
-def _connect(transport: str, endpoint: str, timeout: float) -> Any:
-    return (_PyzmqDealer if transport == "pyzmq" else _ZmtpDealer)(endpoint, timeout)
+def _connect(transport: str, endpoint: str, timeout: float, token: str) -> Any:
+    return (_PyzmqDealer if transport == "pyzmq" else _ZmtpDealer)(endpoint, timeout, token=token)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Per-user directories, computed like platformdirs 4 (user_runtime_dir / user_config_dir with
-# appauthor=False) without importing it, so the plugins find what the daemon wrote.
+# appauthor=False) without importing it, so the plugins find what the daemon wrote; the daemon takes its
+# runtime directory from here too (bgmask.paths), so both sides trust exactly the same directory.
 
 def _xdg(name: str) -> Optional[str]:
     value = os.environ.get(name, "")
@@ -653,6 +706,65 @@ def _runtime_dir_problem(path: str, missing_ok: bool, check_mode: bool = True) -
         return True
     return (stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != _geteuid()
             or (check_mode and info.st_mode & 0o777 != 0o700))
+
+
+def _unsafe_because(path: str) -> Optional[str]:
+    """Why `path` may not hold the token and the daemon's endpoint (None when it may): it must be a real
+    directory (no symlink), owned by this user, and writable by nobody else. Windows keeps these folders
+    private through the profile's ACLs, so only the symlink and directory checks apply there."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(info.st_mode):
+        return "it is not a directory"
+    if sys.platform != "win32":
+        if info.st_uid != _geteuid():
+            return "it belongs to user id %d, not to you (%d)" % (info.st_uid, _geteuid())
+        if info.st_mode & 0o022:
+            return "others can write to it (mode %03o)" % stat.S_IMODE(info.st_mode)
+    return None
+
+
+def private_dir(path: str, create: bool = True, tighten: bool = False) -> str:
+    """`path`, checked before anything in it is trusted: created 0700 where missing (when `create`), tightened
+    to 0700 when it is ours but readable by others, refused with an `unsafe_runtime_dir` error naming it when
+    another user could have planted it or could change what is in it. A missing dir is fine when not `create`.
+    `tighten` also makes our own group-writable dir 0700 instead of refusing it (the config dir, which a umask
+    of 002 creates 0775; never the runtime dir, where a planted daemon.json would be trusted)."""
+    try:
+        if create:
+            os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
+        why = _unsafe_because(path)
+        if why is not None and tighten and why.startswith("others can write"):
+            why = None
+        if why is None and sys.platform != "win32" and stat.S_IMODE(os.lstat(path).st_mode) != 0o700:
+            os.chmod(path, 0o700)
+    except FileNotFoundError:
+        if create:
+            raise BgmaskError(UNSAFE_RUNTIME_DIR, "cannot create the bgmask directory %s" % path) from None
+        return path
+    except OSError as exc:
+        why = "it cannot be used (%s)" % (exc.strerror or exc)
+    if why is not None:
+        raise BgmaskError(UNSAFE_RUNTIME_DIR, "the bgmask directory %s is not safe to use: %s. Remove it (or make it"
+                          " yours with mode 0700), or set BGMASK_RUNTIME_DIR to a private directory of yours; nothing"
+                          " was sent or written there." % (path, why))
+    return path
+
+
+def private_runtime_dir(create: bool = True) -> str:
+    """runtime_dir() through private_dir(): the only way the client (and the daemon) trusts it."""
+    return private_dir(runtime_dir(), create)
+
+
+def open_private(path: str, flags: int) -> int:
+    """os.open that never follows a symbolic link (O_NOFOLLOW where the OS has it: a planted link to a file of
+    the user's must not be written through) and creates files readable by the user only."""
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o600)
 
 
 def _runtime_parent_problem(path: str) -> bool:
@@ -718,7 +830,9 @@ def _win_known_folder(guid: str) -> str:
 
 
 def runtime_dir() -> str:
-    """Where the daemon writes daemon.json (endpoint, token, pid): $BGMASK_RUNTIME_DIR or platformdirs' choice."""
+    """Where the daemon writes daemon.json (endpoint, token, pid): $BGMASK_RUNTIME_DIR, else platformdirs'
+    choice where that is private to the user ($XDG_RUNTIME_DIR, /run/user/<uid>, the macOS and Windows per-user
+    folders), else <cache>/bgmask/run (never a shared temp dir). Use private_runtime_dir() to trust it."""
     if os.environ.get("BGMASK_RUNTIME_DIR"):
         return os.environ["BGMASK_RUNTIME_DIR"]
     if sys.platform == "win32":
@@ -737,9 +851,8 @@ def runtime_dir() -> str:
     else:
         base = "/run/user/%d" % _geteuid()
     if _runtime_dir_problem(base, missing_ok=False):
-        import tempfile
-
-        base = posixpath.join(tempfile.gettempdir(), "runtime-%d" % _geteuid())
+        # Not a shared temp dir, where another user could create ours first: a folder in the user's own cache.
+        return os.path.join(_xdg("XDG_CACHE_HOME") or _expand_user("~/.cache"), APP, "run")
     return os.path.join(base, APP)
 
 
@@ -786,8 +899,9 @@ def pid_alive(pid: int) -> bool:
 
 def _read_runtime_file() -> Optional[Dict[str, Any]]:
     """The live daemon's runtime file, or None when it is missing, unreadable or left by a dead daemon."""
+    path = os.path.join(private_runtime_dir(create=False), "daemon.json")
     try:
-        with open(os.path.join(runtime_dir(), "daemon.json"), encoding="utf-8") as f:
+        with os.fdopen(open_private(path, os.O_RDONLY), encoding="utf-8") as f:
             info = json.load(f)
     except (OSError, ValueError):
         return None
@@ -812,7 +926,7 @@ def _daemon_command() -> List[str]:
 
 def _log_tail(path: str, lines: int = 5) -> str:
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_private(path, os.O_RDONLY), "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - 4096))
             text = f.read().decode("utf-8", "replace")
@@ -829,7 +943,11 @@ class _SpawnLock:
         self.deadline = deadline
 
     def __enter__(self) -> "_SpawnLock":
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
+        except OSError as exc:
+            raise BgmaskError(NOT_RUNNING, "cannot open %s (%s): remove it, or run `bgmask serve` in a terminal"
+                              % (self.path, exc.strerror or exc)) from None
         while True:
             try:
                 self._lock(True)
@@ -1179,7 +1297,7 @@ class Client:
         info = _read_runtime_file()
         if info is not None:
             try:
-                self._open(info["endpoint"], self._token_arg if self._token_arg is not None else info["token"])
+                self._open_recorded(info)
                 return self._conn
             except BgmaskError as exc:
                 if exc.code != NOT_RUNNING:
@@ -1189,9 +1307,19 @@ class Client:
         self._start_daemon()
         return self._conn
 
+    def _open_recorded(self, info: Dict[str, Any]) -> None:
+        """Connect to the daemon a runtime file names, after checking it speaks our protocol version."""
+        protocol = info.get("protocol")
+        if isinstance(protocol, int) and protocol != PROTOCOL:
+            raise BgmaskError(UNSUPPORTED_VERSION, "the running bgmask daemon (pid %d) speaks protocol %d, but this"
+                              " plug-in speaks protocol %d: update bgmask (pip install -U bgmask, then `bgmask install`)"
+                              " and restart the daemon (`bgmask stop`, then `bgmask serve`)"
+                              % (info["pid"], protocol, PROTOCOL))
+        self._open(info["endpoint"], self._token_arg if self._token_arg is not None else info["token"])
+
     def _open(self, endpoint: str, token: Optional[str]) -> None:
         """Connect and say hello, which proves a bgmask daemon is there and tells us its limits."""
-        conn = _connect(self.transport, endpoint, self.timeout)
+        conn = _connect(self.transport, endpoint, self.timeout, token or "")
         self.endpoint, self._token, self._hello = endpoint, token, {}
         try:
             self._hello = self._exchange(conn, "hello", {}, (), None, None)[0]
@@ -1201,24 +1329,29 @@ class Client:
         self._conn, self._fresh = conn, True
 
     def _start_daemon(self) -> None:
-        rdir = runtime_dir()
-        os.makedirs(rdir, mode=0o700, exist_ok=True)
+        rdir = private_runtime_dir()
         deadline = time.monotonic() + max(self.timeout, _START_TIMEOUT_S)
         with _SpawnLock(os.path.join(rdir, "spawn.lock"), deadline):
             info = _read_runtime_file()  # whoever held the lock before us may have started it
             if info is not None:
                 try:
-                    self._open(info["endpoint"], self._token_arg if self._token_arg is not None else info["token"])
+                    self._open_recorded(info)
                     return
                 except BgmaskError as exc:
                     if exc.code != NOT_RUNNING:
                         raise
             command = _daemon_command()
             log_path = os.path.join(rdir, "daemon.log")
+            env = dict(os.environ, BGMASK_LOG_FILE=log_path)  # the daemon rotates it (size-capped)
             try:
-                with open(log_path, "ab") as log:
+                log = os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab")
+            except OSError as exc:
+                raise BgmaskError(NOT_RUNNING, "cannot open the daemon's log %s (%s): remove it, or run `bgmask serve`"
+                                  " in a terminal" % (log_path, exc.strerror or exc)) from None
+            try:
+                with log:
                     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                            close_fds=True, **_detached())
+                                            close_fds=True, env=env, **_detached())
             except OSError as exc:
                 raise BgmaskError(NOT_RUNNING, "could not start the bgmask daemon with %s (%s): run `bgmask install`"
                                   " again, or `bgmask serve` in a terminal" % (command, exc)) from None
@@ -1226,7 +1359,7 @@ class Client:
                 info = _read_runtime_file()
                 if info is not None:
                     try:
-                        self._open(info["endpoint"], self._token_arg if self._token_arg is not None else info["token"])
+                        self._open_recorded(info)
                         return
                     except BgmaskError as exc:
                         if exc.code != NOT_RUNNING:

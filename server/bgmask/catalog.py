@@ -269,7 +269,9 @@ def _triple(what: str, values: Iterable[float]) -> tuple[float, float, float]:
 
 def _check_onnx(file: Path, size: tuple[int, int], input_name: Optional[str], output_name: Optional[str]) -> None:
     """Refuse files ONNX Runtime cannot load, or whose input cannot take an NCHW float image of `size`."""
-    import onnxruntime as ort  # heavy; only needed here and in the daemon
+    from bgmask.providers import load_runtime
+
+    ort = load_runtime()  # heavy; only needed here and in the daemon (the base install has none: says which extra)
 
     options = ort.SessionOptions()
     options.log_severity_level = 4

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 import time
-from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
-from bgmask import __version__, cli_install, cli_models, images, runtime
+from bgmask import __version__, cli_install, cli_models, cli_remove, cli_watch, runtime
 from bgmask.clientlib import load_client
 from bgmask.errors import BgmaskError
-from bgmask.progressbar import ProgressBar
 
 GiB = 1024**3
 
@@ -22,114 +22,42 @@ full-resolution masks to this command and to the GIMP and Krita plugins."""
 EPILOG = """examples:
   bgmask remove photo.jpg -o cutout.png          cut-out PNG with a soft alpha channel
   bgmask remove photos/ -o out/ --mask-only      masks for every image in a folder
+  bgmask remove photo.jpg -o flat.jpg --bg white flattened onto white
+  bgmask watch inbox/ out/                       cut out images as they arrive, until Ctrl-C
   bgmask status                                  what the daemon is doing
   bgmask models pull u2netp                      download a model ahead of time"""
 
 
-# Failures of the daemon connection rather than of one file: stop instead of failing every file alike.
-DAEMON_FAILURES = {"not_running", "connection_lost", "timeout", "unauthorized", "protocol_error", "device_unavailable"}
-
-
-def _client(timeout: float) -> Any:
-    runtime.record_daemon_command()
-    return load_client().Client(timeout=timeout)
-
-
-def _inputs(paths: Sequence[str]) -> list[Path]:
-    found: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            found.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in images.EXTENSIONS and q.is_file()))
-        else:
-            found.append(p)
-    return found
-
-
-def _output_for(src: Path, out: Optional[str], many: bool, mask_only: bool) -> Path:
-    suffix = "-mask.png" if mask_only else "-cutout.png"
-    if out is None:
-        return src.with_name(src.stem + suffix)
-    target = Path(out)
-    if many or target.is_dir() or out.endswith(("/", "\\")):
-        target.mkdir(parents=True, exist_ok=True)
-        return target / (src.stem + ".png")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return target
-
-
-def cmd_remove(args: argparse.Namespace) -> int:
-    sources = _inputs(args.inputs)
-    if not sources:
-        print("bgmask: no images found in the given paths.", file=sys.stderr)
-        return 2
-    many = len(sources) > 1
-    out_type = "u16" if args.mask_only and args.depth == 16 else "u8"
-    options = {"refine": not args.no_refine}
-    client_module = load_client()
-    try:
-        client = _client(args.timeout)
-    except client_module.BgmaskError as exc:
-        print(f"bgmask: {exc.message}", file=sys.stderr)
-        return 1
-    bar = ProgressBar(len(sources), unit="images", label="removing") if many else None
-    failed: list[tuple[Path, str]] = []
-    download_bar: Optional[ProgressBar] = None
-
-    def on_progress(stage: str, fraction: Optional[float]) -> None:
-        nonlocal download_bar
-        if stage == "downloading":
-            if download_bar is None:
-                print("bgmask: downloading the model (once)...", file=sys.stderr)
-                download_bar = ProgressBar(1000, unit="", label="model")
-            download_bar.update(int((fraction or 0.0) * 1000))
-
-    started = time.perf_counter()
-    for n, src in enumerate(sources, 1):
-        try:
-            img = images.load(src)
-            mask = client.remove(img.data, img.width, img.height, img.channels, img.sample_type, model=args.model,
-                                 options=options, out_sample_type=out_type, on_progress=on_progress)
-            mask_img = images.mask_image(mask, img.width, img.height, out_type)
-            dest = _output_for(src, args.output, many, args.mask_only)
-            if args.mask_only:
-                images.save_mask(dest, mask_img)
-            else:
-                images.save_cutout(dest, img.picture, mask_img)
-            if not many:
-                print(f"{src} -> {dest}")
-        except (BgmaskError, client_module.BgmaskError) as exc:
-            failed.append((src, exc.message))
-            if exc.code in DAEMON_FAILURES:
-                break  # the daemon itself is the problem: every other file would fail the same way
-        except OSError as exc:
-            failed.append((src, f"could not write the result ({exc.strerror or exc})"))
-        if download_bar is not None:
-            download_bar.close()
-            download_bar = None
-        if bar is not None:
-            bar.update(n)
-    if bar is not None:
-        bar.close()
-    for src, why in failed:
-        print(f"bgmask: {src}: {why}", file=sys.stderr)
-    if many or failed:
-        done = len(sources) - len(failed)
-        print(f"{done} done, {len(failed)} failed, {time.perf_counter() - started:.1f} s")
-    return 1 if failed else 0
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    from bgmask.daemon import Daemon, DaemonConfig  # ONNX Runtime is only imported by the daemon
+    from bgmask import providers
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    try:
+        providers.load_runtime()  # the base install has none: say which extra to install
+    except BgmaskError as exc:
+        print(f"bgmask: {exc.message}", file=sys.stderr)
+        return 2
+    from bgmask.daemon import Daemon, DaemonConfig  # ONNX Runtime is only imported by the daemon
+    if not args.gpu_mem_limit > 0:
+        print(f"bgmask: --gpu-mem-limit must be a positive number of GiB, got {args.gpu_mem_limit}.", file=sys.stderr)
+        return 2
+
+    log_file = os.environ.get("BGMASK_LOG_FILE")  # set by a client that auto-starts the daemon
+    try:
+        handlers = [runtime.RotatingLog(log_file)] if log_file else None
+    except OSError as exc:
+        print(f"bgmask: cannot open the log {log_file} ({exc.strerror or exc}); remove it and start again.",
+              file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=handlers,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = DaemonConfig(
         host=args.host, port=args.port, allow_remote=args.allow_remote, device=args.device, threads=args.threads,
         max_message_bytes=args.max_message_bytes, max_pixels=args.max_pixels, queue_limit=args.queue_limit,
         idle_unload_s=args.idle_unload, memory_budget=int(args.memory_budget * GiB), preload_delay=args.preload_delay,
-        release_memory_after_s=args.release_memory_after,
+        release_memory_after_s=args.release_memory_after, request_memory=int(args.request_memory * GiB),
         default_model=args.default_model,
+        gpu=providers.GpuSettings(mem_limit=int(args.gpu_mem_limit * GiB), arena_extend=args.gpu_arena_extend,
+                                  conv_algo_search=args.cudnn_conv_algo_search, device_id=args.gpu_device_id),
     )
     try:
         return Daemon(config).serve()
@@ -161,48 +89,67 @@ def _size(n: Optional[int]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    client_module = load_client()
     try:
-        st = load_client().Client(autostart=False, timeout=args.timeout).status()
-    except Exception as exc:
-        print(f"bgmask: {getattr(exc, 'message', exc)}")
+        st = client_module.Client(autostart=False, timeout=args.timeout).status()
+    except client_module.BgmaskError as exc:
+        if exc.code == "not_running":
+            print("bgmask: no daemon is running; `bgmask remove` starts one when it needs it (or run `bgmask serve`"
+                  " to keep one in the foreground)")
+        else:
+            print(f"bgmask: {exc.message}")
         return 1
+    if args.json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+        return 0
     print(f"bgmask daemon {st['version']} (protocol {st['protocol']})")
     print(f"  endpoint  {st['endpoint']}")
     print(f"  pid       {st['pid']}, up {st['uptime']:.0f} s")
-    print(f"  device    {st['device']} ({st['provider']}, {st['threads']} threads)")
+    asked = st.get("requested_device")
+    print(f"  device    {st['device']} ({st['provider']}, {st['threads']} threads)" + (f", --device {asked}" if asked else ""))
+    if st.get("device_note"):
+        print(f"  GPU       not used: {st['device_note']}")
     print(f"  queue     {st['queue']} waiting, {st['running']} running")
     print(f"  memory    {_size(st['rss'])}")
     print("  models")
     for m in st["models"]:
         default = " (default)" if m["name"] == st["default_model"] else ""
-        print(f"    {m['name']:<20} {m['state'].replace('_', ' ')}{default}")
+        on = f" on {m['provider']}" if m.get("provider") else ""
+        print(f"    {m['name']:<20} {m['state'].replace('_', ' ')}{on}{default}")
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line that says where the full usage is (sub-commands' parsers are Parsers too)."""
+
+    def error(self, message: str) -> "NoReturn":
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bgmask", description=DESCRIPTION, epilog=EPILOG,
+    parser = Parser(prog="bgmask", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"bgmask {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("remove", help="remove the background of images (starts the daemon if needed)",
-                       description="Write a cut-out PNG (original pixels, soft alpha) or the mask for each image.")
-    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders")
-    p.add_argument("-o", "--output", metavar="OUT",
-                   help="output file (one input) or folder (several); default: beside each input as NAME-cutout.png / NAME-mask.png")
-    p.add_argument("--mask-only", action="store_true", help="write the mask as a grayscale PNG instead of a cut-out")
-    p.add_argument("--depth", type=int, choices=(8, 16), default=8, help="bit depth of --mask-only PNGs (default 8)")
-    p.add_argument("--model", default=None, help="model name (see `bgmask models`; default: the daemon's default)")
-    p.add_argument("--no-refine", action="store_true", help="plain resize of the prediction instead of edge-aware refinement")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds without any sign of life from the daemon before giving up")
-    p.set_defaults(func=cmd_remove)
+    cli_remove.add_commands(sub)
+    cli_watch.add_commands(sub)
 
     p = sub.add_parser("serve", help="run the daemon in the foreground (what auto-start runs)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="TCP port (default: a free port)")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (prints a warning)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                   help="auto: best GPU provider if any, else CPU; gpu: fail if no GPU (default auto)")
+                   help="auto: the best GPU provider that really starts, else the CPU (status says why); "
+                        "gpu: exit with the reason if no GPU provider starts (default auto)")
+    p.add_argument("--gpu-mem-limit", type=float, default=4.0,
+                   help="GiB the GPU memory arena (CUDA, ROCm) may grow to, leaving the rest to other applications (default 4)")
+    p.add_argument("--gpu-arena-extend", choices=("requested", "power-of-two"), default="requested",
+                   help="grow the GPU arena by what a run asks for, or by doubling as ONNX Runtime does by default (default requested)")
+    p.add_argument("--cudnn-conv-algo-search", choices=("heuristic", "exhaustive", "default"), default="heuristic",
+                   help="how cuDNN picks convolution algorithms: heuristic (no trial runs), exhaustive (times each at the "
+                        "first run), default (a fixed one); bench/gpu_check.py measures them (default heuristic)")
+    p.add_argument("--gpu-device-id", type=int, default=0, help="which GPU to use when there are several (default 0)")
     p.add_argument("--threads", type=int, default=0, help="inference threads (default: all usable cores)")
     p.add_argument("--default-model", default=None, help="model used when a request names none")
     p.add_argument("--preload-delay", type=float, default=0.0,
@@ -212,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=250_000_000, help="largest accepted image in pixels (default 250 M)")
     p.add_argument("--idle-unload", type=float, default=1800.0, help="unload models unused this many seconds (0: never)")
     p.add_argument("--memory-budget", type=float, default=6.0, help="GiB of loaded models before the least recently used is dropped")
+    p.add_argument("--request-memory", type=float, default=0.0,
+                   help="GiB one remove request may need (about 60 bytes a pixel); larger ones get too_large "
+                        "(default: half of this machine's memory)")
     p.add_argument("--release-memory-after", type=float, default=5.0,
                    help="idle seconds before the memory a running model needs goes back to the system (default 5)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request")
@@ -223,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="version, endpoint, device, queue, memory and model states of the daemon")
     p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--json", action="store_true", help="print the daemon's status reply as JSON")
     p.set_defaults(func=cmd_status)
 
     cli_models.add_commands(sub)

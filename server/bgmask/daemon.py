@@ -5,11 +5,14 @@ threads, which hand their replies back through an inproc socket (ZeroMQ sockets 
 
 from __future__ import annotations
 
+import hmac
+import ctypes
 import ipaddress
 import logging
 import os
 import secrets
 import signal
+import struct
 import sys
 import threading
 import time
@@ -32,6 +35,10 @@ CAPABILITIES = ["remove", "cancel", "progress", "region", "refine", "decontamina
 EXIT_ALREADY_RUNNING = 3
 EXIT_BAD_CONFIG = 2
 GiB = 1024**3
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks who may complete a handshake (RFC 27)
+ZAP_DOMAIN = b"bgmask"
+REQUEST_BYTES_PER_PIXEL = 60  # a remove's peak working memory per pixel, as the security review measured it
+FREE_HEAP_LIMIT = 64 * 1024**2  # free C heap an idle daemon gives back at once (keep_freed_blocks keeps the rest)
 
 
 @dataclass
@@ -42,6 +49,7 @@ class DaemonConfig:
     port: int = 0
     allow_remote: bool = False
     device: str = "auto"
+    gpu: providers.GpuSettings = field(default_factory=providers.GpuSettings)
     threads: int = 0
     workers: int = 1
     max_message_bytes: int = 2 * GiB
@@ -52,7 +60,10 @@ class DaemonConfig:
     preload_delay: float = 0.0  # seconds after start to load the default model; negative = only on demand
     default_model: Optional[str] = None
     heartbeat_s: float = 1.0
+    handshake_timeout_s: float = 5.0  # a connection that has not authenticated by then is dropped
+    refusal_summary_s: float = 60.0  # refused handshakes and requests are logged as one line per interval
     release_memory_after_s: float = 5.0  # idle seconds before inference memory goes back to the system
+    request_memory: int = 0  # bytes one remove may need (estimated); 0: half of the machine's memory
 
 
 @dataclass(eq=False)
@@ -91,16 +102,12 @@ def is_loopback(host: str) -> bool:
 
 def _libc() -> Any:
     """The C library this process runs on (raises OSError where it cannot be loaded)."""
-    import ctypes
-
     return ctypes.CDLL(None) if sys.platform != "win32" else ctypes.cdll.msvcrt
 
 
 def seed_libc_random() -> None:
     """libzmq numbers anonymous peers from the C library's unseeded rand(), so the next id is predictable;
     a local stranger who claims it makes libzmq abort on the next connection. A secret seed prevents that."""
-    import ctypes
-
     try:
         _libc().srand(ctypes.c_uint(secrets.randbits(32)))
     except (OSError, AttributeError):
@@ -144,6 +151,18 @@ def raise_open_file_limit() -> None:
             continue
 
 
+def _size(n: int) -> str:
+    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / 1024**2:.0f} MiB"
+
+
+def default_request_memory() -> int:
+    """Half of the machine's memory (8 GiB where that cannot be read): what one request may use by default."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 * GiB
+
+
 def return_free_heap() -> None:
     """Give the C heap's free pages back to the system (glibc keeps freed small and mid-sized blocks, such as
     the pipeline's per-request arrays, for reuse): an idle daemon's RSS then falls back near its idle level."""
@@ -151,6 +170,21 @@ def return_free_heap() -> None:
         _libc().malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do
         pass
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def free_heap_bytes() -> int:
+    """Bytes the C heap holds free (glibc's mallinfo2().fordblks; 0 where there is no such call)."""
+    try:
+        mallinfo2 = _libc().mallinfo2
+    except (OSError, AttributeError):
+        return 0
+    mallinfo2.restype = _MallInfo2
+    return int(mallinfo2().fordblks)
 
 
 def rss_bytes() -> Optional[int]:
@@ -169,14 +203,40 @@ def rss_bytes() -> Optional[int]:
         return None
 
 
+class Refusals:
+    """Counts refused handshakes and requests and logs them as one line per interval: a stranger hammering
+    the port costs a few counters, not a log line (and disk) per attempt."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.counts: dict[str, int] = {}
+        self._since = time.monotonic()
+
+    def add(self, why: str) -> None:
+        self.counts[why] = self.counts.get(why, 0) + 1
+
+    def summarise(self, now: float, force: bool = False) -> None:
+        if not self.counts or (now - self._since < self.interval_s and not force):
+            return
+        log.warning("refused in the last %.0f s: %s", now - self._since,
+                    ", ".join(f"{n} {why}" for why, n in sorted(self.counts.items())))
+        self.counts.clear()
+        self._since = now
+
+
 class Daemon:
-    """Serves protocol v1 until shutdown; construct, then call serve()."""
+    """Serves protocol v2 until shutdown; construct, then call serve()."""
 
     def __init__(self, config: DaemonConfig) -> None:
         keep_freed_blocks()
         raise_open_file_limit()
         self.config = config
-        self.choice = providers.choose(config.device, config.threads)
+        clash = providers.clash_warning(providers.installed_runtimes())
+        if clash:
+            log.warning("%s", clash)
+        self.choice = providers.choose(config.device, config.threads, config.gpu)
+        if self.choice.note:  # said once here and in every status reply, not per request
+            log.warning("GPU not used: %s", self.choice.note)
         self.pool = SessionPool(self.choice, config.memory_budget, config.idle_unload_s)
         self.default_model = config.default_model or Catalog.load().default_name()
         Catalog.load().get(self.default_model)  # an unknown --default-model fails at start, not per request
@@ -194,6 +254,7 @@ class Daemon:
         self._stopping = threading.Event()
         self._workers: list[threading.Thread] = []
         self._local = threading.local()
+        self.refusals = Refusals(config.refusal_summary_s)
         self.sequences = sequences.SequenceTable()
 
     # ----------------------------------------------------------------- lifecycle
@@ -204,9 +265,12 @@ class Daemon:
             where = f" (pid {other['pid']}, {other['endpoint']})" if other else ""
             print(f"bgmask: a daemon is already running for this user{where}; not starting a second one.", file=sys.stderr)
             return EXIT_ALREADY_RUNNING
-        router = out = None
+        router = out = zap = monitor = None
         try:
+            zap = self._bind_zap()
             router, out = self._bind()
+            monitor = router.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                                                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
             runtime.publish_runtime({
                 "endpoint": self.endpoint, "token": self.token, "pid": os.getpid(),
                 "protocol": PROTOCOL_VERSION, "version": __version__, "started": self.started,
@@ -219,12 +283,17 @@ class Daemon:
                 self._workers.append(t)
             if self.config.preload_delay >= 0:
                 threading.Thread(target=self._preload, name="bgmask-preload", daemon=True).start()
-            log.info("bgmask %s serving on %s (provider %s, %d threads)", __version__, self.endpoint, self.choice.provider, self.choice.threads)
-            self._loop(router, out)
+            log.info("bgmask %s serving on %s (provider %s, %d threads, --device %s)", __version__, self.endpoint,
+                     self.choice.provider, self.choice.threads, self.choice.requested)
+            self._loop(router, out, zap, monitor)
             return 0
         finally:
             runtime.withdraw_runtime(os.getpid())
-            for sock in (router, out):
+            self.refusals.summarise(time.monotonic(), force=True)
+            if monitor is not None:
+                router.disable_monitor()
+                monitor.close(linger=0)
+            for sock in (router, out, zap):
                 if sock is not None:
                     sock.close(linger=1000)
             self.ctx.term()
@@ -235,6 +304,31 @@ class Daemon:
         """Ask the serve loop to shut down (thread-safe)."""
         self._stopping.set()
 
+    def _bind_zap(self) -> zmq.Socket:
+        """The ZAP handler's socket, bound before the ROUTER listens: libzmq asks it about every PLAIN HELLO,
+        so a peer without the token is dropped in the handshake, before it can send a single frame."""
+        zap = self.ctx.socket(zmq.REP)
+        zap.setsockopt(zmq.LINGER, 0)
+        zap.bind(ZAP_ENDPOINT)
+        return zap
+
+    def _authenticate(self, zap: zmq.Socket) -> None:
+        """Answer one ZAP request (RFC 27): 200 for the PLAIN password that equals the token, else 400."""
+        frames = zap.recv_multipart()
+        request_id = frames[1] if len(frames) > 1 else b""
+        ok = (len(frames) == 8 and frames[0] == b"1.0" and frames[2] == ZAP_DOMAIN and frames[5] == b"PLAIN"
+              and hmac.compare_digest(frames[7], self.token.encode()))
+        zap.send_multipart([b"1.0", request_id, b"200" if ok else b"400", b"OK" if ok else b"wrong token",
+                            b"bgmask" if ok else b"", b""])
+
+    def _count_refusal(self, monitor: zmq.Socket) -> None:
+        """One event of the ROUTER's monitor: a handshake that failed is counted, never logged on its own."""
+        event = struct.unpack("=H", monitor.recv_multipart()[0][:2])[0]
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            self.refusals.add("handshakes without the token")
+        else:  # the wrong mechanism (clients of protocol 1 use NULL), garbage, or no handshake in time
+            self.refusals.add("connections that failed the handshake or let it time out (protocol-1 clients fail here)")
+
     def _bind(self) -> tuple[zmq.Socket, zmq.Socket]:
         host = self.config.host
         if not is_loopback(host):
@@ -244,6 +338,11 @@ class Daemon:
         router = self.ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         router.setsockopt(zmq.LINGER, 1000)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # see _deliver: a disconnected client's jobs are dropped
+        router.setsockopt(zmq.PLAIN_SERVER, 1)
+        router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+        router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP handler would mean no handshake, never "anyone"
+        router.setsockopt(zmq.HANDSHAKE_IVL, int(self.config.handshake_timeout_s * 1000))
         if ":" in host.strip("[]"):
             router.setsockopt(zmq.IPV6, 1)
             host = f"[{host.strip('[]')}]"
@@ -272,18 +371,30 @@ class Daemon:
             log.warning("could not preload %s: %s", self.default_model, exc.message)
 
     # ----------------------------------------------------------------- socket thread
-    def _loop(self, router: zmq.Socket, out: zmq.Socket) -> None:
+    def _loop(self, router: zmq.Socket, out: zmq.Socket, zap: zmq.Socket, monitor: zmq.Socket) -> None:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(out, zmq.POLLIN)
+        poller.register(zap, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         next_tick = time.monotonic()
         shutting_down = False
         while True:
             events = dict(poller.poll(100))
+            if zap in events:
+                for _ in range(256):
+                    if not zap.poll(0):
+                        break
+                    self._authenticate(zap)
+            if monitor in events:
+                for _ in range(256):
+                    if not monitor.poll(0):
+                        break
+                    self._count_refusal(monitor)
             if out in events:
                 for _ in range(256):
                     try:
-                        router.send_multipart(out.recv_multipart(zmq.NOBLOCK, copy=False), copy=False)
+                        self._deliver(router, out.recv_multipart(zmq.NOBLOCK, copy=False))
                     except zmq.Again:
                         break
             if router in events:
@@ -300,6 +411,7 @@ class Daemon:
                 self.pool.drop_idle()
                 self.sequences.drop_idle(now)
                 self._release_when_idle(now)
+                self.refusals.summarise(now)
             if self._stopping.is_set() and not shutting_down:
                 shutting_down = True
                 self._cancel_queued(router)
@@ -311,12 +423,41 @@ class Daemon:
             t.join(timeout=5)
         while True:  # replies the workers pushed while we were stopping
             try:
-                router.send_multipart(out.recv_multipart(zmq.NOBLOCK, copy=False), copy=False)
+                self._deliver(router, out.recv_multipart(zmq.NOBLOCK, copy=False))
             except zmq.Again:
                 break
 
     def _send(self, router: zmq.Socket, ident: bytes, header: dict, *data: Any) -> None:
-        router.send_multipart([ident, protocol.pack(header), *data], copy=False)
+        self._deliver(router, [ident, protocol.pack(header), *data])
+
+    def _deliver(self, router: zmq.Socket, frames: list) -> None:
+        """Send without ever blocking the socket thread. The ROUTER is mandatory-routing, so a message for a
+        client that has disconnected fails instead of vanishing: that is how the daemon learns a client is
+        gone (each waiting job gets a progress message every second) and drops its jobs. A client that
+        reads nothing loses messages at its high-water mark, as with libzmq's default ROUTER."""
+        try:
+            router.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            pass
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            ident = frames[0] if isinstance(frames[0], bytes) else frames[0].bytes
+            self._drop_jobs_of(ident)
+
+    def _drop_jobs_of(self, ident: bytes) -> None:
+        """Cancel the jobs of a client that disconnected: queued ones never start, a running one stops at its
+        next cancellation point; nobody is left to read their answers."""
+        with self._cv:
+            jobs = [job for job in self._jobs.values() if job.ident == ident and not job.cancel_requested.is_set()]
+            for job in jobs:
+                job.cancel_requested.set()
+                if not job.running:
+                    self._queue.remove(job)
+                    del self._jobs[job.key]
+                    job.frame = None
+        if jobs:
+            log.info("dropped %d request(s) of a client that disconnected", len(jobs))
 
     def _handle(self, router: zmq.Socket, frames: list[zmq.Frame]) -> None:
         ident = frames[0].bytes
@@ -334,7 +475,7 @@ class Daemon:
             getattr(self, f"_op_{op}")(router, ident, rid, header, data)
         except BgmaskError as exc:
             if exc.code == E.UNAUTHORIZED:
-                log.warning("refused a request without the right token from connection %s", ident.hex())
+                self.refusals.add("requests without the token")
             extra = {"protocol": PROTOCOL_VERSION} if exc.code == E.UNSUPPORTED_VERSION else {}
             self._send(router, ident, protocol.error(rid, exc.code, exc.message, **extra))
         except Exception:
@@ -346,10 +487,12 @@ class Daemon:
             rid, protocol=PROTOCOL_VERSION, version=__version__, capabilities=CAPABILITIES,
             max_message_bytes=self.config.max_message_bytes, max_pixels=self.config.max_pixels,
             provider=self.choice.provider, device=self.choice.device, default_model=self.default_model,
+            requested_device=self.choice.requested, device_note=self.choice.note,
         ))
 
     def _op_status(self, router: zmq.Socket, ident: bytes, rid: Any, header: dict, data: list) -> None:
         catalog = Catalog.load()
+        on = self.pool.loaded_providers()
         with self._cv:
             queued = sum(1 for j in self._queue if not j.cancel_requested.is_set())
             running = sum(1 for j in self._jobs.values() if j.running)
@@ -357,9 +500,16 @@ class Daemon:
             rid, version=__version__, protocol=PROTOCOL_VERSION, endpoint=self.endpoint, pid=os.getpid(),
             uptime=round(time.time() - self.started, 3), provider=self.choice.provider, device=self.choice.device,
             threads=self.choice.threads, queue=queued, running=running, rss=rss_bytes(), default_model=self.default_model,
-            sequences=len(self.sequences),
-            models=[{"name": s.name, "state": self.pool.state(s)} for s in catalog.entries()],
+            requested_device=self.choice.requested, device_note=self.choice.note, sequences=len(self.sequences),
+            models=[self._model_status(s.name, self.pool.state(s), on) for s in catalog.entries()],
         ))
+
+    def _model_status(self, name: str, state: str, on: dict[str, str]) -> dict[str, Any]:
+        """A model's state, and for a loaded one the provider its session really runs on."""
+        entry = {"name": name, "state": state}
+        if name in on:
+            entry["provider"] = on[name]
+        return entry
 
     def _op_models(self, router: zmq.Socket, ident: bytes, rid: Any, header: dict, data: list) -> None:
         models = []
@@ -374,6 +524,7 @@ class Daemon:
     def _op_remove(self, router: zmq.Socket, ident: bytes, rid: Any, header: dict, data: list) -> None:
         model = protocol.parse_model_name(header.get("model")) or self.default_model
         spec = protocol.parse_image(header.get("image"), self.config.max_pixels, self.config.max_message_bytes)
+        self._check_request_memory(spec)
         frame = protocol.check_pixel_frames(spec, data)
         options = protocol.parse_options(header.get("options"), spec)
         out_type = protocol.parse_output(header.get("output"))
@@ -387,6 +538,17 @@ class Daemon:
         except BgmaskError:
             self._sequence_done(job, ok=False)
             raise
+
+    def _check_request_memory(self, spec: ImageSpec) -> None:
+        """Refuse a remove whose working memory (about REQUEST_BYTES_PER_PIXEL a pixel besides its pixels: the
+        float planes of refinement and the options) would exceed the per-request budget, before it is queued,
+        instead of letting it swap the machine."""
+        budget = self.config.request_memory or default_request_memory()
+        need = spec.pixels * REQUEST_BYTES_PER_PIXEL + spec.height * spec.stride
+        if need > budget:
+            raise BgmaskError(E.TOO_LARGE, f"A {spec.width}x{spec.height} image needs about {_size(need)} of memory "
+                                           f"to process; this daemon allows {_size(budget)} per request (bgmask serve "
+                                           "--request-memory).")
 
     def _op_pull(self, router: zmq.Socket, ident: bytes, rid: Any, header: dict, data: list) -> None:
         model = protocol.parse_model_name(header.get("model")) or self.default_model
@@ -503,7 +665,7 @@ class Daemon:
                     raise BgmaskError(E.CANCELLED, "The request was cancelled.")
                 header = protocol.reply(
                     job.rid, mask={"width": job.spec.width, "height": job.spec.height, "sample_type": job.out_sample_type},
-                    model=job.model, provider=session.provider, device=self.choice.device, timings=result.timings,
+                    model=job.model, provider=session.provider, device=providers.device_of(session.provider), timings=result.timings,
                 )
                 frames = [result.mask] if result.colours is None else [result.mask, result.colours]
                 log.info("remove %dx%d %s ch=%d model=%s in %.3fs", job.spec.width, job.spec.height, job.spec.sample_type,
@@ -541,9 +703,11 @@ class Daemon:
         """Once no request has run for release_memory_after_s, give back what only a running request needs
         (the model's activations in ONNX Runtime's arena, the pipeline's freed arrays): a warm but idle
         daemon then holds little more than its loaded models, while requests in quick succession keep it."""
-        if not self._holding_memory or now - self._last_done < self.config.release_memory_after_s:
-            return
         if self._active_jobs():
+            return
+        if free_heap_bytes() > FREE_HEAP_LIMIT:  # an upload that ended half-way: libzmq freed its buffer
+            return_free_heap()
+        if not self._holding_memory or now - self._last_done < self.config.release_memory_after_s:
             return
         self._holding_memory = False
         sessions.release_arena()

@@ -1,4 +1,9 @@
-"""Where GIMP 3 and Krita 5 keep their per-user profiles, per OS and per packaging (native, Flatpak).
+"""Where GIMP 3 (3.0, 3.2, ...) and Krita (5 and 6) keep their per-user profiles, per OS and per packaging.
+
+GIMP keeps one profile per minor version (~/.config/GIMP/3.0, ~/.config/GIMP/3.2; a Flatpak GIMP under
+~/.var/app/org.gimp.GIMP/config/GIMP/3.x): every one found gets the plug-in. Krita 5 and Krita 6 share
+their resource folder and kritarc (native packages and the AppImage in the native locations, the Flatpak
+org.kde.krita under ~/.var/app), so one install serves both; the plug-in picks PyQt5 or PyQt6 itself.
 
 Everything is computed from an explicit platform name and environment rather than from the running OS, so
 `bgmask install` honours HOME / XDG_* overrides (the host-app tests point them into a throw-away HOME) and
@@ -19,6 +24,8 @@ GIMP_FLATPAK = "org.gimp.GIMP"
 KRITA_FLATPAK = "org.kde.krita"
 # GIMP names its profile after its major.minor version (3.0, 3.2, ...); 2.10 profiles are not ours.
 _GIMP_PROFILE_NAME = re.compile(r"3\.\d+")
+# GIMP's versioned programs (gimp-3.0, gimp-console-3.2, gimp-3.2.exe): which GIMP 3.x is installed.
+_GIMP_PROGRAM = re.compile(r"gimp(?:-console)?-(3\.\d+)(?:\.exe)?", re.IGNORECASE)
 _KCONFIG_ESCAPES = {"\\": "\\", "s": " ", "t": "\t", "n": "\n", "r": "\r"}
 
 
@@ -125,13 +132,26 @@ def gimp_profiles(host: Host) -> list[Profile]:
     return found
 
 
-def default_gimp_profile(host: Host) -> Profile:
-    """The profile a native GIMP 3.0 would create on first start (used when none exists yet)."""
+def installed_gimp_versions(host: Host) -> list[str]:
+    """The GIMP 3.x versions ("3.0", "3.2") whose programs are on PATH, oldest first."""
+    found = set()
+    for folder in host.environ.get("PATH", "").split(";" if host.platform == WINDOWS else ":"):
+        try:
+            names = os.listdir(folder) if folder else []
+        except OSError:
+            continue
+        found.update(match.group(1) for match in map(_GIMP_PROGRAM.fullmatch, names) if match)
+    return sorted(found, key=lambda version: tuple(map(int, version.split("."))))
+
+
+def default_gimp_profiles(host: Host) -> list[Profile]:
+    """The profiles the native GIMPs on PATH would create on first start (3.0 when none is found); used when
+    no profile exists yet."""
     override = _gimp_override(host)
     if override is not None:
-        return _gimp_profile(override, "GIMP 3 (GIMP3_DIRECTORY)")
+        return [_gimp_profile(override, "GIMP 3 (GIMP3_DIRECTORY)")]
     base, _ = _gimp_bases(host)[0]
-    return _gimp_profile(base / "3.0", "GIMP 3.0")
+    return [_gimp_profile(base / version, f"GIMP {version}") for version in installed_gimp_versions(host) or ["3.0"]]
 
 
 # --- Krita -----------------------------------------------------------------------------------------------

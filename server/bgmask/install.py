@@ -25,7 +25,7 @@ from typing import Any, Collection, Optional, TextIO
 import bgmask
 from bgmask import autostart, clientlib, paths
 from bgmask.hostprofiles import (
-    Host, Profile, default_gimp_profile, default_krita_profile, gimp_profiles, ini_get,
+    Host, Profile, default_gimp_profiles, default_krita_profile, gimp_profiles, ini_get,
     ini_has_section, ini_set, ini_unset, krita_profiles,
 )
 
@@ -467,10 +467,10 @@ def _install_krita(journal: Journal, profile: Profile, sources: Sources) -> None
 
 def _profiles(ctx: Context, app: str, create_missing: bool) -> list[Profile]:
     if app == GIMP:
-        found, default = gimp_profiles(ctx.host), default_gimp_profile(ctx.host)
+        found, defaults = gimp_profiles(ctx.host), default_gimp_profiles(ctx.host)
     else:
-        found, default = krita_profiles(ctx.host), default_krita_profile(ctx.host)
-    return found or ([default] if create_missing else [])
+        found, defaults = krita_profiles(ctx.host), [default_krita_profile(ctx.host)]
+    return found or (defaults if create_missing else [])
 
 
 def _enable_autostart(journal: Journal, ctx: Context) -> autostart.Plan:

@@ -19,6 +19,7 @@ functions) raises Unsupported and the caller keeps the original file."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -340,6 +341,15 @@ def _stamp(src: Path, keep_output: Optional[str]) -> dict[str, Any]:
     return {"version": VERSION, "source": str(src), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "output": keep_output}
 
 
+def _digest(path: Path) -> str:
+    """SHA-256 of a file, read in blocks (an IS-Net copy is 170 MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _part(path: Path) -> Path:
     """A hidden in-progress name beside `path`, private to this process and thread."""
     return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
@@ -358,7 +368,9 @@ def prepare(src: Path, dst: Path, keep_output: Optional[str] = None,
             verify: Optional[Callable[[Path, Path], bool]] = None, log: Callable[[str], None] = lambda _: None) -> Path:
     """`dst`, the CPU-ready copy of `src` (built once, rebuilt when `src` changes), or `src` itself when the
     rewrite does not apply, cannot be written, or `verify(original, rewritten)` rejects it (remembered, so it
-    is not retried at every load). keep_output: the output the caller reads (default the first)."""
+    is not retried at every load). keep_output: the output the caller reads (default the first). The copy's
+    SHA-256 is recorded when it is written and checked at every load: a copy changed on disk (a flipped bit
+    gives silently wrong masks) is rebuilt, and the log says why."""
     stamp_file = dst.with_suffix(".json")
     want = _stamp(src, keep_output)
     try:
@@ -366,9 +378,18 @@ def prepare(src: Path, dst: Path, keep_output: Optional[str] = None,
     except (OSError, ValueError):
         done = {}
     if {k: done.get(k) for k in want} == want and (not done.get("prepared") or dst.exists()):
-        return dst if done.get("prepared") else src
+        if not done.get("prepared"):
+            return src
+        try:
+            if done.get("sha256") == _digest(dst):
+                return dst
+        except OSError:
+            pass
+        log(f"{dst} does not match the SHA-256 recorded when it was written (changed or damaged on disk);"
+            " rebuilding it from the downloaded model")
     tmp = _part(dst)
     prepared = False
+    digest: Optional[str] = None
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -377,12 +398,13 @@ def prepare(src: Path, dst: Path, keep_output: Optional[str] = None,
             log(f"{src.name} is used as it is ({exc})")
         else:
             tmp.write_bytes(data)
+            digest = hashlib.sha256(data).hexdigest()
             del data
             prepared = verify is None or verify(src, tmp)
             log(f"{src.name}: {stats}" + ("" if prepared else "; the rewritten model's output differs, keeping the original"))
             if prepared:
                 os.replace(tmp, dst)
-        _write_atomic(stamp_file, json.dumps(dict(want, prepared=prepared)).encode())
+        _write_atomic(stamp_file, json.dumps(dict(want, prepared=prepared, sha256=digest if prepared else None)).encode())
     except OSError as exc:  # a read-only or full cache: run the original, try again next load
         log(f"{src.name} is used as it is: could not write {dst} ({exc})")
         prepared = False

@@ -4,10 +4,13 @@ so tests, sandboxes and Flatpak setups can point the daemon and its clients at t
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import platformdirs
+
+from bgmask import errors as E
+from bgmask.clientlib import load_client
+from bgmask.errors import BgmaskError
 
 APP = "bgmask"
 
@@ -18,11 +21,10 @@ def _dir(env: str, default: str) -> Path:
 
 
 def runtime_dir() -> Path:
-    """Holds daemon.json (endpoint + token) and daemon.lock; private to the user."""
-    with warnings.catch_warnings():  # no XDG_RUNTIME_DIR (cron, ssh, containers): the fallback is fine
-        warnings.simplefilter("ignore")
-        default = platformdirs.user_runtime_dir(APP, appauthor=False)
-    return _dir("BGMASK_RUNTIME_DIR", default)
+    """Holds daemon.json (endpoint + token), daemon.lock and an auto-started daemon's log; private to the user.
+    The client's rule (plugins/common/bgmask_client.py), so daemon and clients always agree on it: never a
+    shared temp dir, which another user could create first."""
+    return Path(load_client().runtime_dir())
 
 
 def config_dir() -> Path:
@@ -56,10 +58,11 @@ def imported_models_file() -> Path:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create a directory readable only by the user (the runtime dir holds the token)."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Create a directory readable only by the user (the runtime dir holds the token), or refuse one that is a
+    symlink, someone else's or (the runtime dir) writable by others (E.UNSAFE_RUNTIME_DIR, naming it): the
+    client's check. Our own group-writable config dir is made 0700 instead."""
+    client = load_client()
     try:
-        os.chmod(path, 0o700)
-    except OSError:
-        pass
-    return path
+        return Path(client.private_dir(str(path), tighten=path != runtime_dir()))
+    except client.BgmaskError as exc:
+        raise BgmaskError(E.UNSAFE_RUNTIME_DIR, exc.message[:1].upper() + exc.message[1:]) from None

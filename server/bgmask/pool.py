@@ -51,6 +51,8 @@ class SessionPool:
     def get(self, name: str, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> MattingSession:
         """The warm session for `name`, downloading and loading it first if needed."""
         spec = self.catalog().get(name)
+        if spec.imported:
+            self._drop_if_replaced(spec)
         with self._lock:
             hit = self._sessions.get(name)
             if hit is not None:
@@ -72,6 +74,21 @@ class SessionPool:
             return self._load(spec, progress, cancel)
         finally:
             load_lock.release()
+
+    def _drop_if_replaced(self, spec: ModelSpec) -> None:
+        """An imported model's file is the user's: it may change, vanish or be imported again while its session is
+        loaded. Before each use its size and mtime are compared with the stamp (a full hash only when they differ);
+        a session whose file no longer matches is dropped, and loading it again refuses a changed or deleted file
+        with MODEL_UNAVAILABLE, as models/README.md says."""
+        with self._lock:
+            hit = self._sessions.get(spec.name)
+        if hit is None:
+            return
+        found = download.installed(spec)
+        if found is None or hit[0].spec.sources[0].sha256 != spec.sources[0].sha256:
+            log.info("imported model %s changed on disk or was imported again: unloading it", spec.name)
+            with self._lock:
+                self._sessions.pop(spec.name, None)
 
     def fetch(self, name: str, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> download.Installed:
         """Download (if needed) and verify a model without loading it: the `pull` operation."""
@@ -114,10 +131,28 @@ class SessionPool:
         return session
 
     def _open(self, spec: ModelSpec, path: Path) -> MattingSession:
-        """A session on the CPU-ready copy of the model (see modelprep) when running on the CPU, else on the
-        verified file itself; a copy that ONNX Runtime cannot load is dropped and the original used."""
-        if self.choice.device != "cpu":
-            return MattingSession(spec, path, self.choice)
+        """A session on the verified file where a GPU provider really runs it (fp16 pays there), else on the
+        CPU-ready copy of the model (see modelprep). A model the GPU cannot take (out of GPU memory, say) is an
+        error under --device gpu and runs on the CPU under auto, with a warning in the log."""
+        choice = self.choice
+        if choice.device == "gpu":
+            session = MattingSession(spec, path, choice)
+            if session.provider == choice.provider:
+                log.info("model %s loaded on %s", spec.name, session.provider)
+                return session
+            why = (f"ONNX Runtime could not run model {spec.name!r} on {choice.provider} (the GPU is probably out of "
+                   "memory; see ONNX Runtime's message above)")
+            if choice.requested == "gpu":
+                raise BgmaskError(E.DEVICE_UNAVAILABLE, f"{why}; --device gpu never serves from the CPU.")
+            log.warning("%s; this model runs on the CPU", why)
+            choice = choice.on_cpu(why)
+        session = self._open_cpu(spec, path, choice)
+        log.info("model %s loaded on %s", spec.name, session.provider)
+        return session
+
+    def _open_cpu(self, spec: ModelSpec, path: Path, choice: ProviderChoice) -> MattingSession:
+        """A CPU session on the CPU-ready copy of the model; a copy that ONNX Runtime cannot load is dropped
+        and the original used."""
         shape = (1, 3, spec.input_size[1], spec.input_size[0])
 
         def verify(original: Path, rewritten: Path) -> bool:
@@ -125,13 +160,13 @@ class SessionPool:
 
         copy = modelprep.prepare(path, modelprep.cache_path(spec.name), spec.output_name, verify, log.info)
         if copy == path:
-            return MattingSession(spec, path, self.choice)
+            return MattingSession(spec, path, choice)
         try:
-            return MattingSession(spec, copy, self.choice)
+            return MattingSession(spec, copy, choice)
         except BgmaskError as exc:
             log.warning("the CPU copy of %s did not load (%s); using the original file", spec.name, exc.message)
             modelprep.forget(copy)
-            return MattingSession(spec, path, self.choice)
+            return MattingSession(spec, path, choice)
 
     def _evict_over_budget(self, keep: str) -> None:
         total = sum(s[1] for s in self._sessions.values())
@@ -155,3 +190,8 @@ class SessionPool:
     def loaded(self) -> list[str]:
         with self._lock:
             return list(self._sessions)
+
+    def loaded_providers(self) -> dict[str, str]:
+        """Each loaded model and the provider its session really runs on."""
+        with self._lock:
+            return {name: entry[0].provider for name, entry in self._sessions.items()}

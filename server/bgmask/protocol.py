@@ -133,6 +133,8 @@ def parse_image(d: Any, max_pixels: int, max_bytes: int) -> ImageSpec:
     spec = ImageSpec(width, height, channels, sample_type, stride, linear)
     if spec.min_bytes > max_bytes:
         raise BgmaskError(E.TOO_LARGE, f"The image needs {spec.min_bytes:,} bytes; this daemon accepts at most {max_bytes:,} per message.")
+    if stride > max_bytes:  # even for one row, where it is never stepped over (2^63 once overflowed numpy)
+        raise BgmaskError(E.TOO_LARGE, f"image.stride is {stride:,} bytes; this daemon accepts at most {max_bytes:,} per message.")
     return spec
 
 

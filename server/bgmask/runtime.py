@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging.handlers
 import os
 import sys
 import tempfile
@@ -33,7 +34,7 @@ class DaemonLock:
 
     def acquire(self) -> bool:
         paths.ensure_private_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = load_client().open_private(str(self.path), os.O_RDWR | os.O_CREAT)
         try:
             if sys.platform == "win32":
                 msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
@@ -67,11 +68,17 @@ def write_private_json(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
+def _read_json(path: Path) -> Any:
+    """A JSON file of ours, read without following a symlink planted in its place."""
+    with os.fdopen(load_client().open_private(str(path), os.O_RDONLY), encoding="utf-8") as f:
+        return json.load(f)
+
+
 def read_runtime(path: Optional[Path] = None) -> Optional[dict[str, Any]]:
     """The live daemon's runtime record, or None when absent, unreadable or stale (dead pid)."""
     path = path or paths.runtime_file()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = _read_json(path)
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("pid"), int) or not pid_alive(data["pid"]):
@@ -83,7 +90,7 @@ def remove_runtime(path: Optional[Path] = None, pid: Optional[int] = None) -> No
     """Remove the runtime file, but only if it is ours (pid given) or stale."""
     path = path or paths.runtime_file()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = _read_json(path)
         if pid is not None and data.get("pid") != pid:
             return
     except (OSError, ValueError):
@@ -144,3 +151,33 @@ def record_daemon_command() -> None:
     config["daemon_command"] = daemon_command()
     paths.config_dir().mkdir(parents=True, exist_ok=True)
     write_private_json(path, config)
+
+
+LOG_MAX_BYTES = 1024**2  # the runtime dir is often a small RAM-backed tmpfs: at most 2 MiB of log there
+
+
+class RotatingLog(logging.handlers.RotatingFileHandler):
+    """The daemon's log file (BGMASK_LOG_FILE, set by a client that auto-starts it): size-capped with one old
+    copy, opened without following a symlink planted in its place. When the daemon's own stdout/stderr are that
+    file (the auto-start case), they follow each rotation, so a crash's traceback lands in the live log."""
+
+    def __init__(self, path: str) -> None:
+        self._stdio = _same_file(path, 2)
+        super().__init__(path, maxBytes=LOG_MAX_BYTES, backupCount=1, encoding="utf-8")
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        fd = load_client().open_private(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        stream = os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+        if self._stdio:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(stream.fileno(), 1)
+            os.dup2(stream.fileno(), 2)
+        return stream
+
+
+def _same_file(path: str, fd: int) -> bool:
+    try:
+        return os.path.samestat(os.lstat(path), os.fstat(fd))
+    except OSError:
+        return False

@@ -16,7 +16,7 @@ from bgmask import errors as E
 from bgmask import modelprep
 from bgmask.catalog import ModelSpec
 from bgmask.errors import BgmaskError
-from bgmask.providers import ProviderChoice
+from bgmask.providers import CPU_PROVIDER, ProviderChoice
 
 
 _arena_lock = threading.Lock()
@@ -71,13 +71,16 @@ class MattingSession:
         options.enable_mem_pattern = False
         use_shared_arena(options)
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=list(choice.providers))
-        except Exception as exc:  # a corrupt or incompatible file
+            # GPU providers get their options (bounded arena, cuDNN search) and run the file as it is: an fp16
+            # model (fp32 input and output, as both catalog fp16 files have) stays fp16 there.
+            self.session = ort.InferenceSession(str(path), options, providers=choice.session_providers())
+        except Exception as exc:  # a corrupt or incompatible file, or a GPU out of memory
             raise BgmaskError(E.MODEL_UNAVAILABLE, f"ONNX Runtime could not load model {spec.name!r} from {path}: {exc}") from None
         inputs = self.session.get_inputs()
         outputs = self.session.get_outputs()
         self.input_name = spec.input_name or inputs[0].name
         self.output_name = spec.output_name or outputs[0].name
+        # What the session really runs on (ONNX Runtime drops a provider that cannot start without an error).
         self.provider = self.session.get_providers()[0]
         self.size = (int(spec.input_size[0]), int(spec.input_size[1]))
         self._mean = np.asarray(spec.mean, dtype=np.float32).reshape(3, 1, 1)
@@ -94,6 +97,9 @@ class MattingSession:
         try:
             out = self.session.run([self.output_name], {self.input_name: tensor})[0]
         except Exception as exc:
+            if self.provider != CPU_PROVIDER and "out of memory" in str(exc).lower():
+                raise BgmaskError(E.DEVICE_UNAVAILABLE, f"The GPU ran out of memory running model {self.spec.name!r} "
+                                  "(other applications hold it, or --gpu-mem-limit is too low).") from None
             raise BgmaskError(E.INFERENCE_FAILED, f"Model {self.spec.name!r} failed on this image: {exc}") from None
         out = np.asarray(out, dtype=np.float32)
         return out.reshape(out.shape[-2], out.shape[-1])

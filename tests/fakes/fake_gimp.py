@@ -405,6 +405,10 @@ class FakeGimp:
 
     def __init__(self) -> None:
         self.progress: List[Tuple[str, Any]] = []
+        self.last_error = "success"  # what the PDB says about the last call (tests set a failure's reason)
+
+    def get_pdb(self) -> SimpleNamespace:
+        return SimpleNamespace(get_last_error=lambda: self.last_error)
 
     def progress_init(self, text: str) -> bool:
         self.progress.append(("init", text))

@@ -15,6 +15,7 @@ BGMASK_TEST_MODEL (default u2netp).
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -443,6 +444,34 @@ def c_not_a_layer():
     return result
 
 
+def c_link_and_vector_layers():
+    """GIMP 3.2: a link layer (showing a photo file) gets its mask and stays linked; a vector layer (a shape
+    drawn from a path) is refused with a message and left as it was."""
+    if not hasattr(Gimp, "LinkLayer"):
+        return {"skipped": "GIMP %s has no link or vector layers" % Gimp.version()}
+    image = Gimp.Image.new(640, 480, Gimp.ImageBaseType.RGB)
+    link = Gimp.LinkLayer.new(image, Gio.File.new_for_path(os.path.join(DATA, "astronaut.jpg")))
+    image.insert_layer(link, None, 0)
+    case = Case(image)
+    status, message = run(REMOVE, image, [link])
+    result = {"link": {"status": status, "message": message, "still_linked": link.is_link_layer(),
+                       "mask": mask_info(link)}}
+    if status == "success":
+        result["link"]["undo_restores"] = case.undo_restores()
+    case.close()
+    image = Gimp.Image.new(640, 480, Gimp.ImageBaseType.RGB)
+    path = Gimp.Path.new(image, "shape")
+    image.insert_path(path, None, 0)
+    path.bezier_stroke_new_ellipse(320, 240, 100, 80, 0)
+    vector = Gimp.VectorLayer.new(image, path)
+    image.insert_layer(vector, None, 0)
+    case = Case(image)
+    status, message = run(REMOVE, image, [vector])
+    result["vector"] = {"status": status, "message": message, "untouched": case.untouched()}
+    case.close()
+    return result
+
+
 def c_unreachable():
     """Run with BGMASK_ENDPOINT pointing at a closed port (see the test): nothing may change."""
     image, layer = load("astronaut.jpg")
@@ -476,7 +505,25 @@ def environment():
     info["arguments"] = [spec.name for spec in proc.get_arguments()] if proc else None
     select = Gimp.get_pdb().lookup_procedure(SELECT)
     info["select_menu_paths"] = list(select.get_menu_paths()) if select else None
+    info["plugin_dir"] = plugin_dir
+    info["deprecated_in_plugin"] = deprecated_calls(plugin_dir)
     return info
+
+
+def deprecated_calls(plugin_dir):
+    """Names of functions and methods this GIMP marks deprecated that the plug-in's source calls."""
+    gi.require_version("GimpUi", "3.0")
+    from gi.repository import GimpUi
+
+    deprecated = set()
+    for module in (Gimp, GimpUi, Gegl):
+        for name in dir(module):
+            obj = getattr(module, name, None)
+            members = vars(obj).items() if isinstance(obj, type) else [(name, obj)]
+            deprecated.update(key for key, member in members
+                              if hasattr(member, "is_deprecated") and member.is_deprecated())
+    source = "".join(open(os.path.join(plugin_dir, f)).read() for f in os.listdir(plugin_dir) if f.endswith(".py"))
+    return sorted(name for name in deprecated if re.search(r"\.%s\(" % re.escape(name), source))
 
 
 def main():

@@ -10,7 +10,7 @@
 # namespace is the host's: tcp://127.0.0.1:PORT reaches a host daemon as it is.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=${HOSTAPPS_ROOT:-/var/tmp/hostapps/trixie}
+source "$(dirname "$0")/chroot-root.sh"      # sets ROOT
 
 HOMEDIR=""
 while [[ $# -gt 0 ]]; do

@@ -14,10 +14,13 @@ import sys
 import time
 import traceback
 
-from PyQt5.QtWidgets import (QAbstractSpinBox, QApplication, QCheckBox, QComboBox, QLabel, QMessageBox, QProgressBar,
-                             QPushButton)
-
 from bgmask import core
+from bgmask.qt import API as QT_API
+from bgmask.qt import QtWidgets
+
+QAbstractSpinBox, QApplication, QCheckBox = QtWidgets.QAbstractSpinBox, QtWidgets.QApplication, QtWidgets.QCheckBox
+QComboBox, QLabel, QMessageBox = QtWidgets.QComboBox, QtWidgets.QLabel, QtWidgets.QMessageBox
+QProgressBar, QPushButton = QtWidgets.QProgressBar, QtWidgets.QPushButton
 
 OUT = os.path.dirname(result_path)
 OFFSET = (-40, -30)          # the photo layer sticks out of the 400x300 canvas on the left and top
@@ -97,6 +100,7 @@ class Docker:
         self.cancel = d.findChild(QPushButton, "bgmask_cancel")
         self.model = d.findChild(QComboBox, "bgmask_model")
         self.output = d.findChild(QComboBox, "bgmask_output")
+        self.quality = d.findChild(QComboBox, "bgmask_quality")
         self.refine = d.findChild(QCheckBox, "bgmask_refine")
         self.numbers = {key: d.findChild(QAbstractSpinBox, "bgmask_" + key) for key in core.NUMBER_RANGES}
         self.status = d.findChild(QLabel, "bgmask_status")
@@ -145,9 +149,16 @@ def activate(doc, layer):
     yield 0.2
 
 
-def undo(app):
-    app.action("edit_undo").trigger()
-    yield 0.5
+def undo(app, action="edit_undo"):
+    """Edit > Undo (or Redo), then back to the event loop until the layer tree changed (at most 10 s): on a
+    busy machine Krita can take longer than a fixed pause to apply it."""
+    doc = app.activeDocument()
+    before = tree(doc.rootNode())
+    app.action(action).trigger()
+    deadline = time.time() + 10
+    while tree(doc.rootNode()) == before and time.time() < deadline:
+        yield 0.1
+    yield 0.2
 
 
 def photo_case(app, win, dk, rec, model, depth, refine=True, model_choice=""):
@@ -188,8 +199,8 @@ def case_kra_round_trip(app, win, dk, rec):
     for step in undo(app):
         yield step
     rec["children_after_undo"] = [c.name() for c in layer.childNodes()]
-    app.action("edit_redo").trigger()
-    yield 0.5
+    for step in undo(app, "edit_redo"):
+        yield step
     rec["children_after_redo"] = [c.name() for c in layer.childNodes()]
     path = os.path.join(OUT, "roundtrip.kra")
     rec["saved"] = bool(doc.saveAs(path))
@@ -445,6 +456,7 @@ def main():
         import bgmask.bgmask_client as client
         res["krita"] = app.version()
         res["python"] = sys.version.split()[0]
+        res["qt"] = QT_API
         res["client_transport"] = "pyzmq" if client.HAVE_PYZMQ else "builtin"
         for mod in ("zmq", "msgpack"):
             try:
@@ -459,6 +471,8 @@ def main():
             yield 0.1          # the docker asks the daemon for its status and models in the background
         res["status_line"] = dk.status.text()
         res["models_offered"] = [dk.model.itemData(i) for i in range(dk.model.count())]
+        res["quality_offered"] = [[dk.quality.itemText(i), dk.quality.itemData(i)] for i in range(dk.quality.count())]
+        res["quality_chosen"] = dk.quality.currentData()
         wanted = [c for c in os.environ.get("KRITA_TEST_CASES", "").split(",") if c] or list(CASES)
         for name in wanted:
             rec = res["cases"][name] = {"name": name}

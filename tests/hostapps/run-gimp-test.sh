@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run an in-GIMP test script against a plug-in, in real GIMP 3 inside the hostapps chroot (host side,
+# Run an in-GIMP test script against a plug-in, in real GIMP 3 (3.0, 3.2, ...) inside the hostapps chroot (host side,
 # root).
 #
 #   run-gimp-test.sh PLUGIN_DIR BATCH_PY OUT_DIR [DATA_FILE ...]
@@ -14,10 +14,10 @@
 # setup-chroot.sh).
 #
 # Environment:
-#   HOSTAPPS_ROOT           the chroot (default /var/tmp/hostapps/trixie)
+#   HOSTAPPS_SUITE, HOSTAPPS_KRITA_FROM, HOSTAPPS_ROOT   which chroot (see setup-chroot.sh; default trixie)
 #   HOSTAPPS_PASSENV        host variables passed into GIMP (and so to the plug-in), e.g.
 #                           "BGMASK_ENDPOINT BGMASK_TOKEN"
-#   HOSTAPPS_GIMP_GUI=1     run the GUI (gimp-3.0 under Xvfb) instead of gimp-console-3.0; the batch
+#   HOSTAPPS_GIMP_GUI=1     run the GUI (gimp under Xvfb) instead of gimp-console; the batch
 #                           script can then open displays and press keys with xdotool ($DISPLAY is set)
 #   HOSTAPPS_HIDE_PYZMQ=1   make `import zmq` and `import msgpack` fail in GIMP's Python, as in a GIMP
 #                           without them: stub packages first on PYTHONPATH raise ImportError, after
@@ -27,7 +27,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-ROOT=${HOSTAPPS_ROOT:-/var/tmp/hostapps/trixie}
+source "$(dirname "$0")/chroot-root.sh"      # sets ROOT
 [[ $# -ge 3 ]] || { echo "usage: $0 PLUGIN_DIR BATCH_PY OUT_DIR [DATA_FILE ...]" >&2; exit 2; }
 PLUGIN_DIR=$(cd "$1" && pwd)
 BATCH_PY=$2
@@ -60,7 +60,7 @@ if [[ -z ${HOSTAPPS_NO_TEMPLATE:-} && "$(cat "$TEMPLATE/.hostapps-version" 2>/de
   rm -rf "$TEMPLATE"
   mkdir -p "$TEMPLATE"
   timeout -k 10 300 "$HERE/hostapps-exec.sh" -H "${TEMPLATE#"$ROOT"}" -- \
-    gimp-console-3.0 "${CONSOLE_ARGS[@]}" --batch-interpreter python-fu-eval -b 'pass' --quit \
+    gimp-console "${CONSOLE_ARGS[@]}" --batch-interpreter python-fu-eval -b 'pass' --quit \
     >/dev/null 2>&1 || true
   rm -rf "$TEMPLATE/run" "$TEMPLATE/.cache/gegl-swap"
   echo "$version" > "$TEMPLATE/.hostapps-version"
@@ -93,9 +93,10 @@ fi
 # runpy runs the script as __main__ under its own file name, so tracebacks point into it.
 BATCH=(--batch-interpreter python-fu-eval -b "import runpy; runpy.run_path('$WI/batch.py', run_name='__main__')" --quit)
 if [[ -n ${HOSTAPPS_GIMP_GUI:-} ]]; then
-  CMD=(xvfb-run -a -s "-screen 0 1280x1024x24 -nolisten tcp" gimp-3.0 "${GUI_ARGS[@]}" "${BATCH[@]}")
+  source "$HERE/free-display.sh"
+  CMD=(xvfb-run -a -n "$(free_display)" -s "-screen 0 1280x1024x24 -nolisten tcp" gimp "${GUI_ARGS[@]}" "${BATCH[@]}")
 else
-  CMD=(gimp-console-3.0 "${CONSOLE_ARGS[@]}" "${BATCH[@]}")
+  CMD=(gimp-console "${CONSOLE_ARGS[@]}" "${BATCH[@]}")
 fi
 
 start=$(date +%s.%N)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run an in-Krita test script against the bgmask Krita plugin, in real Krita 5.2 under Xvfb inside the
+# Run an in-Krita test script against the bgmask Krita plugin, in real Krita (5.2, 5.3, 6) under Xvfb inside the
 # hostapps chroot (host side, root). The plugin is installed into a fresh Krita profile by
 # `bgmask install --krita --no-autostart`, from this checkout.
 #
@@ -16,7 +16,7 @@
 # setup-chroot.sh).
 #
 # Environment:
-#   HOSTAPPS_ROOT           the chroot (default /var/tmp/hostapps/trixie)
+#   HOSTAPPS_SUITE, HOSTAPPS_KRITA_FROM, HOSTAPPS_ROOT   which chroot (see setup-chroot.sh; default trixie)
 #   HOSTAPPS_PASSENV        host variables passed into Krita (and so to the plugin), e.g.
 #                           "BGMASK_ENDPOINT BGMASK_TOKEN"
 #   HOSTAPPS_HIDE_PYZMQ=1   make `import zmq` and `import msgpack` fail in Krita's Python (stub packages
@@ -27,14 +27,16 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-ROOT=${HOSTAPPS_ROOT:-/var/tmp/hostapps/trixie}
+source "$(dirname "$0")/chroot-root.sh"      # sets ROOT
 [[ $# -ge 2 ]] || { echo "usage: $0 TEST_PY OUT_DIR [DATA_FILE ...]" >&2; exit 2; }
 TEST_PY=$1
 OUT_DIR=$2
 shift 2
 RUNNER=$HERE/krita_testrunner                       # bgmask_testrunner.desktop + bgmask_testrunner/
 TEMPLATE=$ROOT/var/cache/hostapps/krita-home-bgmask # a profile in which Krita built its resource database
-XVFB=(xvfb-run -a -s "-screen 0 1280x1024x24 -nolisten tcp")
+source "$HERE/free-display.sh"
+# xvfb-run with a display no X server (in any chroot) uses now; called right before each launch
+xvfb() { XVFB=(xvfb-run -a -n "$(free_display)" -s "-screen 0 1280x1024x24 -nolisten tcp"); }
 
 # Enable the pykrita plugin $2 in the kritarc of the profile whose HOME is $1 (host path): set
 # enable_$2=true in the [python] group, keeping everything else in the file.
@@ -84,6 +86,7 @@ if [[ -z ${HOSTAPPS_NO_TEMPLATE:-} && "$(cat "$TEMPLATE/.hostapps-version" 2>/de
   mkdir -p "$TEMPLATE"
   install_runner "$TEMPLATE"                        # quits Krita once its window is up
   echo 'def main(): yield 0' > "$TEMPLATE/noop.py"
+  xvfb
   timeout -k 10 300 "$HERE/hostapps-exec.sh" -H "${TEMPLATE#"$ROOT"}" -- \
     BGMASK_KRITA_TEST="${TEMPLATE#"$ROOT"}/noop.py" HOSTAPPS_RESULT=/dev/null "${XVFB[@]}" krita --nosplash \
     >/dev/null 2>&1 || true
@@ -112,6 +115,7 @@ if [[ -n ${HOSTAPPS_HIDE_PYZMQ:-} ]]; then
   EXTRA+=(PYTHONPATH="$WI/hide")
 fi
 
+xvfb
 start=$(date +%s.%N)
 set +e
 timeout -k 10 "${HOSTAPPS_KRITA_TIMEOUT:-600}" "$HERE/hostapps-exec.sh" -H "$WI/home" -- "${EXTRA[@]}" \

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Build (once) and mount a Debian trixie chroot that holds real GIMP 3 and Krita 5.2, so the plug-ins
-# can be tested in the real applications on a Debian 12 host, headless. Needs root.
+# Build (once) and mount a Debian chroot that holds real GIMP 3 and Krita, so the plug-ins can be tested
+# in the real applications on a Debian 12 host, headless. Needs root.
 #
-#   HOSTAPPS_ROOT    where the chroot lives (default /var/tmp/hostapps/trixie; a cache, outside the repo)
-#   HOSTAPPS_MIRROR  Debian mirror (default http://deb.debian.org/debian)
+#   HOSTAPPS_SUITE       Debian suite (default trixie: GIMP 3.0, Krita 5.2; sid: GIMP 3.2, Krita 5.3)
+#   HOSTAPPS_KRITA_FROM  another suite to take Krita from, e.g. experimental (Krita 6, with PyQt6 instead
+#                        of PyQt5); used with sid
+#   HOSTAPPS_ROOT        where the chroot lives (a cache, outside the repo; default
+#                        /var/tmp/hostapps/<suite>[-krita-<from>], so /var/tmp/hostapps/trixie by default)
+#   HOSTAPPS_MIRROR      Debian mirror (default http://deb.debian.org/debian)
 #
 # Idempotent and cheap when nothing changed: the stamp file holds a hash of the package list, and a
 # matching stamp means only the mounts are (re)done. Concurrent callers are serialized with flock.
@@ -14,22 +18,25 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=${HOSTAPPS_ROOT:-/var/tmp/hostapps/trixie}
+SUITE=${HOSTAPPS_SUITE:-trixie}
+KRITA_FROM=${HOSTAPPS_KRITA_FROM:-}
+source "$HERE/chroot-root.sh"                # sets ROOT
 MIRROR=${HOSTAPPS_MIRROR:-http://deb.debian.org/debian}
-SUITE=trixie
 STAMP=$ROOT/.hostapps-ready
+PYQT=python3-pyqt5
+[[ -z $KRITA_FROM ]] || PYQT=python3-pyqt6   # Krita 6 (experimental) is a Qt 6 application
 
 # What both host apps need. The installs run with recommends off, so everything the tests rely on
 # is listed explicitly. Changing this list changes the stamp: the next run installs the difference.
 PKGS=(
-  gimp                    # 3.0.x; Python plug-in support (python3-gi, python-eval) is built in
+  gimp                    # 3.0.x (trixie), 3.2.x (sid); Python plug-in support (python-eval) is built in
   gir1.2-gimp-3.0         # Gimp / GimpUi typelibs
   gir1.2-gegl-0.4
   gir1.2-babl-0.1
   python3-gi
-  krita                   # 5.2.x with pykrita and kritarunner
+  krita                   # 5.2.x (trixie), 5.3.x (sid), with pykrita and kritarunner
   krita-data
-  python3-pyqt5           # only a Recommends of krita, yet pykrita plugins need it
+  "$PYQT"                 # only a Recommends of krita, yet pykrita plugins need it
   xvfb xauth              # Krita insists on xcb; GIMP's GUI tests use it too
   xdotool                 # presses Ctrl+Z in GIMP's GUI: GIMP 3 has no PDB procedure for undo
   fonts-dejavu-core
@@ -41,8 +48,16 @@ log() { printf '[hostapps %s] %s\n' "$(date +%T)" "$*" >&2; }
 cannot() { log "cannot build the chroot: $2"; exit "$1"; }
 
 package_list() { printf '%s\n' "${PKGS[@]}" | sed 's/#.*//' | tr -s ' \n' '\n' | sed '/^$/d'; }
-# Must stay the same function of the list as in earlier builds, so an existing chroot counts as ready.
-want_sig() { package_list | sort | sha256sum | cut -c1-16; }
+# Must stay the same function of the list as in earlier builds, so an existing chroot counts as ready:
+# the list alone for the default trixie chroot (as before suites could be chosen), the suites and the
+# list otherwise (as ../shared/hostapps/setup-chroot.sh computes it).
+want_sig() {
+  if [[ $SUITE == trixie && -z $KRITA_FROM ]]; then
+    package_list | sort | sha256sum | cut -c1-16
+  else
+    { printf '%s\n' "$SUITE" "$KRITA_FROM"; package_list; } | sed '/^$/d' | sort | sha256sum | cut -c1-16
+  fi
+}
 
 mount_all() {
   mkdir -p "$ROOT/proc" "$ROOT/sys" "$ROOT/dev" "$ROOT/dev/pts" "$ROOT/dev/shm" "$ROOT/tmp"
@@ -110,15 +125,29 @@ APT::Install-Recommends "false";
 APT::Install-Suggests "false";
 Acquire::Retries "3";
 EOF
+if [[ $SUITE != trixie ]]; then
+  # sid's and experimental's Release files are valid for a week only; a lagging mirror would be refused
+  echo 'Acquire::Check-Valid-Until "false";' >> "$ROOT/etc/apt/apt.conf.d/01-hostapps"
+fi
+if [[ -n $KRITA_FROM ]]; then
+  echo "deb $MIRROR $KRITA_FROM main" > "$ROOT/etc/apt/sources.list.d/krita-from.list"
+fi
 
 log "apt-get update in the chroot"
 in_chroot apt-get update -qq
 mapfile -t WANT < <(package_list)
 log "apt-get install ${#WANT[@]} packages"
-APTLOG=$(dirname "$ROOT")/apt-install.log
+APTLOG=$ROOT.apt-install.log
 if ! in_chroot apt-get install -y -q "${WANT[@]}" >"$APTLOG" 2>&1; then
   tail -40 "$APTLOG" >&2
   exit 1
+fi
+if [[ -n $KRITA_FROM ]]; then
+  log "krita from $KRITA_FROM"
+  if ! in_chroot apt-get install -y -q -t "$KRITA_FROM" krita krita-data >>"$APTLOG" 2>&1; then
+    tail -40 "$APTLOG" >&2
+    exit 1
+  fi
 fi
 in_chroot apt-get clean
 want_sig > "$STAMP"

@@ -3,7 +3,7 @@
 # with --purge, also delete the chroot. Always use this instead of a bare `rm -rf`: the chroot's
 # /dev and /sys are bind mounts of the host's own.
 set -euo pipefail
-ROOT=${HOSTAPPS_ROOT:-/var/tmp/hostapps/trixie}
+source "$(dirname "$0")/chroot-root.sh"      # sets ROOT
 
 for proc in /proc/[0-9]*; do            # leftovers (Xvfb, gimp, krita) whose root is the chroot
   if [[ "$(readlink "$proc/root" 2>/dev/null)" == "$ROOT" ]]; then

@@ -13,6 +13,9 @@ Nothing changes before every daemon request has succeeded; then all changes go t
 operations (add/remove mask, insert layer, combine masks into an attached channel) inside one undo
 group. Writing straight into the buffer of a drawable that belongs to the image is avoided: GIMP does
 not record such writes for undo. (The decontaminated copy gets its colours before it is inserted.)
+
+Every GIMP call that can fail is checked here (`checked`): GIMP 3.2 no longer shows a failed PDB call of
+a non-interactive run, so an unchecked failure would pass silently and leave a half-done result.
 """
 
 from __future__ import annotations
@@ -34,6 +37,15 @@ OUTPUT_CHOICES = (
     (OUTPUT_DECONTAMINATED, "New layer with decontaminated colours",
      "Add a masked copy above the layer whose edge colours have the old background's spill removed; the "
      "layer stays as it was"),
+)
+
+# The request's `quality` option (docs/protocol.md); QUALITY_DEFAULT sends none: the daemon's default.
+QUALITY_DEFAULT = "default"
+QUALITY_CHOICES = (
+    (QUALITY_DEFAULT, "Daemon default", "Leave the speed/quality trade-off to the daemon"),
+    ("fast", "Fast", "The quickest mask"),
+    ("balanced", "Balanced", "A good mask at a moderate cost"),
+    ("best", "Best", "The best edges, slower"),
 )
 
 EXISTING_REPLACE = "replace"
@@ -94,16 +106,30 @@ class Settings:
     fill_holes: float = 0.0
     remove_specks: float = 0.0
     padding: float = DEFAULT_PADDING
+    quality: str = QUALITY_DEFAULT
 
     def options(self) -> Dict[str, Any]:
         """The request's options; a selection adds `region` and `padding` per layer."""
-        return {"refine": self.refine, "hardness": self.hardness, "shift_edge": self.shift_edge,
-                "feather": self.feather, "fill_holes": self.fill_holes, "remove_specks": self.remove_specks,
-                "decontaminate": self.output == OUTPUT_DECONTAMINATED}
+        options = {"refine": self.refine, "hardness": self.hardness, "shift_edge": self.shift_edge,
+                   "feather": self.feather, "fill_holes": self.fill_holes, "remove_specks": self.remove_specks,
+                   "decontaminate": self.output == OUTPUT_DECONTAMINATED}
+        if self.quality != QUALITY_DEFAULT:
+            options["quality"] = self.quality
+        return options
+
+
+# Layers GIMP draws from something other than pixels (GIMP 3.0: text; 3.2: vector too), by the name of
+# the Gimp.Item test that finds them. Their pixels are the shape itself on transparency: there is no
+# background, and a model's mask would only eat into the letters or the shape, so they are refused with
+# a message, unless GIMP 3.2 shows them rasterized (Layer > Rasterize: then they are pixels like any
+# layer). GIMP 3.2's link layers show an image file (usually a photo): they get a layer mask like any
+# layer, and stay linked (a mask does not touch the linked pixels).
+DRAWN_LAYERS = (("is_text_layer", "text", "text"), ("is_vector_layer", "vector", "path"))
 
 
 class PluginError(Exception):
-    """A failure meant for the user. Raised before the image is touched, so it is left as it was.
+    """A failure meant for the user. Raised before the image is touched, so it is left as it was
+    (except from `checked`, which says so).
 
     `cancelled` marks an outcome the user chose (existing mask + "cancel", a cancelled request), which
     the plug-in reports as a cancel rather than an error.
@@ -282,14 +308,31 @@ class Job:
     colours: bytes = b""  # decontaminated output: the crop's new pixels, in `fmt`
 
 
+def checked(gimp: Any, result: Any, doing: str) -> Any:
+    """`result` of a GIMP call, or PluginError with GIMP's reason when it failed (False or None).
+
+    Used inside the undo group: the message says that one undo gives back the image as it was.
+    """
+    if result is False or result is None:
+        reason = gimp.get_pdb().get_last_error() or "no reason given"
+        raise PluginError(f"GIMP could not {doing} ({reason}). Edit > Undo gives back the image as it was.")
+    return result
+
+
 def selected_layers(drawables: Sequence[Any]) -> List[Any]:
-    """The layers to work on; masks and channels cannot take a layer mask, so they are refused."""
+    """The layers to work on; masks, channels, text and vector layers are refused (see DRAWN_LAYERS)."""
     if not drawables:
         raise PluginError("Select a layer first.")
     for drawable in drawables:
         if not drawable.is_layer():
             raise PluginError(f"'{drawable.get_name()}' is not a layer. Select the layer itself "
                               "(not its mask or a channel) and try again.")
+        for test, kind, source in DRAWN_LAYERS:  # getattr: GIMP 3.0 has no vector layers and no rasterizing
+            if getattr(drawable, test, bool)() and not getattr(drawable, "is_rasterized", bool)():
+                raise PluginError(f"'{drawable.get_name()}' is a {kind} layer: GIMP draws it from its {source} "
+                                  "on transparency, so it has no background to remove. Select the layer "
+                                  "with the photo, or rasterize this one first (Layer > Rasterize; in GIMP 3.0 "
+                                  "Layer > Discard Text Information).")
     return list(drawables)
 
 
@@ -349,7 +392,7 @@ def remove_background(gimp: Any, gegl: Any, image: Any, drawables: Sequence[Any]
     # no longer stop this process half-way through the undo group.
     gimp.progress_end()
 
-    image.undo_group_start()
+    checked(gimp, image.undo_group_start(), "start an undo group")
     try:
         if settings.output == OUTPUT_SELECTION:  # the selection is a channel like the result: linear values
             _select(gimp, gegl, image, jobs, out.babl, selection is not None)
@@ -357,7 +400,7 @@ def remove_background(gimp: Any, gegl: Any, image: Any, drawables: Sequence[Any]
             for job in jobs:
                 _add_mask(gimp, gegl, image, job, channel_format(precision), settings, selection is not None)
     finally:
-        image.undo_group_end()
+        image.undo_group_end()  # not checked: it must not hide the error that got us here
 
 
 def _request(gegl: Any, client: Any, job: Job, settings: Settings, out: SampleFormat,
@@ -381,8 +424,9 @@ def _request(gegl: Any, client: Any, job: Job, settings: Settings, out: SampleFo
 def _result_channel(gimp: Any, gegl: Any, image: Any, job: Job, babl: str) -> Any:
     """A layer-sized, unattached channel holding the mask (written as `babl`) in the crop and 0 around it.
     Channels are created in the image's precision, so copying one into a layer mask loses nothing."""
-    channel = gimp.Channel.new(image, "bgmask result", job.layer.get_width(), job.layer.get_height(),
-                               100.0, gegl.Color.new("black"))
+    channel = checked(gimp, gimp.Channel.new(image, "bgmask result", job.layer.get_width(),
+                                             job.layer.get_height(), 100.0, gegl.Color.new("black")),
+                      "make a channel for the mask")
     buffer = channel.get_buffer()
     buffer.set(gegl.Rectangle.new(job.crop.x, job.crop.y, job.crop.w, job.crop.h), babl, job.mask)
     buffer.flush()  # the core reads the channel next (combine_masks): push the tiles out first
@@ -393,54 +437,59 @@ def _add_mask(gimp: Any, gegl: Any, image: Any, job: Job, babl: str, settings: S
               has_selection: bool) -> None:
     layer = job.layer
     if settings.output in (OUTPUT_NEW_LAYER, OUTPUT_DECONTAMINATED):
-        layer = _copy_above(gegl, image, job, settings.output == OUTPUT_DECONTAMINATED)
+        layer = _copy_above(gimp, gegl, image, job, settings.output == OUTPUT_DECONTAMINATED)
     result = _result_channel(gimp, gegl, image, job, babl)
     try:
         if has_selection:  # 0 outside the selection, and feathered selections stay feathered
             _, x, y = layer.get_offsets()
-            result.combine_masks(image.get_selection(), gimp.ChannelOps.INTERSECT, -x, -y)
+            checked(gimp, result.combine_masks(image.get_selection(), gimp.ChannelOps.INTERSECT, -x, -y),
+                    "limit the mask to the selection")
         existing = layer.get_mask()
+        name = layer.get_name()
         if existing is not None and settings.existing_mask == EXISTING_INTERSECT:
-            existing.combine_masks(result, gimp.ChannelOps.INTERSECT, 0, 0)
+            checked(gimp, existing.combine_masks(result, gimp.ChannelOps.INTERSECT, 0, 0),
+                    f"intersect the mask of '{name}'")
         else:
             if existing is not None:
-                layer.remove_mask(gimp.MaskApplyMode.DISCARD)
-            mask = layer.create_mask(gimp.AddMaskType.BLACK)
-            layer.add_mask(mask)
-            mask.combine_masks(result, gimp.ChannelOps.ADD, 0, 0)
+                checked(gimp, layer.remove_mask(gimp.MaskApplyMode.DISCARD), f"remove the old mask of '{name}'")
+            mask = checked(gimp, layer.create_mask(gimp.AddMaskType.BLACK), f"make a mask for '{name}'")
+            checked(gimp, layer.add_mask(mask), f"add the mask to '{name}'")
+            checked(gimp, mask.combine_masks(result, gimp.ChannelOps.ADD, 0, 0), f"fill the mask of '{name}'")
     finally:
         result.delete()
 
 
-def _copy_above(gegl: Any, image: Any, job: Job, decontaminated: bool) -> Any:
+def _copy_above(gimp: Any, gegl: Any, image: Any, job: Job, decontaminated: bool) -> Any:
     """A copy of the job's layer just above it; with `decontaminated`, the crop holds the new colours."""
     layer = job.layer
-    copy = layer.copy()
+    copy = checked(gimp, layer.copy(), f"copy '{layer.get_name()}'")
     if decontaminated:  # written while the copy is not part of the image: inserting it is the undo step
         buffer = copy.get_buffer()
         buffer.set(gegl.Rectangle.new(job.crop.x, job.crop.y, job.crop.w, job.crop.h), job.fmt.babl,
                    job.colours)
         buffer.flush()
-    image.insert_layer(copy, layer.get_parent(), image.get_item_position(layer))
+    checked(gimp, image.insert_layer(copy, layer.get_parent(), image.get_item_position(layer)),
+            f"add the copy of '{layer.get_name()}' to the image")
     copy.set_name(f"{layer.get_name()} ({'decontaminated' if decontaminated else 'subject'})")
     return copy
 
 
 def _select(gimp: Any, gegl: Any, image: Any, jobs: Sequence[Job], babl: str, has_selection: bool) -> None:
     """The union of the layers' masks becomes the selection; an active selection limits it."""
-    union = gimp.Channel.new(image, "bgmask subject", image.get_width(), image.get_height(), 100.0,
-                             gegl.Color.new("black"))
+    union = checked(gimp, gimp.Channel.new(image, "bgmask subject", image.get_width(), image.get_height(),
+                                           100.0, gegl.Color.new("black")), "make a channel for the selection")
     try:
         for job in jobs:
             result = _result_channel(gimp, gegl, image, job, babl)
             try:
                 _, x, y = job.layer.get_offsets()
-                union.combine_masks(result, gimp.ChannelOps.ADD, x, y)
+                checked(gimp, union.combine_masks(result, gimp.ChannelOps.ADD, x, y), "combine the masks")
             finally:
                 result.delete()
         if not has_selection:
-            gimp.Selection.all(image)
-        image.get_selection().combine_masks(union, gimp.ChannelOps.INTERSECT, 0, 0)
+            checked(gimp, gimp.Selection.all(image), "select all")
+        checked(gimp, image.get_selection().combine_masks(union, gimp.ChannelOps.INTERSECT, 0, 0),
+                "set the selection")
     finally:
         union.delete()
 

@@ -25,6 +25,8 @@ OUTPUTS = {
     OUTPUT_LAYER: "New layer with mask",
     OUTPUT_DECONTAMINATED: "New layer with decontaminated colours",
 }
+# The request's `quality` option (docs/protocol.md); "" sends none, so the daemon's own default applies.
+QUALITIES = {"": "Daemon default", "fast": "Fast", "balanced": "Balanced", "best": "Best"}
 MASK_NAME = "Background Removal"
 SETTINGS_GROUP = "bgmask"
 DEFAULT_PADDING = 0.15
@@ -82,12 +84,16 @@ class Settings(NamedTuple):
     fill_holes: int = 0
     remove_specks: int = 0
     padding: float = DEFAULT_PADDING  # context around a selection, a fraction of its longer side
+    quality: str = ""  # a QUALITIES key; "": the daemon's default
 
     def options(self) -> Dict[str, Any]:
         """The request's options; a selection adds `region` and `padding`."""
-        return {"refine": self.refine, "hardness": self.hardness, "shift_edge": self.shift_edge,
-                "feather": self.feather, "fill_holes": self.fill_holes, "remove_specks": self.remove_specks,
-                "decontaminate": self.output == OUTPUT_DECONTAMINATED}
+        options = {"refine": self.refine, "hardness": self.hardness, "shift_edge": self.shift_edge,
+                   "feather": self.feather, "fill_holes": self.fill_holes, "remove_specks": self.remove_specks,
+                   "decontaminate": self.output == OUTPUT_DECONTAMINATED}
+        if self.quality:
+            options["quality"] = self.quality
+        return options
 
 
 def _number(text: Any, key: str) -> Any:
@@ -105,11 +111,13 @@ def load_settings() -> Settings:
     """The docker's last choices, from kritarc."""
     app = Krita.instance()
     output = app.readSetting(SETTINGS_GROUP, "output", OUTPUT_MASK)
+    quality = app.readSetting(SETTINGS_GROUP, "quality", "")
     numbers = {key: _number(app.readSetting(SETTINGS_GROUP, key, str(Settings._field_defaults[key])), key)
                for key in NUMBER_RANGES}
     return Settings(model=app.readSetting(SETTINGS_GROUP, "model", "") or None,
                     output=output if output in OUTPUTS else OUTPUT_MASK,
-                    refine=app.readSetting(SETTINGS_GROUP, "refine", "true") != "false", **numbers)
+                    refine=app.readSetting(SETTINGS_GROUP, "refine", "true") != "false",
+                    quality=quality if quality in QUALITIES else "", **numbers)
 
 
 def save_settings(settings: Settings) -> None:
@@ -118,6 +126,7 @@ def save_settings(settings: Settings) -> None:
     app.writeSetting(SETTINGS_GROUP, "model", settings.model or "")
     app.writeSetting(SETTINGS_GROUP, "output", settings.output)
     app.writeSetting(SETTINGS_GROUP, "refine", "true" if settings.refine else "false")
+    app.writeSetting(SETTINGS_GROUP, "quality", settings.quality)
     for key in NUMBER_RANGES:
         app.writeSetting(SETTINGS_GROUP, key, repr(getattr(settings, key)))
 
@@ -305,5 +314,6 @@ def describe_status(status: Optional[Dict[str, Any]], model: Optional[str], erro
     state_text = {"not_downloaded": "not downloaded yet (downloads on first use)",
                   "downloaded": "downloaded, loads on first use",
                   "loading": "loading", "loaded": "loaded"}.get(state, state or "unknown")
+    note = status.get("device_note")  # why a GPU is not used, when one was offered (daemons since issue 20)
     return (f"Connected to bgmask {status.get('version', '?')} on {status.get('device', '?')} "
-            f"({status.get('provider', '?')}); {model}: {state_text}.")
+            f"({status.get('provider', '?')}); {model}: {state_text}." + (f" GPU not used: {note}" if note else ""))

@@ -11,13 +11,9 @@ import threading
 from typing import Any, Dict, List, Optional
 
 from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Extension, Krita
-from PyQt5.QtCore import QObject, QThread, Qt, pyqtSignal
-from PyQt5.QtGui import QIcon
-from PyQt5.QtWidgets import (QAbstractSpinBox, QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout,
-                             QLabel, QMessageBox, QProgressBar, QPushButton, QSpinBox, QToolButton, QVBoxLayout,
-                             QWidget)
 
 from . import core
+from .qt import QtCore, QtGui, QtWidgets
 
 DOCKER_ID = "bgmask_docker"
 ACTION_ID = "bgmask_remove_background"
@@ -45,14 +41,14 @@ def _make_client(autostart: bool) -> Any:
     return core.client_module().Client(autostart=autostart)
 
 
-class _RemovalThread(QThread):
+class _RemovalThread(QtCore.QThread):
     """Runs one Job.run off the UI thread; the outcome comes back as queued signals."""
 
-    progressed = pyqtSignal(str, float)   # stage, fraction (-1: unknown)
-    succeeded = pyqtSignal(object)        # core.Reply
-    failed = pyqtSignal(str, str)         # code, message
+    progressed = QtCore.pyqtSignal(str, float)   # stage, fraction (-1: unknown)
+    succeeded = QtCore.pyqtSignal(object)        # core.Reply
+    failed = QtCore.pyqtSignal(str, str)         # code, message
 
-    def __init__(self, job: core.Job, client: Any, parent: QObject) -> None:
+    def __init__(self, job: core.Job, client: Any, parent: QtCore.QObject) -> None:
         super().__init__(parent)
         self.job, self.client = job, client
         self.cancel_event = threading.Event()
@@ -74,10 +70,10 @@ class _RemovalThread(QThread):
             self.client.close()
 
 
-class _StatusThread(QThread):
+class _StatusThread(QtCore.QThread):
     """Asks the daemon (never starting one) for its status and model list."""
 
-    done = pyqtSignal(object, list, str)  # status dict or None, model names, why not connected
+    done = QtCore.pyqtSignal(object, list, str)  # status dict or None, model names, why not connected
 
     def run(self) -> None:
         explicit = False
@@ -95,16 +91,16 @@ class _StatusThread(QThread):
             self.done.emit(status, names, "")
 
 
-class Controller(QObject):
+class Controller(QtCore.QObject):
     """Runs requests one at a time and tells every docker what is going on."""
 
-    busy_changed = pyqtSignal(bool)
-    progress = pyqtSignal(str, int)        # text, percent (-1: unknown)
-    status_changed = pyqtSignal(str)
-    models_changed = pyqtSignal(list)      # model names
-    outcome = pyqtSignal(bool, str)        # ok, sentence
+    busy_changed = QtCore.pyqtSignal(bool)
+    progress = QtCore.pyqtSignal(str, int)        # text, percent (-1: unknown)
+    status_changed = QtCore.pyqtSignal(str)
+    models_changed = QtCore.pyqtSignal(list)      # model names
+    outcome = QtCore.pyqtSignal(bool, str)        # ok, sentence
 
-    def __init__(self, parent: QObject) -> None:
+    def __init__(self, parent: QtCore.QObject) -> None:
         super().__init__(parent)
         self._thread: Optional[_RemovalThread] = None
         self._status_thread: Optional[_StatusThread] = None
@@ -200,12 +196,13 @@ class Controller(QObject):
         if ok:
             view = window.activeView() if window is not None else None
             if view is not None:
-                view.showFloatingMessage(text, QIcon(), 4000, 1)
+                view.showFloatingMessage(text, QtGui.QIcon(), 4000, 1)
             return
-        box = QMessageBox(QMessageBox.Warning, "Background Removal", text, QMessageBox.Ok,
-                          window.qwindow() if window is not None else None)
+        box = QtWidgets.QMessageBox(QtWidgets.QMessageBox.Icon.Warning, "Background Removal", text,
+                                    QtWidgets.QMessageBox.StandardButton.Ok,
+                                    window.qwindow() if window is not None else None)
         box.setObjectName("bgmask_error_box")
-        box.setAttribute(Qt.WA_DeleteOnClose)
+        box.setAttribute(QtCore.Qt.WidgetAttribute.WA_DeleteOnClose)
         box.open()
 
 
@@ -228,33 +225,40 @@ class BgmaskDocker(DockWidget):
         self.setWindowTitle("Background Removal")
         self.ctl = controller()
         settings = core.load_settings()
-        root = QWidget(self)
-        layout = QVBoxLayout(root)
+        root = QtWidgets.QWidget(self)
+        layout = QtWidgets.QVBoxLayout(root)
 
-        self.button = QPushButton("Remove Background", root)
+        self.button = QtWidgets.QPushButton("Remove Background", root)
         self.button.setObjectName("bgmask_remove")
         self.button.setToolTip("Find the subject of the active paint layer and hide its background")
         layout.addWidget(self.button)
 
-        form = QFormLayout()
-        self.model = QComboBox(root)
+        form = QtWidgets.QFormLayout()
+        self.model = QtWidgets.QComboBox(root)
         self.model.setObjectName("bgmask_model")
         self._fill_models(self.ctl.models, settings.model)
         form.addRow("Model:", self.model)
-        self.output = QComboBox(root)
+        self.output = QtWidgets.QComboBox(root)
         self.output.setObjectName("bgmask_output")
         for key, label in core.OUTPUTS.items():
             self.output.addItem(label, key)
         self.output.setCurrentIndex(self.output.findData(settings.output))
         form.addRow("Output:", self.output)
-        self.refine = QCheckBox("Refine edges", root)
+        self.quality = QtWidgets.QComboBox(root)
+        self.quality.setObjectName("bgmask_quality")
+        self.quality.setToolTip("Fast, balanced or best edges; Daemon default leaves it to the daemon")
+        for key, label in core.QUALITIES.items():
+            self.quality.addItem(label, key)
+        self.quality.setCurrentIndex(self.quality.findData(settings.quality))
+        form.addRow("Quality:", self.quality)
+        self.refine = QtWidgets.QCheckBox("Refine edges", root)
         self.refine.setObjectName("bgmask_refine")
         self.refine.setChecked(settings.refine)
         form.addRow(self.refine)
-        self.numbers: Dict[str, QAbstractSpinBox] = {}
+        self.numbers: Dict[str, QtWidgets.QAbstractSpinBox] = {}
         for key, label, tooltip, decimals, step, suffix in NUMBER_FIELDS:
             low, high = core.NUMBER_RANGES[key]
-            spin = QDoubleSpinBox(root) if decimals else QSpinBox(root)
+            spin = QtWidgets.QDoubleSpinBox(root) if decimals else QtWidgets.QSpinBox(root)
             if decimals:
                 spin.setDecimals(decimals)
             spin.setObjectName(f"bgmask_{key}")
@@ -267,31 +271,31 @@ class BgmaskDocker(DockWidget):
             self.numbers[key] = spin
         layout.addLayout(form)
 
-        row = QHBoxLayout()
-        self.progress = QProgressBar(root)
+        row = QtWidgets.QHBoxLayout()
+        self.progress = QtWidgets.QProgressBar(root)
         self.progress.setObjectName("bgmask_progress")
-        self.cancel = QPushButton("Cancel", root)
+        self.cancel = QtWidgets.QPushButton("Cancel", root)
         self.cancel.setObjectName("bgmask_cancel")
         row.addWidget(self.progress, 1)
         row.addWidget(self.cancel)
         layout.addLayout(row)
 
-        status_row = QHBoxLayout()
-        self.status = QLabel(self.ctl.status_text(), root)
+        status_row = QtWidgets.QHBoxLayout()
+        self.status = QtWidgets.QLabel(self.ctl.status_text(), root)
         self.status.setObjectName("bgmask_status")
         self.status.setWordWrap(True)
-        self.refresh = QToolButton(root)
+        self.refresh = QtWidgets.QToolButton(root)
         self.refresh.setObjectName("bgmask_refresh")
         self.refresh.setText("Refresh")
         self.refresh.setToolTip("Ask the daemon for its status again")
         status_row.addWidget(self.status, 1)
-        status_row.addWidget(self.refresh, 0, Qt.AlignTop)
+        status_row.addWidget(self.refresh, 0, QtCore.Qt.AlignmentFlag.AlignTop)
         layout.addLayout(status_row)
 
-        self.message = QLabel("", root)
+        self.message = QtWidgets.QLabel("", root)
         self.message.setObjectName("bgmask_message")
         self.message.setWordWrap(True)
-        self.message.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.message.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.message)
         layout.addStretch(1)
         self.setWidget(root)
@@ -299,7 +303,8 @@ class BgmaskDocker(DockWidget):
         self.button.clicked.connect(self._on_remove)
         self.cancel.clicked.connect(self.ctl.cancel)
         self.refresh.clicked.connect(self.ctl.refresh_status)
-        for signal in (self.model.currentIndexChanged, self.output.currentIndexChanged, self.refine.toggled,
+        for signal in (self.model.currentIndexChanged, self.output.currentIndexChanged,
+                       self.quality.currentIndexChanged, self.refine.toggled,
                        *(spin.valueChanged for spin in self.numbers.values())):
             signal.connect(self._save)
         self.ctl.busy_changed.connect(self._on_busy)
@@ -323,7 +328,7 @@ class BgmaskDocker(DockWidget):
 
     def settings(self) -> core.Settings:
         return core.Settings(model=self.model.currentData() or None, output=self.output.currentData(),
-                             refine=self.refine.isChecked(),
+                             refine=self.refine.isChecked(), quality=self.quality.currentData(),
                              **{key: spin.value() for key, spin in self.numbers.items()})
 
     def _save(self, *_: Any) -> None:
@@ -373,4 +378,5 @@ class BgmaskExtension(Extension):
 def register() -> None:
     app = Krita.instance()
     app.addExtension(BgmaskExtension(app))
-    app.addDockWidgetFactory(DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockRight, BgmaskDocker))
+    app.addDockWidgetFactory(DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockPosition.DockRight,
+                                                BgmaskDocker))

@@ -10,12 +10,16 @@ unmodified (no "save changes?" dialog) and File > Quit is triggered; os._exit(3)
 not quit 10 s later.
 """
 
+import importlib
 import json
 import os
+import sys
 import traceback
 
 from krita import Extension, Krita
-from PyQt5.QtCore import QTimer
+
+# Krita's own bindings have loaded their PyQt (Krita 5: PyQt5, Krita 6: PyQt6); use that one.
+QTimer = importlib.import_module("PyQt6.QtCore" if "PyQt6.QtCore" in sys.modules else "PyQt5.QtCore").QTimer
 
 TEST = os.environ.get("BGMASK_KRITA_TEST")
 RESULT = os.environ.get("HOSTAPPS_RESULT", "/tmp/bgmask-krita-result.json")

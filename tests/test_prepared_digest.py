@@ -1,0 +1,46 @@
+"""The CPU copy of a model that the daemon writes into its cache is checked against the SHA-256 recorded when
+it was written, at every load: a damaged copy is rebuilt (and the log says why), never used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from bgmask import download, modelprep
+from bgmask.catalog import Catalog
+
+
+@pytest.fixture
+def u2netp(monkeypatch: pytest.MonkeyPatch, model_cache: Path, tmp_path: Path) -> Path:
+    """A private copy of the downloaded U2-Netp (the shared cache is never damaged)."""
+    monkeypatch.setenv("BGMASK_CACHE_DIR", str(model_cache))
+    src = tmp_path / "u2netp.onnx"
+    src.write_bytes(download.ensure_model(Catalog.load().get("u2netp")).read_bytes())
+    return src
+
+
+def output(path: Path) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).random((1, 3, 320, 320), dtype=np.float32)
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_a_damaged_prepared_copy_is_rebuilt_and_gives_the_same_output(u2netp: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "prepared" / "u2netp.cpu.onnx"
+    assert modelprep.prepare(u2netp, dst) == dst
+    good = dst.read_bytes()
+    expected = output(dst)
+    damaged = bytearray(good)
+    middle = len(damaged) // 2
+    damaged[middle:middle + 64] = bytes(b ^ 0xFF for b in damaged[middle:middle + 64])  # 64 flipped bytes
+    dst.write_bytes(bytes(damaged))
+    logs: list[str] = []
+    assert modelprep.prepare(u2netp, dst, log=logs.append) == dst
+    assert any(str(dst) in line and "SHA-256" in line for line in logs), logs
+    assert dst.read_bytes() == good
+    assert np.array_equal(output(dst), expected)
+    logs.clear()
+    assert modelprep.prepare(u2netp, dst, log=logs.append) == dst and logs == [], "an intact copy is reused"
