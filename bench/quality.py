@@ -3,6 +3,14 @@
     python bench/quality.py                # everything: recovery, end to end, cost, decontamination
     python bench/quality.py --quick        # two scenes (6 and 24 MP), no end-to-end
     python bench/quality.py --sweep        # refine's radius / eps / grid scale / guide on the recovery step
+    python bench/quality.py --real         # real photos (ECSSD) against rembg, same model file, every quality
+    python bench/quality.py --real --models u2netp --stride 10 --limit 50   # a few minutes
+
+Real photos (--real, bench/real_photos.py): bgmask's own pipeline (each `quality`) and rembg (its own venv,
+its custom-model session on the same file) on ../shared/data/ecssd, scored against hand-made binary masks:
+MAE, max F-measure, IoU at 0.5, boundary F within 2 px, quartiles over the photos, paired wins against rembg.
+Binary masks show whether the subject is found and where its outline lies, not soft edges: the synthetic
+composites below remain the tool for those.
 
 Ground truth (bench/quality_data.py): real photos composited over real photos through synthetic hair-like
 mattes at 6-24 MP. Methods compared, all starting from the same 1024x1024 prediction:
@@ -43,6 +51,7 @@ sys.path.insert(0, str(ROOT / "server"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import quality_data as D  # noqa: E402
+import real_photos as RP  # noqa: E402
 from bgmask import decontaminate as DC  # noqa: E402
 from bgmask import refine as R  # noqa: E402
 
@@ -319,14 +328,89 @@ def sweep(scenes, photos, results) -> None:
     table("Sweep: ratios to rembg-style (geometric mean over scenes)", rows, ("SAD", "MSE", "Grad", "seconds"))
 
 
+def real(models: list[str], qualities: list[str], chosen: list, with_rembg: bool, results: dict) -> None:
+    """bgmask at each quality and rembg on the same photos with the same model file: one table per model."""
+    from bgmask import catalog
+    from bgmask.protocol import RemoveOptions
+
+    cols = ("MAE", "maxF", "IoU", "BF")
+    for model in models:
+        runs: dict[str, tuple[dict, dict]] = {}
+        model_file = None
+        for quality in qualities:
+            masker, model_file = RP.bgmask_masker(model, quality)
+            runs[f"bgmask {quality}"] = RP.run_bgmask(masker, chosen)
+            print(f"  {model} bgmask {quality}: done", file=sys.stderr, flush=True)
+        if with_rembg:
+            family = catalog.Catalog.load().get(model).family
+            runs["rembg"] = RP.run_rembg(family, str(model_file), chosen)
+        rows = {name: RP.summary(scores) | {"s/photo": float(np.median(list(secs.values())))}
+                for name, (scores, secs) in runs.items()}
+        results.setdefault("real", {})[model] = rows
+        print(f"\nReal photos, {model}, {len(chosen)} photos of {RP.data_dir()} (quartiles: 25/50/75 %)\n")
+        print("| method | " + " | ".join(cols) + " | MAE quartiles | BF quartiles | s/photo (median) |")
+        print("| --- |" + " --- |" * (len(cols) + 3))
+        for name, r in rows.items():
+            q = lambda k: " / ".join(f"{v:.3f}" for v in r[f"{k} quartiles"])  # noqa: E731
+            print(f"| {name} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + f" | {q('MAE')} | {q('BF')} | {r['s/photo']:.3f} |")
+        if "rembg" not in runs:
+            continue
+        print(f"\nPaired against rembg, photo by photo (wins / ties / losses)\n")
+        print("| method | MAE | BF | IoU | MAE - rembg's | BF - rembg's |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        theirs = runs["rembg"][0]
+        verdict = None
+        for name, (ours, _) in runs.items():
+            if name == "rembg":
+                continue
+            wins = {k: RP.paired(ours, theirs, k, lower_better=(k == "MAE")) for k in ("MAE", "BF", "IoU")}
+            rows[name]["paired"] = wins
+            dm, db = rows[name]["MAE"] - rows["rembg"]["MAE"], rows[name]["BF"] - rows["rembg"]["BF"]
+            print(f"| {name} | " + " | ".join("{} / {} / {}".format(*wins[k]) for k in ("MAE", "BF", "IoU"))
+                  + f" | {dm:+.4f} | {db:+.4f} |")
+            if name == f"bgmask {RemoveOptions().quality}":
+                verdict = "ok" if dm <= 0 and db >= 0.01 else "MISSED"
+        if verdict is not None:
+            print(f"\ntarget (default quality): MAE <= rembg's and BF >= rembg's + 0.01: {verdict}")
+
+
+
+def _plain(x):
+    """JSON for numpy arrays (precision/recall curves)."""
+    return x.tolist() if isinstance(x, np.ndarray) else str(x)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="two scenes (6 and 24 MP), no end-to-end step")
     ap.add_argument("--sweep", action="store_true", help="only the parameter sweep of refine on the recovery step")
     ap.add_argument("--no-conn", action="store_true", help="skip the (slow) connectivity error")
     ap.add_argument("--models", default="u2netp,isnet-general-use", help="models for the end-to-end step and the cost")
-    ap.add_argument("--json", type=Path, default=D.bench_cache() / "quality.json", help="where to write the results")
+    ap.add_argument("--real", action="store_true", help="real photos with hand-made masks, against rembg")
+    ap.add_argument("--qualities", default="fast,balanced,best", help="--real: bgmask's quality values to run")
+    ap.add_argument("--limit", type=int, default=0, help="--real: at most this many photos (0: all)")
+    ap.add_argument("--stride", type=int, default=1, help="--real: every k-th photo of the manifest")
+    ap.add_argument("--start", type=int, default=0, help="--real: the first photo taken (an index into the manifest)")
+    ap.add_argument("--no-rembg", action="store_true", help="--real: bgmask only")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="where to write the results (default: quality.json, or quality-real.json with --real, in the bench cache)")
     args = ap.parse_args()
+    if args.real:
+        why = RP.missing()
+        if why:
+            print(f"--real: {why}", file=sys.stderr)
+            return 2
+        chosen = RP.photos(args.limit, args.stride, args.start)
+        results = {"photos": [p.key for p in chosen]}
+        t = time.perf_counter()
+        real([m for m in args.models.split(",") if m], [q for q in args.qualities.split(",") if q], chosen,
+             not args.no_rembg, results)
+        print(f"\n{time.perf_counter() - t:.0f} s")
+        path = args.json or D.bench_cache() / "quality-real.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=1, default=_plain))
+        print(f"results written to {path}")
+        return 0
     photos = D.load_photos()
     scenes = [D.SCENES[0], D.SCENES[2]] if args.quick else list(D.SCENES)
     results: dict = {"scenes": [vars(s) for s in scenes], "recovery": {}, "end_to_end": {}}
@@ -340,9 +424,10 @@ def main() -> int:
             end_to_end(scenes, photos, results, models, conn)
         cost(photos, results, models)
         decontamination(scenes[:2], photos, results)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1))
-    print(f"\nresults written to {args.json}")
+    path = args.json or D.bench_cache() / "quality.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+    print(f"\nresults written to {path}")
     return 0
 
 

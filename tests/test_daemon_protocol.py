@@ -453,7 +453,8 @@ def test_options_change_the_mask_as_documented(raw: Raw) -> None:
 
 
 @pytest.mark.parametrize("options", [{"hardness": 2}, {"feather": -1}, {"shift_edge": "5"}, {"region": [0, 0, 0, 5]},
-                                     {"region": [5000, 0, 10, 10]}, {"sharpen": True}, {"refine": 1}])
+                                     {"region": [5000, 0, 10, 10]}, {"sharpen": True}, {"refine": 1},
+                                     {"quality": "ultra"}])
 def test_bad_options_are_bad_requests(raw: Raw, options: dict) -> None:
     header, _, _ = raw.call("remove", b"\0" * 48, model="u2netp", options=options,
                             image={"width": 4, "height": 4, "channels": 3, "sample_type": "u8"})

