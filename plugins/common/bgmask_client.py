@@ -1180,7 +1180,7 @@ class Client:
                 continue
             header = self._decode(message[0])
             rid = header.get("id")
-            if rid not in in_flight:
+            if not isinstance(rid, int) or isinstance(rid, bool) or rid not in in_flight:  # ours are ints
                 if rid is None and header.get("type") == "error":
                     raise _error_from(header)  # the daemon could not read our request at all
                 continue  # the cancel's own reply, or a late answer to an abandoned request: not a sign of life
