@@ -192,3 +192,12 @@ def test_idle_sequences_are_dropped_and_running_ones_kept() -> None:
     with pytest.raises(Exception) as err:
         table.admit(b"a", sequences.SequenceField("idle", 1, False, True))
     assert getattr(err.value, "code", None) == "bad_request"
+
+
+def test_a_restarted_sequence_outlives_the_last_frame_of_the_one_it_replaced() -> None:
+    table = sequences.SequenceTable()
+    old = table.admit(b"a", sequences.SequenceField("r", 0, True, False))  # a one-frame sequence, still running
+    table.admit(b"a", sequences.SequenceField("r", 0, False, False))  # frame 0 again: a new sequence
+    table.finish(old, 0, ok=True)  # the old frame finishes after all
+    assert len(table) == 1
+    assert table.admit(b"a", sequences.SequenceField("r", 1, True, False)).expected == 2

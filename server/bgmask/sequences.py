@@ -63,7 +63,8 @@ def parse_sequence(d: Any) -> Optional[SequenceField]:
 
 @dataclass(eq=False)
 class Sequence:
-    """One live sequence: which frame may arrive next, which frame was blended last, the filter."""
+    """One live sequence: which frame may arrive next, which frame went through its temporal steps last, the
+    filter's history."""
 
     key: SequenceKey
     temporal: bool
@@ -149,8 +150,8 @@ class SequenceTable:
             seq.touched = time.monotonic()
             if not ok:
                 self._drop(seq, f"frame {index} failed or was cancelled")
-            elif seq.closed and seq.pending == 0:
-                self._live.pop(seq.key, None)
+            elif seq.closed and seq.pending == 0 and self._live.get(seq.key) is seq:  # not a restart's successor
+                del self._live[seq.key]
             seq.blended = max(seq.blended, index)
             self._cv.notify_all()
 
