@@ -45,7 +45,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 try:
     import msgpack as _msgpack
@@ -1060,31 +1060,141 @@ class Client:
                     cancel: Optional[Callable[[], bool]] = None) -> RemoveResult:
         """Like remove(), also returning the reply header (model, timings, ...) and any extra data frames."""
         view = _check_image(pixels, width, height, channels, sample_type, stride)
-        image = {"width": width, "height": height, "channels": channels, "sample_type": sample_type,
-                 "linear": bool(linear)}
-        if stride is not None:
-            image["stride"] = stride
-        fields = {"image": image, "model": model, "options": dict(options or {}),
-                  "output": {"sample_type": out_sample_type}}
+        fields = _remove_fields(width, height, channels, sample_type, linear, model, options, out_sample_type, stride)
         self._cancel.clear()
         with self._lock:
             self._connection()
-            max_pixels, max_bytes = _limit(self._hello, "max_pixels"), _limit(self._hello, "max_message_bytes")
-            if max_pixels is not None and width * height > max_pixels:
-                raise BgmaskError(TOO_LARGE, "The image has {:,} pixels; this daemon accepts at most {:,}."
-                                  .format(width * height, max_pixels))
-            if max_bytes is not None and view.nbytes > max_bytes:
-                raise BgmaskError(TOO_LARGE, "The image needs {:,} bytes; this daemon accepts at most {:,} per message."
-                                  .format(view.nbytes, max_bytes))
-            # The mask, and at most a colour frame of 3 f32 channels: nothing bigger is ever allocated.
-            reply_cap = max(_SMALL_REPLY_CAP, width * height * 12)
-            header, frames = self._call("remove", fields, [view], on_progress, cancel, reply_cap)
-        size = MASK_SAMPLE_SIZES.get(out_sample_type, 0) * width * height
+            self._check_limits(view, width, height)
+            header, frames = self._call("remove", fields, [view], on_progress, cancel, _reply_cap(width, height))
+        return self._mask_result(header, frames, width * height, out_sample_type)
+
+    def remove_frames(self, frames: Iterable[Any], width: int, height: int, channels: int, sample_type: str,
+                      linear: bool = False, model: Optional[str] = None, options: Optional[Dict[str, Any]] = None,
+                      out_sample_type: str = "u8", stride: Optional[int] = None, temporal: bool = True,
+                      on_progress: Optional[Callable[[int, str, Optional[float]], None]] = None,
+                      cancel: Optional[Callable[[], bool]] = None) -> List[RemoveResult]:
+        """The masks of an animation's or clip's frames (each `pixels` as for remove(), all the same size),
+        in order, as one sequence (docs/protocol.md): frame k + 1 is sent while frame k is computed, and with
+        `temporal` the masks of a still or slowly moving scene stay consistent instead of flickering.
+        `frames` is read lazily (two frames at a time are held); on_progress gets (frame index, stage,
+        fraction); cancel() (or the callable) stops it between frames, with `cancelled`."""
+        fields = _remove_fields(width, height, channels, sample_type, linear, model, options, out_sample_type, stride)
+        self._cancel.clear()
+        results: List[RemoveResult] = []
+        with self._lock:
+            conn = self._connection()
+            conn.max_frame = _reply_cap(width, height)
+            self._ids += 1
+            sequence_id = "seq-%d-%d" % (os.getpid(), self._ids)
+            in_flight: Dict[int, int] = {}  # request id -> frame index
+            done: Dict[int, RemoveResult] = {}  # frames finished before an earlier one
+            source = iter(frames)
+            upcoming = next(source, None)
+            index = 0
+            def stop() -> None:
+                if self._cancel.is_set() or (cancel is not None and cancel()):
+                    raise BgmaskError(CANCELLED, "the request was cancelled")
+
+            try:
+                while upcoming is not None or in_flight:
+                    stop()
+                    if upcoming is not None and len(in_flight) < 2:
+                        view = _check_image(upcoming, width, height, channels, sample_type, stride)
+                        self._check_limits(view, width, height)
+                        upcoming = next(source, None)
+                        sequence = {"id": sequence_id, "index": index, "final": upcoming is None,
+                                    "temporal": bool(temporal)}
+                        self._ids += 1
+                        in_flight[self._ids] = index
+                        header = dict(fields, v=PROTOCOL, id=self._ids, token=self._token or "", op="remove",
+                                      sequence=sequence)
+                        conn.send([self._pack(header), view])
+                        index += 1
+                        continue
+                    rid, header, data = self._next_final(conn, in_flight, on_progress, stop)
+                    if header["type"] == "error":
+                        del in_flight[rid]
+                        raise _error_from(header)
+                    reply = {k: v for k, v in header.items() if k not in ("v", "id", "type")}
+                    done[in_flight.pop(rid)] = self._mask_result(reply, data, width * height, out_sample_type)
+                    while len(results) in done:  # in frame order, whichever order the finals came in
+                        results.append(done.pop(len(results)))
+            except BgmaskError as exc:
+                self._abandon(conn, in_flight, exc)
+                raise
+            except BaseException:
+                self.close()
+                raise
+            finally:
+                self._fresh = False
+        return results
+
+    def _check_limits(self, view: memoryview, width: int, height: int) -> None:
+        """too_large before sending, against the limits the daemon's hello announced."""
+        max_pixels, max_bytes = _limit(self._hello, "max_pixels"), _limit(self._hello, "max_message_bytes")
+        if max_pixels is not None and width * height > max_pixels:
+            raise BgmaskError(TOO_LARGE, "The image has {:,} pixels; this daemon accepts at most {:,}."
+                              .format(width * height, max_pixels))
+        if max_bytes is not None and view.nbytes > max_bytes:
+            raise BgmaskError(TOO_LARGE, "The image needs {:,} bytes; this daemon accepts at most {:,} per message."
+                              .format(view.nbytes, max_bytes))
+
+    def _mask_result(self, header: Dict[str, Any], frames: List[Any], pixels: int, out_sample_type: str) -> RemoveResult:
+        size = MASK_SAMPLE_SIZES.get(out_sample_type, 0) * pixels
         if not frames or len(frames[0]) != size:
             self.close()
             raise BgmaskError(PROTOCOL_ERROR, "the daemon's mask has %s bytes, expected %d"
                               % (len(frames[0]) if frames else "no", size))
         return RemoveResult(bytes(frames[0]), header, [bytes(f) for f in frames[1:]])
+
+    def _abandon(self, conn: Any, in_flight: Dict[int, int], exc: BgmaskError) -> None:
+        """After a sequence failed or was cancelled: cancel the frames still in flight and read their final
+        messages, so the connection stays usable (or drop it where it is not)."""
+        if exc.code in (TIMEOUT, CONNECTION_LOST, PROTOCOL_ERROR) or self._conn is not conn:
+            self.close()
+            return
+        try:
+            for rid in sorted(in_flight):
+                self._send_cancel(conn, rid)
+            while in_flight:
+                del in_flight[self._next_final(conn, in_flight, None, None)[0]]
+        except BgmaskError:
+            self.close()
+
+    def _next_final(self, conn: Any, in_flight: Dict[int, int],
+                    on_progress: Optional[Callable[[int, str, Optional[float]], None]],
+                    poll: Optional[Callable[[], None]]) -> Tuple[int, Dict[str, Any], List[Any]]:
+        """(request id, header, data) of the next final message (reply or error: header["type"]) about any of
+        the requests in flight (request id -> frame index); their progress goes to on_progress with the frame's
+        index. poll() runs between reads (it may send a cancel, or raise)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            if poll is not None:
+                poll()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BgmaskError(TIMEOUT, "the bgmask daemon at %s sent nothing for %g s; it may be hung (stop it"
+                                  " and run `bgmask serve`)" % (conn.endpoint, self.timeout))
+            message = conn.recv(min(_POLL_S, left))
+            if message is None:
+                continue
+            header = self._decode(message[0])
+            rid = header.get("id")
+            if not isinstance(rid, int) or isinstance(rid, bool) or rid not in in_flight:  # ours are ints
+                if rid is None and header.get("type") == "error":
+                    raise _error_from(header)  # the daemon could not read our request at all
+                continue  # the cancel's own reply, or a late answer to an abandoned request: not a sign of life
+            deadline = time.monotonic() + self.timeout
+            self._heard = True
+            kind = header.get("type")
+            if kind == "progress":
+                stage, fraction = _progress(header)
+                if on_progress is not None:
+                    on_progress(in_flight[rid], stage, fraction)
+                continue
+            if kind in ("reply", "error"):
+                return rid, header, message[1:]
+            raise BgmaskError(PROTOCOL_ERROR, "the daemon sent a message of unknown type %r" % (kind,))
 
     def close(self) -> None:
         """Drop the connection; the next call reconnects (re-reading the runtime file)."""
@@ -1146,41 +1256,25 @@ class Client:
 
     def _wait(self, conn: Any, rid: int, on_progress: Optional[Callable[[str, Optional[float]], None]],
               cancel: Optional[Callable[[], bool]], cancellable: bool) -> Tuple[Dict[str, Any], List[Any]]:
-        deadline = time.monotonic() + self.timeout
-        cancel_sent = False
-        while True:
+        cancel_sent = []
+
+        def poll() -> None:
             if cancellable and not cancel_sent and (self._cancel.is_set() or (cancel is not None and cancel())):
-                self._ids += 1
-                conn.send([self._pack({"v": PROTOCOL, "id": self._ids, "token": self._token or "", "op": "cancel",
-                                       "target": rid})])
-                cancel_sent = True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BgmaskError(TIMEOUT, "the bgmask daemon at %s sent nothing for %g s; it may be hung (stop it"
-                                  " and run `bgmask serve`)" % (conn.endpoint, self.timeout))
-            message = conn.recv(min(_POLL_S, left))
-            if message is None:
-                continue
-            header = self._decode(message[0])
-            if header.get("id") != rid:
-                if header.get("id") is None and header.get("type") == "error":
-                    raise _error_from(header)  # the daemon could not read our request at all
-                continue  # the cancel's own reply, or a late answer to an abandoned request: not a sign of life
-            deadline = time.monotonic() + self.timeout
-            self._heard = True
-            kind = header.get("type")
-            if kind == "progress":
-                stage, fraction = _progress(header)
-                if on_progress is not None:
-                    on_progress(stage, fraction)
-                continue
-            if kind == "error":
-                raise _error_from(header)
-            if cancel_sent:  # the result was ready before our cancel arrived; the user asked to drop it
-                raise BgmaskError(CANCELLED, "the request was cancelled")
-            if kind == "reply":
-                return {k: v for k, v in header.items() if k not in ("v", "id", "type")}, message[1:]
-            raise BgmaskError(PROTOCOL_ERROR, "the daemon sent a message of unknown type %r" % (kind,))
+                self._send_cancel(conn, rid)
+                cancel_sent.append(rid)
+
+        report = None if on_progress is None else (lambda _index, stage, fraction: on_progress(stage, fraction))
+        header, data = self._next_final(conn, {rid: 0}, report, poll)[1:]
+        if header["type"] == "error":
+            raise _error_from(header)
+        if cancel_sent:  # the result was ready before our cancel arrived; the user asked to drop it
+            raise BgmaskError(CANCELLED, "the request was cancelled")
+        return {k: v for k, v in header.items() if k not in ("v", "id", "type")}, data
+
+    def _send_cancel(self, conn: Any, rid: int) -> None:
+        self._ids += 1
+        conn.send([self._pack({"v": PROTOCOL, "id": self._ids, "token": self._token or "", "op": "cancel",
+                               "target": rid})])
 
     def _decode(self, frame: Any) -> Dict[str, Any]:
         try:
@@ -1281,6 +1375,22 @@ class Client:
 
 
 Box = Tuple[int, int, int, int]
+
+
+def _remove_fields(width: int, height: int, channels: int, sample_type: str, linear: bool, model: Optional[str],
+                   options: Optional[Dict[str, Any]], out_sample_type: str, stride: Optional[int]) -> Dict[str, Any]:
+    """The header fields of a remove request (docs/protocol.md), less the envelope."""
+    image = {"width": width, "height": height, "channels": channels, "sample_type": sample_type,
+             "linear": bool(linear)}
+    if stride is not None:
+        image["stride"] = stride
+    return {"image": image, "model": model, "options": dict(options or {}), "output": {"sample_type": out_sample_type}}
+
+
+def _reply_cap(width: int, height: int) -> int:
+    """The largest reply frame a remove may get: the mask, and at most a colour frame of 3 f32 channels
+    (nothing bigger is ever allocated)."""
+    return max(_SMALL_REPLY_CAP, width * height * 12)
 
 
 def context_box(region: Box, padding: float, bounds: Box) -> Box:

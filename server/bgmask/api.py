@@ -4,6 +4,7 @@
     cutout = bgmask.remove(Image.open("photo.jpg"))          # PIL in, RGBA PIL out
     mask = bgmask.remove(array, mask_only=True)             # numpy in, numpy (H, W) out, same dtype
     png = bgmask.remove(Path("photo.jpg").read_bytes())     # file bytes in, PNG bytes out
+    masks = bgmask.remove(frames, mask_only=True)            # a list of frames in, a list out (one sequence)
 
 It goes through the same daemon as the CLI and the plugins (started on first use if none is running)."""
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import io
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -39,11 +40,11 @@ def _default_client() -> Any:
         return _shared
 
 
-def remove(image: ImageLike, *, mask_only: bool = False, model: Optional[str] = None, bg: Optional[str] = None,
+def remove(image: Union[ImageLike, Sequence[ImageLike]], *, mask_only: bool = False, model: Optional[str] = None, bg: Optional[str] = None,
            depth: Optional[int] = None, refine: bool = True, hardness: Optional[float] = None,
            shift_edge: Optional[float] = None, feather: Optional[float] = None, fill_holes: Optional[float] = None,
            remove_specks: Optional[float] = None, decontaminate: bool = False, quality: Optional[str] = None,
-           client: Any = None) -> Result:
+           temporal: bool = True, client: Any = None) -> Union[Result, list[Result]]:
     """The cut-out (original samples, the mask as straight alpha; flattened onto `bg` if given) or, with
     `mask_only`, the soft mask of `image`, in the kind given:
 
@@ -52,6 +53,9 @@ def remove(image: ImageLike, *, mask_only: bool = False, model: Optional[str] = 
       ((H, W, 3) with `bg`) or (H, W) mask; float results are in [0, 1] with 16-bit steps
     - bytes of an image file -> PNG bytes (16-bit files stay 16-bit)
     - a path (str or Path) -> PIL image, as for a PIL image
+    - a list of frames (of one size and layout) -> a list of results: one sequence through the daemon, whose
+      masks stay consistent from frame to frame where the picture did not change (`temporal`; False gives
+      each frame its own mask)
 
     The options are the protocol's (docs/protocol.md); `client` is a `bgmask.Client` to use instead of the
     shared one. Every failure raises `bgmask.BgmaskError` with `.code` (the daemon's error code) and `.message`."""
@@ -67,17 +71,28 @@ def remove(image: ImageLike, *, mask_only: bool = False, model: Optional[str] = 
     try:
         if bg is not None:
             settings.bg = cutouts.parse_colour(bg)
+        if isinstance(image, (list, tuple)):
+            if not image:
+                raise _ServerError("bad_image", "bgmask.remove got an empty list of frames")
+            frames = [_load(frame) for frame in image]
+            loaded, kind = frames[0]
+            results = removal.remove_frames(client or _default_client(), [f for f, _ in frames], settings,
+                                            _depth(loaded, kind, settings), temporal=temporal)
+            return [_as_kind(result, k, f.pixels.dtype) for result, (f, k) in zip(results, frames)]
         loaded, kind = _load(image)
-        if kind == "array":
-            out_depth = 8 if loaded.pixels.dtype == np.uint8 else 16
-        elif kind == "bytes":
-            out_depth = removal.result_depth(loaded, settings)
-        else:
-            out_depth = 16 if (mask_only and depth == 16) else 8
-        result = removal.remove(client or _default_client(), loaded, settings, out_depth)
+        result = removal.remove(client or _default_client(), loaded, settings, _depth(loaded, kind, settings))
     except _ServerError as exc:
         raise error(exc.code, exc.message) from None
     return _as_kind(result, kind, loaded.pixels.dtype)
+
+
+def _depth(loaded: images.LoadedImage, kind: str, settings: removal.Settings) -> int:
+    """The result's bits per sample: an array's own, a file's (or --depth), 8 for PIL (16 for a 16-bit mask)."""
+    if kind == "array":
+        return 8 if loaded.pixels.dtype == np.uint8 else 16
+    if kind == "bytes":
+        return removal.result_depth(loaded, settings)
+    return 16 if (settings.mask_only and settings.depth == 16) else 8
 
 
 def _load(image: ImageLike) -> tuple[images.LoadedImage, str]:

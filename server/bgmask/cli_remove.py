@@ -182,14 +182,19 @@ class Downloads:
 
 
 def run_job(client: Any, job: outputs.Job, settings: "Settings", overwrite: bool, stop: Interruption,
-            on_progress: "ProgressFn") -> bool:
-    """One input to its result file (or standard output); False when an existing result was kept."""
-    from bgmask import image_files, images, removal
+            on_progress: "ProgressFn", temporal: bool = True) -> bool:
+    """One input to its result file (or standard output); False when an existing result was kept. An animated
+    GIF, WebP or PNG gives an animation (cli_frames)."""
+    from bgmask import animations, cli_frames, image_files, images, removal
 
     stdin = job.source == outputs.STDIO
-    img = images.load(sys.stdin.buffer.read() if stdin else Path(job.source))
+    source = sys.stdin.buffer.read() if stdin else Path(job.source)
+    img = images.load(source)
+    anim = animations.load(source) if img.animated else None
+    if anim is not None:
+        return cli_frames.run_animation(client, job, anim, settings, overwrite, stop, temporal)
     if img.animated:
-        print(f"bgmask: {job.source}: animated; only the first frame is used (frames are not supported yet)",
+        print(f"bgmask: {job.source}: several frames in a format bgmask does not animate; only the first is used",
               file=sys.stderr)
     fmt = result_format(job.dest, settings)
     depth = removal.result_depth(img, settings, fmt in image_files.SIXTEEN_BIT)
@@ -207,7 +212,32 @@ def run_job(client: Any, job: outputs.Job, settings: "Settings", overwrite: bool
     return outputs.write_atomically(Path(job.dest), lambda stream: image_files.write(stream, fmt, result), overwrite)
 
 
+def cmd_frames(args: argparse.Namespace) -> int:
+    """`bgmask remove --frames FOLDER`: one folder of numbered frames as one sequence (cli_frames)."""
+    from bgmask import cli_frames
+
+    client_module = load_client()
+    try:
+        settings = settings_from(args)
+    except BgmaskError as exc:
+        print(f"bgmask: {exc.message}", file=sys.stderr)
+        return 2
+    with Interruption() as stop:
+        try:
+            return cli_frames.cmd_frames(args, settings, lambda: connect(args.timeout, sys.stderr), stop)
+        except KeyboardInterrupt:
+            stop.requested = True
+        except (BgmaskError, client_module.BgmaskError) as exc:
+            if not (exc.code == "cancelled" and stop.requested):
+                print(f"bgmask: {exc.message}", file=sys.stderr)
+                return 1
+    print("no frames written (interrupted)", file=sys.stderr)
+    return INTERRUPTED_EXIT
+
+
 def cmd_remove(args: argparse.Namespace) -> int:
+    if args.frames:
+        return cmd_frames(args)
     client_module = load_client()
     try:
         settings = settings_from(args)
@@ -248,7 +278,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
                     skipped += 1
                     continue
                 try:
-                    if run_job(client, job, settings, args.overwrite, stop, downloads):
+                    if run_job(client, job, settings, args.overwrite, stop, downloads, not args.no_temporal):
                         done += 1
                         if not many and not to_stdout:
                             print(f"{job.source} -> {job.dest}", file=report)
@@ -294,10 +324,18 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                     "existing results are kept unless --overwrite, and a result appears only when complete.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="output formats follow -o's extension: .png, .tif (both 8 or 16 bits), .webp, .jpg (with --bg);\n"
-               "'-' reads standard input / writes a PNG to standard output.")
+               "'-' reads standard input / writes a PNG to standard output.\n"
+               "animated GIF, WebP and PNG (APNG) give an animation of the same format (or -o's .webp/.png):\n"
+               "alpha on every frame, durations and loop count kept (GIF: on/off transparency at 50 %).")
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders; - for standard input")
     p.add_argument("-o", "--output", metavar="OUT",
                    help="output file (one input), folder (several; created), or - for standard output")
     p.add_argument("-r", "--recursive", action="store_true", help="include sub-folders, mirrored in the -o folder")
+    p.add_argument("--frames", action="store_true",
+                   help="IN is one folder of numbered frames: one sequence, results under the same names (.png) in "
+                        "-o (default IN-cutout or IN-mask beside it)")
+    p.add_argument("--no-temporal", action="store_true",
+                   help="frames of animations and --frames each get their own mask (default: consistent from frame "
+                        "to frame, no flicker)")
     add_mask_arguments(p)
     p.set_defaults(func=cmd_remove)

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import zmq
 
-from bgmask import PROTOCOL_VERSION, __version__, pipeline, protocol, providers, runtime, sessions
+from bgmask import PROTOCOL_VERSION, __version__, pipeline, protocol, providers, runtime, sequences, sessions
 from bgmask import errors as E
 from bgmask.catalog import Catalog
 from bgmask.errors import BgmaskError
@@ -31,7 +31,7 @@ from bgmask.protocol import ImageSpec, RemoveOptions
 
 log = logging.getLogger("bgmask.daemon")
 
-CAPABILITIES = ["remove", "cancel", "progress", "region", "refine", "decontaminate", "quality"]
+CAPABILITIES = ["remove", "cancel", "progress", "region", "refine", "decontaminate", "quality", "sequence"]
 EXIT_ALREADY_RUNNING = 3
 EXIT_BAD_CONFIG = 2
 GiB = 1024**3
@@ -83,6 +83,8 @@ class Job:
     stage: str = "queued"
     fraction: Optional[float] = None
     last_sent: float = 0.0
+    sequence: Optional[sequences.Sequence] = None  # the frame sequence this remove belongs to, if any
+    index: int = 0  # the frame's index in it
 
     @property
     def key(self) -> tuple[bytes, Any]:
@@ -253,6 +255,7 @@ class Daemon:
         self._workers: list[threading.Thread] = []
         self._local = threading.local()
         self.refusals = Refusals(config.refusal_summary_s)
+        self.sequences = sequences.SequenceTable()
 
     # ----------------------------------------------------------------- lifecycle
     def serve(self) -> int:
@@ -406,6 +409,7 @@ class Daemon:
                 next_tick = now + self.config.heartbeat_s / 2
                 self._heartbeat(router, now)
                 self.pool.drop_idle()
+                self.sequences.drop_idle(now)
                 self._release_when_idle(now)
                 self.refusals.summarise(now)
             if self._stopping.is_set() and not shutting_down:
@@ -496,7 +500,7 @@ class Daemon:
             rid, version=__version__, protocol=PROTOCOL_VERSION, endpoint=self.endpoint, pid=os.getpid(),
             uptime=round(time.time() - self.started, 3), provider=self.choice.provider, device=self.choice.device,
             threads=self.choice.threads, queue=queued, running=running, rss=rss_bytes(), default_model=self.default_model,
-            requested_device=self.choice.requested, device_note=self.choice.note,
+            requested_device=self.choice.requested, device_note=self.choice.note, sequences=len(self.sequences),
             models=[self._model_status(s.name, self.pool.state(s), on) for s in catalog.entries()],
         ))
 
@@ -524,8 +528,16 @@ class Daemon:
         frame = protocol.check_pixel_frames(spec, data)
         options = protocol.parse_options(header.get("options"), spec)
         out_type = protocol.parse_output(header.get("output"))
+        sequence = sequences.parse_sequence(header.get("sequence"))
         Catalog.load().get(model)
-        self._enqueue(router, Job(ident, rid, "remove", model, spec, frame, options, out_type))
+        job = Job(ident, rid, "remove", model, spec, frame, options, out_type)
+        if sequence is not None:  # admitted last: a frame refused for anything else leaves its sequence as it was
+            job.sequence, job.index = self.sequences.admit(ident, sequence), sequence.index
+        try:
+            self._enqueue(router, job)
+        except BgmaskError:
+            self._sequence_done(job, ok=False)
+            raise
 
     def _check_request_memory(self, spec: ImageSpec) -> None:
         """Refuse a remove whose working memory (about REQUEST_BYTES_PER_PIXEL a pixel besides its pixels: the
@@ -554,6 +566,8 @@ class Daemon:
             if queued:
                 self._queue.remove(job)
                 del self._jobs[job.key]
+        if queued:
+            self._sequence_done(job, ok=False)
         self._send(router, ident, protocol.reply(rid, cancelled=found))
         if queued:
             self._send(router, ident, protocol.error(job.rid, E.CANCELLED, "The request was cancelled before it started."))
@@ -601,6 +615,7 @@ class Daemon:
                 job.cancel_requested.set()
                 del self._jobs[job.key]
         for job in dropped:
+            self._sequence_done(job, ok=False)
             self._send(router, job.ident, protocol.error(job.rid, E.CANCELLED, "The daemon is shutting down; the request was not started."))
 
     # ----------------------------------------------------------------- workers
@@ -642,9 +657,10 @@ class Daemon:
                                         size=found.size, source=found.source)
             else:
                 assert job.spec is not None and job.frame is not None
+                blend = self._blender(job)
                 session = self.pool.get(job.model, progress, job.cancel_requested.is_set)
                 result = pipeline.compute_mask(session, job.frame.buffer, job.spec, job.options, job.out_sample_type,
-                                               progress, job.cancel_requested.is_set)
+                                               progress, job.cancel_requested.is_set, blend)
                 if job.cancel_requested.is_set():
                     raise BgmaskError(E.CANCELLED, "The request was cancelled.")
                 header = protocol.reply(
@@ -660,12 +676,28 @@ class Daemon:
         except Exception:
             log.exception("internal error in %s", job.op)
             header = protocol.error(job.rid, E.INTERNAL, "The daemon hit an internal error while processing this request.")
+        self._sequence_done(job, ok=header["type"] == "reply")
         with self._cv:
             self._jobs.pop(job.key, None)
         job.frame = None
         push.send_multipart([job.ident, protocol.pack(header), *frames], copy=False)
         self._last_done = time.monotonic()
         self._holding_memory = True
+
+    def _blender(self, job: Job) -> Optional[sequences.FrameBlend]:
+        """The temporal steps of a frame of a sequence (None for a lone image, or with temporal off); raises
+        `cancelled` right away when an earlier frame already ended the sequence."""
+        if job.sequence is None:
+            return None
+        self.sequences.check(job.sequence)
+        if not job.sequence.temporal:
+            return None
+        return self.sequences.frame(job.sequence, job.index, job.model, job.cancel_requested.is_set)
+
+    def _sequence_done(self, job: Job, ok: bool) -> None:
+        if job.sequence is not None:
+            self.sequences.finish(job.sequence, job.index, ok)
+            job.sequence = None
 
     def _release_when_idle(self, now: float) -> None:
         """Once no request has run for release_memory_after_s, give back what only a running request needs

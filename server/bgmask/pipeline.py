@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 from PIL import Image
@@ -20,6 +20,17 @@ from bgmask.sessions import MattingSession
 
 ProgressFn = Callable[[str, Optional[float]], None]
 CancelFn = Callable[[], bool]
+
+
+class Blend(Protocol):
+    """The temporal steps of a frame of a sequence (sequences.FrameBlend)."""
+
+    def prediction(self, image: np.ndarray, pred: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """What the model saw (3, h, w) and its prediction (h, w) -> the prediction to refine."""
+
+    def mask(self, alpha: np.ndarray) -> np.ndarray:
+        """The refined full-resolution mask of the model's box (float32, may be changed in place) -> the one
+        the options and encoding take."""
 
 
 @dataclass
@@ -119,8 +130,9 @@ def compute_mask(
     out_sample_type: str,
     progress: ProgressFn,
     cancel: CancelFn,
+    blend: Optional[Blend] = None,
 ) -> MaskResult:
-    """Run one remove request on a warm session."""
+    """Run one remove request on a warm session (`blend`: the temporal steps of a frame of a sequence)."""
 
     def checkpoint(stage: str, fraction: Optional[float] = None) -> None:
         if cancel():
@@ -138,10 +150,12 @@ def compute_mask(
     clock.lap("preprocess")
     pred = predict(session, tensors)
     clock.lap("inference")
+    if blend is not None:
+        pred = blend.prediction(small, pred, box)
     checkpoint("refining", 0.0)
     writer = pixels.MaskWriter(data, spec, out_sample_type, box, options.region)
     # Without matte options or decontamination the mask is encoded strip by strip as it is finished.
-    whole = any(options.matte_ops().values()) or options.decontaminate
+    whole = any(options.matte_ops().values()) or options.decontaminate or blend is not None
     sink, encoding = (None, refine.PLAIN) if whole else (writer.put, writer.encoding)
     if options.refine:
         guide = pixels.guide_image(box_data, box_spec)
@@ -149,6 +163,8 @@ def compute_mask(
         alpha = refine.refine(pred, guide, guide_small=guide_small, cancel=cancel, sink=sink, encoding=encoding)
     else:
         alpha = refine.upsample(pred, box_spec.width, box_spec.height, sink=sink, encoding=encoding)
+    if alpha is not None and blend is not None:
+        alpha = blend.mask(alpha)
     if alpha is not None:  # the matte options work on the whole mask, and so does decontamination
         alpha = matte_ops.apply_options(alpha, **options.matte_ops(), cancel=cancel)
         writer.put_all(alpha)  # also zeroes the transparent pixels in `alpha`, as the colours need

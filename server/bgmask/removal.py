@@ -9,6 +9,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from bgmask import cutouts
+from bgmask import errors as E
+from bgmask.errors import BgmaskError
 from bgmask.images import LoadedImage
 
 ProgressFn = Callable[[str, Optional[float]], None]
@@ -39,6 +41,28 @@ def remove(client: Any, img: LoadedImage, settings: Settings, depth: int, on_pro
     reply = client.remove_full(img.protocol_bytes(), img.width, img.height, img.channels, img.sample_type,
                                model=settings.model, options=settings.options,
                                out_sample_type="u16" if depth == 16 else "u8", on_progress=on_progress, cancel=cancel)
+    return _result(reply, img, settings, depth)
+
+
+def remove_frames(client: Any, frames: list[LoadedImage], settings: Settings, depth: int,
+                  on_progress: Optional[Callable[[int, str, Optional[float]], None]] = None,
+                  cancel: Optional[Callable[[], bool]] = None, temporal: bool = True) -> list[np.ndarray]:
+    """The masks or cut-outs of an animation's frames (all of one size and layout), as one sequence: frames are
+    pipelined through the daemon and, with `temporal`, their masks do not flicker (docs/protocol.md)."""
+    first = frames[0]
+    for k, img in enumerate(frames):
+        if (img.width, img.height, img.channels, img.sample_type) != (first.width, first.height, first.channels, first.sample_type):
+            raise BgmaskError(E.BAD_IMAGE, f"frame {k} is {img.width}x{img.height} with {img.channels} channels "
+                                           f"({img.sample_type}), frame 0 {first.width}x{first.height} with "
+                                           f"{first.channels} ({first.sample_type}): the frames of a sequence must match")
+    replies = client.remove_frames((img.protocol_bytes() for img in frames), first.width, first.height,
+                                   first.channels, first.sample_type, model=settings.model, options=settings.options,
+                                   out_sample_type="u16" if depth == 16 else "u8", temporal=temporal,
+                                   on_progress=on_progress, cancel=cancel)
+    return [_result(reply, img, settings, depth) for reply, img in zip(replies, frames)]
+
+
+def _result(reply: Any, img: LoadedImage, settings: Settings, depth: int) -> np.ndarray:
     mask = cutouts.mask_array(reply.mask, img.width, img.height, depth)
     if settings.mask_only:
         return mask
