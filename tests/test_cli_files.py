@@ -230,15 +230,6 @@ def test_formats_follow_the_extension(daemon: RunningDaemon, tmp_path: Path) -> 
     assert np.array_equal(flat_png, expected)
 
 
-def test_an_animated_gif_says_only_its_first_frame_is_used(daemon: RunningDaemon, tmp_path: Path) -> None:
-    frames = [Image.open(EXAMPLES / n).convert("RGB").resize((200, 200)) for n in ("chelsea.jpg", "coffee.jpg")]
-    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
-    r = bgmask(daemon, "remove", str(tmp_path / "anim.gif"))
-    assert r.returncode == 0, err(r)
-    assert "anim.gif: animated; only the first frame is used" in err(r)
-    assert Image.open(tmp_path / "anim-cutout.png").size == (200, 200)
-
-
 # -- every mask option --------------------------------------------------------------------------------------
 
 def test_mask_options_reach_the_daemon(daemon: RunningDaemon, tmp_path: Path) -> None:
