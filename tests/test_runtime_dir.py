@@ -198,3 +198,19 @@ def test_an_own_config_dir_left_group_writable_by_a_umask_is_tightened_not_refus
     with pytest.raises(Exception) as err:
         runtime.write_private_json(paths.runtime_file(), {"pid": 1})
     assert getattr(err.value, "code", None) == "unsafe_runtime_dir" and str(runtime_dir) in str(err.value)
+
+
+def test_a_sandbox_copy_that_cannot_be_written_is_skipped_and_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from bgmask import paths, runtime
+
+    monkeypatch.setenv("BGMASK_RUNTIME_DIR", str(tmp_path / "run"))
+    copy_dir = tmp_path / "xdg" / "app" / "org.gimp.GIMP" / "bgmask"
+    copy_dir.parent.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    copy_dir.symlink_to(tmp_path / "elsewhere")  # refused by private_dir with unsafe_runtime_dir
+    monkeypatch.setattr(runtime, "sandbox_runtime_files", lambda: [copy_dir / "daemon.json"])
+    runtime.publish_runtime({"pid": os.getpid(), "endpoint": "tcp://127.0.0.1:1", "token": "t"})
+    assert json.loads(paths.runtime_file().read_text())["pid"] == os.getpid()
+    assert not (copy_dir / "daemon.json").exists()
+    assert str(copy_dir / "daemon.json") in caplog.text and "symbolic link" in caplog.text
