@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import zmq
 
-from bgmask import PROTOCOL_VERSION, __version__, pipeline, protocol, providers, runtime, sessions
+from bgmask import PROTOCOL_VERSION, __version__, paths, pipeline, protocol, providers, runtime, sessions
 from bgmask import errors as E
 from bgmask.catalog import Catalog
 from bgmask.errors import BgmaskError
@@ -264,6 +264,10 @@ class Daemon:
             return EXIT_ALREADY_RUNNING
         router = out = zap = monitor = None
         try:
+            try:  # before daemon.json: an unsafe config dir (unsafe_runtime_dir) stops us unpublished
+                runtime.record_daemon_command()
+            except OSError as exc:  # a read-only home: serve anyway, clients just cannot auto-start us
+                log.warning("could not record the start command in %s: %s", paths.config_file(), exc.strerror or exc)
             zap = self._bind_zap()
             router, out = self._bind()
             monitor = router.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -272,7 +276,6 @@ class Daemon:
                 "endpoint": self.endpoint, "token": self.token, "pid": os.getpid(),
                 "protocol": PROTOCOL_VERSION, "version": __version__, "started": self.started,
             })
-            runtime.record_daemon_command()
             self._install_signal_handlers()
             for n in range(max(1, self.config.workers)):
                 t = threading.Thread(target=self._worker, name=f"bgmask-worker-{n}", daemon=True)

@@ -154,8 +154,7 @@ def record_daemon_command() -> None:
     if config.get("daemon_command") == daemon_command():
         return
     config["daemon_command"] = daemon_command()
-    paths.config_dir().mkdir(parents=True, exist_ok=True)
-    write_private_json(path, config)
+    write_private_json(path, config)  # creates the config dir, or refuses an unsafe one (unsafe_runtime_dir)
 
 
 LOG_MAX_BYTES = 1024**2  # the runtime dir is often a small RAM-backed tmpfs: at most 2 MiB of log there
