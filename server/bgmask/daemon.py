@@ -334,7 +334,9 @@ class Daemon:
         if not is_loopback(host):
             if not self.config.allow_remote:
                 raise BgmaskError(E.BAD_REQUEST, f"Refusing to listen on {host}: only loopback is allowed without --allow-remote.")
-            log.warning("listening on %s: any machine that can reach it and knows the token can use this daemon", host)
+            log.warning("listening on %s: any machine that can reach it and knows the token can use this daemon, and"
+                        " nothing is encrypted: anyone who can see this network's traffic can read the token and the"
+                        " images (use a network you trust, or an SSH tunnel)", host)
         router = self.ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         router.setsockopt(zmq.LINGER, 1000)
