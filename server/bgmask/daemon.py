@@ -38,7 +38,6 @@ GiB = 1024**3
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks who may complete a handshake (RFC 27)
 ZAP_DOMAIN = b"bgmask"
 REQUEST_BYTES_PER_PIXEL = 60  # a remove's peak working memory per pixel, as the security review measured it
-FREE_HEAP_LIMIT = 64 * 1024**2  # free C heap an idle daemon gives back at once (keep_freed_blocks keeps the rest)
 
 
 @dataclass
@@ -170,21 +169,6 @@ def return_free_heap() -> None:
         pass
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-def free_heap_bytes() -> int:
-    """Bytes the C heap holds free (glibc's mallinfo2().fordblks; 0 where there is no such call)."""
-    try:
-        mallinfo2 = _libc().mallinfo2
-    except (OSError, AttributeError):
-        return 0
-    mallinfo2.restype = _MallInfo2
-    return int(mallinfo2().fordblks)
-
-
 def rss_bytes() -> Optional[int]:
     """Current resident memory of this process (Linux /proc; peak RSS elsewhere)."""
     try:
@@ -247,7 +231,7 @@ class Daemon:
         self._jobs: dict[tuple[bytes, Any], Job] = {}
         self._queue: deque[Job] = deque()
         self._last_done = 0.0  # when the last request finished (monotonic)
-        self._holding_memory = False  # a request ran since memory was last given back
+        self._holding_memory = False  # a request ran or a connection closed since memory was last given back
         self._cv = threading.Condition()
         self._stopping = threading.Event()
         self._workers: list[threading.Thread] = []
@@ -270,7 +254,7 @@ class Daemon:
                 log.warning("could not record the start command in %s: %s", paths.config_file(), exc.strerror or exc)
             zap = self._bind_zap()
             router, out = self._bind()
-            monitor = router.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            monitor = router.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_DISCONNECTED
                                                 | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
             runtime.publish_runtime({
                 "endpoint": self.endpoint, "token": self.token, "pid": os.getpid(),
@@ -321,10 +305,15 @@ class Daemon:
         zap.send_multipart([b"1.0", request_id, b"200" if ok else b"400", b"OK" if ok else b"wrong token",
                             b"bgmask" if ok else b"", b""])
 
-    def _count_refusal(self, monitor: zmq.Socket) -> None:
-        """One event of the ROUTER's monitor: a handshake that failed is counted, never logged on its own."""
+    def _on_monitor_event(self, monitor: zmq.Socket) -> None:
+        """One event of the ROUTER's monitor: a handshake that failed is counted, never logged on its own; a
+        closed connection may have left the buffer of an upload that ended half-way (or of a refused huge
+        handshake command) free in the C heap, so the next idle period gives memory back (_release_when_idle)."""
         event = struct.unpack("=H", monitor.recv_multipart()[0][:2])[0]
-        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        if event == zmq.EVENT_DISCONNECTED:
+            self._last_done = time.monotonic()
+            self._holding_memory = True
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             self.refusals.add("handshakes without the token")
         else:  # the wrong mechanism (clients of protocol 1 use NULL), garbage, or no handshake in time
             self.refusals.add("connections that failed the handshake or let it time out (protocol-1 clients fail here)")
@@ -392,7 +381,7 @@ class Daemon:
                 for _ in range(256):
                     if not monitor.poll(0):
                         break
-                    self._count_refusal(monitor)
+                    self._on_monitor_event(monitor)
             if out in events:
                 for _ in range(256):
                     try:
@@ -673,13 +662,13 @@ class Daemon:
         self._holding_memory = True
 
     def _release_when_idle(self, now: float) -> None:
-        """Once no request has run for release_memory_after_s, give back what only a running request needs
-        (the model's activations in ONNX Runtime's arena, the pipeline's freed arrays): a warm but idle
-        daemon then holds little more than its loaded models, while requests in quick succession keep it."""
+        """Once no request has run and no connection closed for release_memory_after_s, give back what only a
+        running request needs (the model's activations in ONNX Runtime's arena, the pipeline's freed arrays, an
+        aborted upload's buffer): a warm but idle daemon then holds little more than its loaded models, while
+        requests in quick succession keep it. Once per idle period: a fragmented heap that malloc_trim cannot
+        shrink is not trimmed again until another request finishes or connection closes."""
         if self._active_jobs():
             return
-        if free_heap_bytes() > FREE_HEAP_LIMIT:  # an upload that ended half-way: libzmq freed its buffer
-            return_free_heap()
         if not self._holding_memory or now - self._last_done < self.config.release_memory_after_s:
             return
         self._holding_memory = False
