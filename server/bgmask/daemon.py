@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import zmq
 
@@ -27,6 +27,7 @@ from bgmask import errors as E
 from bgmask.catalog import Catalog
 from bgmask.errors import BgmaskError
 from bgmask.pool import SessionPool
+from bgmask.sessions import MattingSession
 from bgmask.protocol import ImageSpec, RemoveOptions
 
 log = logging.getLogger("bgmask.daemon")
@@ -635,10 +636,7 @@ class Daemon:
                 header = protocol.reply(job.rid, model=job.model, path=str(found.path), sha256=found.sha256,
                                         size=found.size, source=found.source)
             else:
-                assert job.spec is not None and job.frame is not None
-                session = self.pool.get(job.model, progress, job.cancel_requested.is_set)
-                result = pipeline.compute_mask(session, job.frame.buffer, job.spec, job.options, job.out_sample_type,
-                                               progress, job.cancel_requested.is_set)
+                session, result = self._compute_mask(job, progress)
                 if job.cancel_requested.is_set():
                     raise BgmaskError(E.CANCELLED, "The request was cancelled.")
                 header = protocol.reply(
@@ -660,6 +658,26 @@ class Daemon:
         push.send_multipart([job.ident, protocol.pack(header), *frames], copy=False)
         self._last_done = time.monotonic()
         self._holding_memory = True
+
+    def _compute_mask(self, job: Job, progress: Callable[[str, Optional[float]], None],
+                      ) -> tuple[MattingSession, pipeline.MaskResult]:
+        """The session that computed the job's mask, and the result. Under --device auto a GPU that runs out of
+        memory at run time costs speed, not the request: the model moves to a CPU session and the job reruns."""
+        assert job.spec is not None and job.frame is not None
+        spec, frame = job.spec, job.frame
+
+        def run(session: MattingSession) -> pipeline.MaskResult:
+            return pipeline.compute_mask(session, frame.buffer, spec, job.options, job.out_sample_type, progress,
+                                         job.cancel_requested.is_set)
+
+        session = self.pool.get(job.model, progress, job.cancel_requested.is_set)
+        try:
+            return session, run(session)
+        except BgmaskError as exc:
+            if exc.code != E.DEVICE_UNAVAILABLE or self.choice.requested != "auto":
+                raise
+            session = self.pool.fall_back_to_cpu(session, exc.message.rstrip("."))
+            return session, run(session)
 
     def _release_when_idle(self, now: float) -> None:
         """Once no request has run and no connection closed for release_memory_after_s, give back what only a
