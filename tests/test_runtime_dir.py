@@ -267,7 +267,7 @@ def test_serve_publishes_nothing_before_the_config_dir_check_that_stops_it(isola
     assert err.value.code == "unsafe_runtime_dir" and published == []
 
 
-@pytest.mark.parametrize("mode, reason", [(0o700, None), (0o755, "others_read"), (0o775, "others_write")])
+@pytest.mark.parametrize("mode, reason", [(0o700, None), (0o755, "not_0700"), (0o775, "others_write")])
 def test_the_directory_check_gives_a_reason_code_that_tightening_reads(tmp_path: Path, mode: int, reason: str) -> None:
     folder = tmp_path / "d"
     folder.mkdir()

@@ -701,7 +701,7 @@ def _geteuid() -> int:
 
 
 # Why a directory may not hold the token and the daemon's endpoint (a reason code of _dir_problem).
-_SYMLINK, _NOT_DIR, _FOREIGN, _OTHERS_WRITE, _OTHERS_READ = "symlink", "not_dir", "foreign", "others_write", "others_read"
+_SYMLINK, _NOT_DIR, _FOREIGN, _OTHERS_WRITE, _NOT_0700 = "symlink", "not_dir", "foreign", "others_write", "not_0700"
 
 
 def _dir_problem(path: str, follow_links: bool = False) -> Optional[str]:
@@ -719,7 +719,7 @@ def _dir_problem(path: str, follow_links: bool = False) -> Optional[str]:
         return _FOREIGN
     if info.st_mode & 0o022:
         return _OTHERS_WRITE
-    return _OTHERS_READ if info.st_mode & 0o777 != 0o700 else None
+    return _NOT_0700 if info.st_mode & 0o777 != 0o700 else None
 
 
 def _runtime_dir_problem(path: str, missing_ok: bool) -> bool:
@@ -756,7 +756,7 @@ def private_dir(path: str, create: bool = True, tighten: bool = False, follow_li
             except FileExistsError:
                 pass
         why = _dir_problem(path, follow_links)
-        if why == _OTHERS_READ or (why == _OTHERS_WRITE and tighten):
+        if why == _NOT_0700 or (why == _OTHERS_WRITE and tighten):
             os.chmod(path, 0o700)
             why = None
         sentence = None if why is None else _problem_sentence(why, path, follow_links)
