@@ -33,3 +33,20 @@ def test_a_request_over_the_memory_budget_is_too_large_and_says_the_limit(isolat
         client.close()
     finally:
         d.stop()
+
+
+def test_a_negative_request_memory_is_refused_at_start(isolated_dirs: dict) -> None:
+    import subprocess
+    import sys
+
+    from conftest import base_env
+
+    r = subprocess.run([sys.executable, "-m", "bgmask", "serve", "--request-memory", "-1"], env=base_env(isolated_dirs),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--request-memory must be 0" in r.stderr and "got -1.0" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_the_local_runtime_dir_code_is_not_a_wire_code() -> None:
+    assert E.UNSAFE_RUNTIME_DIR not in E.ERROR_CODES  # a reply never carries it (docs/protocol.md, Errors)
+    assert BgmaskError(E.UNSAFE_RUNTIME_DIR, "x").code == E.UNSAFE_RUNTIME_DIR  # still raised locally

@@ -44,3 +44,24 @@ def test_a_damaged_prepared_copy_is_rebuilt_and_gives_the_same_output(u2netp: Pa
     assert np.array_equal(output(dst), expected)
     logs.clear()
     assert modelprep.prepare(u2netp, dst, log=logs.append) == dst and logs == [], "an intact copy is reused"
+
+
+def test_a_copy_stamped_by_the_previous_release_is_kept_and_its_digest_recorded(u2netp: Path, tmp_path: Path) -> None:
+    """Stamps written before digests were recorded have no sha256: upgrading is no 'damaged model' and no rebuild."""
+    import json
+
+    dst = tmp_path / "prepared" / "u2netp.cpu.onnx"
+    assert modelprep.prepare(u2netp, dst) == dst
+    stamp = dst.with_suffix(".json")
+    record = json.loads(stamp.read_text())
+    digest = record.pop("sha256")
+    stamp.write_text(json.dumps(record))  # what the previous release wrote
+    before = dst.stat()
+    logs: list[str] = []
+    verified: list[Path] = []
+    assert modelprep.prepare(u2netp, dst, verify=lambda a, b: verified.append(b) or True, log=logs.append) == dst
+    assert len(logs) == 1 and "older bgmask" in logs[0] and "damaged" not in logs[0], logs
+    assert verified == [] and (dst.stat().st_ino, dst.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert json.loads(stamp.read_text())["sha256"] == digest
+    logs.clear()
+    assert modelprep.prepare(u2netp, dst, log=logs.append) == dst and logs == []

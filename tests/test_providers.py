@@ -151,3 +151,42 @@ def test_a_gpu_memory_limit_that_is_not_positive_is_refused(isolated_dirs: dict)
     r = subprocess.run([sys.executable, "-m", "bgmask", "serve", "--gpu-mem-limit", "0"], env=base_env(isolated_dirs),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--gpu-mem-limit must be a positive number of GiB" in r.stderr
+
+
+class _GpuOutOfMemory:
+    """What onnxruntime-gpu's session.run raises when the card is full mid-request (no GPU here to fill)."""
+
+    def run(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : CUDA failure 2: out of memory ; GPU=0")
+
+
+@pytest.mark.parametrize("requested", ["auto", "gpu"])
+def test_a_gpu_out_of_memory_at_run_time_falls_back_to_the_cpu_only_under_auto(
+        cache_env: dict, requested: str, caplog: pytest.LogCaptureFixture) -> None:
+    import dataclasses
+
+    import zmq
+
+    from bgmask import protocol
+    from bgmask.daemon import Daemon, DaemonConfig, Job
+
+    d = Daemon(DaemonConfig(preload_delay=-1, device="cpu", default_model="u2netp"))
+    try:
+        d.choice = dataclasses.replace(d.choice, requested=requested)  # as if a GPU had started under --device X
+        on_gpu = d.pool.get("u2netp")
+        on_gpu.provider, on_gpu.session = CUDA, _GpuOutOfMemory()
+        image = {"width": 64, "height": 48, "channels": 3, "sample_type": "u8"}
+        spec = protocol.parse_image(image, 10**6, 10**9)
+        jobs = [Job(b"c", n, "remove", "u2netp", spec, zmq.Frame(bytes(64 * 48 * 3))) for n in range(2)]
+        if requested == "gpu":
+            with pytest.raises(BgmaskError) as err:
+                d._compute_mask(jobs[0], lambda *_: None)
+            assert err.value.code == "device_unavailable" and "ran out of memory" in err.value.message
+            return
+        for job in jobs:
+            session, result = d._compute_mask(job, lambda *_: None)
+            assert session.provider == CPU and len(result.mask) == 64 * 48
+        assert d.pool.loaded_providers() == {"u2netp": CPU}
+        assert caplog.text.count("now runs on the CPU") == 1
+    finally:
+        d.ctx.term()

@@ -198,3 +198,81 @@ def test_an_own_config_dir_left_group_writable_by_a_umask_is_tightened_not_refus
     with pytest.raises(Exception) as err:
         runtime.write_private_json(paths.runtime_file(), {"pid": 1})
     assert getattr(err.value, "code", None) == "unsafe_runtime_dir" and str(runtime_dir) in str(err.value)
+
+
+def test_a_sandbox_copy_that_cannot_be_written_is_skipped_and_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from bgmask import paths, runtime
+
+    monkeypatch.setenv("BGMASK_RUNTIME_DIR", str(tmp_path / "run"))
+    copy_dir = tmp_path / "xdg" / "app" / "org.gimp.GIMP" / "bgmask"
+    copy_dir.parent.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    copy_dir.symlink_to(tmp_path / "elsewhere")  # refused by private_dir with unsafe_runtime_dir
+    monkeypatch.setattr(runtime, "sandbox_runtime_files", lambda: [copy_dir / "daemon.json"])
+    runtime.publish_runtime({"pid": os.getpid(), "endpoint": "tcp://127.0.0.1:1", "token": "t"})
+    assert json.loads(paths.runtime_file().read_text())["pid"] == os.getpid()
+    assert not (copy_dir / "daemon.json").exists()
+    assert str(copy_dir / "daemon.json") in caplog.text and "symbolic link" in caplog.text
+
+
+def link_config_dir(dirs: dict, target: Path) -> Path:
+    """Make the config dir a symlink to `target`, as a dotfile manager does."""
+    link = Path(dirs["BGMASK_CONFIG_DIR"])
+    link.rmdir()
+    link.symlink_to(target)
+    return link
+
+
+def test_a_config_dir_linked_by_a_dotfile_manager_is_used(isolated_dirs: dict, tmp_path: Path) -> None:
+    """GNU stow makes ~/.config/bgmask a symlink to the user's own dotfiles folder: the daemon starts and
+    records its start command there; the runtime dir next to it stays strict."""
+    from conftest import start_daemon
+
+    target = tmp_path / "dotfiles" / "bgmask"
+    target.mkdir(parents=True, mode=0o700)
+    link = link_config_dir(isolated_dirs, target)
+    d = start_daemon(dict(isolated_dirs), "--preload-delay", "-1")
+    try:
+        assert json.loads((target / "config.json").read_text())["daemon_command"][-1] == "serve"
+        assert link.is_symlink() and (target.stat().st_mode & 0o777) == 0o700
+    finally:
+        assert d.stop() == 0
+
+
+def test_a_config_link_to_something_unsafe_is_refused_naming_its_variable(isolated_dirs: dict, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    link = link_config_dir(isolated_dirs, tmp_path / "a-file")
+    done = subprocess.run([sys.executable, "-m", "bgmask", "serve", "--preload-delay", "-1"],
+                          env=base_env(isolated_dirs), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert str(link) in done.stderr and "not a directory" in done.stderr and "BGMASK_CONFIG_DIR" in done.stderr
+    assert "BGMASK_RUNTIME_DIR" not in done.stderr
+
+
+def test_serve_publishes_nothing_before_the_config_dir_check_that_stops_it(isolated_dirs: dict, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from bgmask import runtime
+    from bgmask.daemon import Daemon, DaemonConfig
+    from bgmask.errors import BgmaskError
+
+    for key, value in isolated_dirs.items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "a-file").write_text("")
+    link_config_dir(isolated_dirs, tmp_path / "a-file")
+    published: list = []
+    monkeypatch.setattr(runtime, "publish_runtime", published.append)
+    with pytest.raises(BgmaskError) as err:
+        Daemon(DaemonConfig(preload_delay=-1)).serve()
+    assert err.value.code == "unsafe_runtime_dir" and published == []
+
+
+@pytest.mark.parametrize("mode, reason", [(0o700, None), (0o755, "not_0700"), (0o775, "others_write")])
+def test_the_directory_check_gives_a_reason_code_that_tightening_reads(tmp_path: Path, mode: int, reason: str) -> None:
+    folder = tmp_path / "d"
+    folder.mkdir()
+    folder.chmod(mode)
+    assert bc._dir_problem(str(folder)) == reason
+    assert bc.private_dir(str(folder), tighten=True) == str(folder) and (folder.stat().st_mode & 0o777) == 0o700
+    (tmp_path / "link").symlink_to(folder)
+    assert bc._dir_problem(str(tmp_path / "link")) == "symlink" and bc._dir_problem(str(tmp_path / "link"), True) is None

@@ -238,7 +238,7 @@ def test_allow_remote_warns_and_still_wants_the_token(isolated_dirs: dict) -> No
     address = non_loopback_address()
     d = start_daemon(isolated_dirs, "--host", "0.0.0.0", "--allow-remote", *SMALL)
     try:
-        assert re.search(r"WARNING .*0\.0\.0\.0", d.log())
+        assert re.search(r"WARNING .*0\.0\.0\.0.*nothing is encrypted: .* can read the token and the images", d.log())
         port = d.endpoint.rsplit(":", 1)[1]
         c = Conn(f"tcp://{address or '127.0.0.1'}:{port}", token=d.token)
         try:

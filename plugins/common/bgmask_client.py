@@ -444,8 +444,7 @@ class _ZmtpDealer:
         if name == b"ERROR":
             reason = bytes(body[7:7 + body[6]]).decode("utf-8", "replace") if len(body) > 6 else ""
             if reason.startswith("400"):  # the ZAP handler's verdict: wrong password
-                raise BgmaskError(UNAUTHORIZED, "the bgmask daemon at %s refused this client's token in the ZeroMQ"
-                                  " handshake (the daemon was restarted, or the token is not its own)" % self.endpoint)
+                raise _token_refused(self.endpoint)
             raise BgmaskError(PROTOCOL_ERROR, "%s refused the ZeroMQ handshake: %s" % (self.endpoint, reason))
         if name != wanted:
             raise BgmaskError(PROTOCOL_ERROR, "%s did not send a ZMTP %s command" % (self.endpoint, wanted.decode()))
@@ -633,8 +632,7 @@ class _PyzmqDealer:
         elif event == zmq.EVENT_CONNECT_RETRIED and not self._connected:
             raise BgmaskError(NOT_RUNNING, "nothing answers at %s (connection refused)" % self.endpoint)
         elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-            raise BgmaskError(UNAUTHORIZED, "the bgmask daemon at %s refused this client's token in the ZeroMQ"
-                              " handshake (the daemon was restarted, or the token is not its own)" % self.endpoint)
+            raise _token_refused(self.endpoint)
         elif event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
             mismatch = struct.unpack("=I", frames[0][2:6])[0] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
             raise BgmaskError(PROTOCOL_ERROR, _not_a_daemon(self.endpoint, "uses another ZeroMQ handshake than PLAIN"
@@ -669,6 +667,12 @@ class _PyzmqDealer:
         self._sock.close(0)
 
 
+def _token_refused(endpoint: str) -> BgmaskError:
+    """What both transports raise when the daemon's ZAP handler rejects the token (ZMTP ERROR 400)."""
+    return BgmaskError(UNAUTHORIZED, "the bgmask daemon at %s refused this client's token in the ZeroMQ handshake"
+                       " (the daemon was restarted, or the token is not its own)" % endpoint)
+
+
 def _connect(transport: str, endpoint: str, timeout: float, token: str) -> Any:
     return (_PyzmqDealer if transport == "pyzmq" else _ZmtpDealer)(endpoint, timeout, token=token)
 
@@ -696,41 +700,54 @@ def _geteuid() -> int:
     return os.geteuid() if hasattr(os, "geteuid") else os.getuid()
 
 
-def _runtime_dir_problem(path: str, missing_ok: bool, check_mode: bool = True) -> bool:
-    """XDG's rule for a runtime dir: a real directory (no symlink), owned by the user, mode 0700."""
+# Why a directory may not hold the token and the daemon's endpoint (a reason code of _dir_problem).
+_SYMLINK, _NOT_DIR, _FOREIGN, _OTHERS_WRITE, _NOT_0700 = "symlink", "not_dir", "foreign", "others_write", "not_0700"
+
+
+def _dir_problem(path: str, follow_links: bool = False) -> Optional[str]:
+    """None when `path` is a real directory (no symlink unless `follow_links`: then its target is judged), owned by
+    this user, mode 0700; else the reason code. Raises OSError (FileNotFoundError) when it cannot be examined.
+    Windows keeps these folders private through the profile's ACLs: only the symlink and directory checks apply."""
+    info = os.stat(path) if follow_links else os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        return _SYMLINK
+    if not stat.S_ISDIR(info.st_mode):
+        return _NOT_DIR
+    if sys.platform == "win32":
+        return None
+    if info.st_uid != _geteuid():
+        return _FOREIGN
+    if info.st_mode & 0o022:
+        return _OTHERS_WRITE
+    return _NOT_0700 if info.st_mode & 0o777 != 0o700 else None
+
+
+def _runtime_dir_problem(path: str, missing_ok: bool) -> bool:
+    """XDG's rule for a runtime dir ($XDG_RUNTIME_DIR, /run/user/<uid>): _dir_problem finds nothing."""
     try:
-        info = os.lstat(path)
+        return _dir_problem(path) is not None
     except FileNotFoundError:
         return not missing_ok
     except OSError:
         return True
-    return (stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != _geteuid()
-            or (check_mode and info.st_mode & 0o777 != 0o700))
 
 
-def _unsafe_because(path: str) -> Optional[str]:
-    """Why `path` may not hold the token and the daemon's endpoint (None when it may): it must be a real
-    directory (no symlink), owned by this user, and writable by nobody else. Windows keeps these folders
-    private through the profile's ACLs, so only the symlink and directory checks apply there."""
-    info = os.lstat(path)
-    if stat.S_ISLNK(info.st_mode):
-        return "it is a symbolic link"
-    if not stat.S_ISDIR(info.st_mode):
-        return "it is not a directory"
-    if sys.platform != "win32":
-        if info.st_uid != _geteuid():
-            return "it belongs to user id %d, not to you (%d)" % (info.st_uid, _geteuid())
-        if info.st_mode & 0o022:
-            return "others can write to it (mode %03o)" % stat.S_IMODE(info.st_mode)
-    return None
+def _problem_sentence(reason: str, path: str, follow_links: bool) -> str:
+    info = os.stat(path) if follow_links else os.lstat(path)
+    return {_SYMLINK: "it is a symbolic link", _NOT_DIR: "it is not a directory",
+            _FOREIGN: "it belongs to user id %d, not to you (%d)" % (info.st_uid, _geteuid()),
+            _OTHERS_WRITE: "others can write to it (mode %03o)" % stat.S_IMODE(info.st_mode)}[reason]
 
 
-def private_dir(path: str, create: bool = True, tighten: bool = False) -> str:
+def private_dir(path: str, create: bool = True, tighten: bool = False, follow_links: bool = False,
+                variable: Optional[str] = "BGMASK_RUNTIME_DIR") -> str:
     """`path`, checked before anything in it is trusted: created 0700 where missing (when `create`), tightened
     to 0700 when it is ours but readable by others, refused with an `unsafe_runtime_dir` error naming it when
     another user could have planted it or could change what is in it. A missing dir is fine when not `create`.
-    `tighten` also makes our own group-writable dir 0700 instead of refusing it (the config dir, which a umask
-    of 002 creates 0775; never the runtime dir, where a planted daemon.json would be trusted)."""
+    `tighten` also makes our own group-writable dir 0700 instead of refusing it, and `follow_links` judges the
+    target of a symlink instead of refusing it (the config dir, which a umask of 002 creates 0775 and dotfile
+    managers such as GNU stow link; never the runtime dir, where a planted daemon.json would be trusted).
+    `variable` is the environment variable the refusal tells the user to set instead."""
     try:
         if create:
             os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
@@ -738,21 +755,21 @@ def private_dir(path: str, create: bool = True, tighten: bool = False) -> str:
                 os.mkdir(path, 0o700)
             except FileExistsError:
                 pass
-        why = _unsafe_because(path)
-        if why is not None and tighten and why.startswith("others can write"):
-            why = None
-        if why is None and sys.platform != "win32" and stat.S_IMODE(os.lstat(path).st_mode) != 0o700:
+        why = _dir_problem(path, follow_links)
+        if why == _NOT_0700 or (why == _OTHERS_WRITE and tighten):
             os.chmod(path, 0o700)
+            why = None
+        sentence = None if why is None else _problem_sentence(why, path, follow_links)
     except FileNotFoundError:
         if create:
             raise BgmaskError(UNSAFE_RUNTIME_DIR, "cannot create the bgmask directory %s" % path) from None
         return path
     except OSError as exc:
-        why = "it cannot be used (%s)" % (exc.strerror or exc)
-    if why is not None:
+        sentence = "it cannot be used (%s)" % (exc.strerror or exc)
+    if sentence is not None:
+        instead = ", or set %s to a private directory of yours" % variable if variable else ""
         raise BgmaskError(UNSAFE_RUNTIME_DIR, "the bgmask directory %s is not safe to use: %s. Remove it (or make it"
-                          " yours with mode 0700), or set BGMASK_RUNTIME_DIR to a private directory of yours; nothing"
-                          " was sent or written there." % (path, why))
+                          " yours with mode 0700)%s; nothing was sent or written there." % (path, sentence, instead))
     return path
 
 

@@ -40,6 +40,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.gpu_mem_limit > 0:
         print(f"bgmask: --gpu-mem-limit must be a positive number of GiB, got {args.gpu_mem_limit}.", file=sys.stderr)
         return 2
+    if not args.request_memory >= 0:
+        print(f"bgmask: --request-memory must be 0 (half of this machine's memory) or a positive number of GiB, "
+              f"got {args.request_memory}.", file=sys.stderr)
+        return 2
 
     log_file = os.environ.get("BGMASK_LOG_FILE")  # set by a client that auto-starts the daemon
     try:

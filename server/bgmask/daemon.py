@@ -18,15 +18,16 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import zmq
 
-from bgmask import PROTOCOL_VERSION, __version__, pipeline, protocol, providers, runtime, sequences, sessions
+from bgmask import PROTOCOL_VERSION, __version__, paths, pipeline, protocol, providers, runtime, sequences, sessions
 from bgmask import errors as E
 from bgmask.catalog import Catalog
 from bgmask.errors import BgmaskError
 from bgmask.pool import SessionPool
+from bgmask.sessions import MattingSession
 from bgmask.protocol import ImageSpec, RemoveOptions
 
 log = logging.getLogger("bgmask.daemon")
@@ -38,7 +39,6 @@ GiB = 1024**3
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks who may complete a handshake (RFC 27)
 ZAP_DOMAIN = b"bgmask"
 REQUEST_BYTES_PER_PIXEL = 60  # a remove's peak working memory per pixel, as the security review measured it
-FREE_HEAP_LIMIT = 64 * 1024**2  # free C heap an idle daemon gives back at once (keep_freed_blocks keeps the rest)
 
 
 @dataclass
@@ -172,21 +172,6 @@ def return_free_heap() -> None:
         pass
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-def free_heap_bytes() -> int:
-    """Bytes the C heap holds free (glibc's mallinfo2().fordblks; 0 where there is no such call)."""
-    try:
-        mallinfo2 = _libc().mallinfo2
-    except (OSError, AttributeError):
-        return 0
-    mallinfo2.restype = _MallInfo2
-    return int(mallinfo2().fordblks)
-
-
 def rss_bytes() -> Optional[int]:
     """Current resident memory of this process (Linux /proc; peak RSS elsewhere)."""
     try:
@@ -249,7 +234,7 @@ class Daemon:
         self._jobs: dict[tuple[bytes, Any], Job] = {}
         self._queue: deque[Job] = deque()
         self._last_done = 0.0  # when the last request finished (monotonic)
-        self._holding_memory = False  # a request ran since memory was last given back
+        self._holding_memory = False  # a request ran or a connection closed since memory was last given back
         self._cv = threading.Condition()
         self._stopping = threading.Event()
         self._workers: list[threading.Thread] = []
@@ -267,15 +252,18 @@ class Daemon:
             return EXIT_ALREADY_RUNNING
         router = out = zap = monitor = None
         try:
+            try:  # before daemon.json: an unsafe config dir (unsafe_runtime_dir) stops us unpublished
+                runtime.record_daemon_command()
+            except OSError as exc:  # a read-only home: serve anyway, clients just cannot auto-start us
+                log.warning("could not record the start command in %s: %s", paths.config_file(), exc.strerror or exc)
             zap = self._bind_zap()
             router, out = self._bind()
-            monitor = router.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            monitor = router.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_DISCONNECTED
                                                 | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
             runtime.publish_runtime({
                 "endpoint": self.endpoint, "token": self.token, "pid": os.getpid(),
                 "protocol": PROTOCOL_VERSION, "version": __version__, "started": self.started,
             })
-            runtime.record_daemon_command()
             self._install_signal_handlers()
             for n in range(max(1, self.config.workers)):
                 t = threading.Thread(target=self._worker, name=f"bgmask-worker-{n}", daemon=True)
@@ -321,10 +309,15 @@ class Daemon:
         zap.send_multipart([b"1.0", request_id, b"200" if ok else b"400", b"OK" if ok else b"wrong token",
                             b"bgmask" if ok else b"", b""])
 
-    def _count_refusal(self, monitor: zmq.Socket) -> None:
-        """One event of the ROUTER's monitor: a handshake that failed is counted, never logged on its own."""
+    def _on_monitor_event(self, monitor: zmq.Socket) -> None:
+        """One event of the ROUTER's monitor: a handshake that failed is counted, never logged on its own; a
+        closed connection may have left the buffer of an upload that ended half-way (or of a refused huge
+        handshake command) free in the C heap, so the next idle period gives memory back (_release_when_idle)."""
         event = struct.unpack("=H", monitor.recv_multipart()[0][:2])[0]
-        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        if event == zmq.EVENT_DISCONNECTED:
+            self._last_done = time.monotonic()
+            self._holding_memory = True
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             self.refusals.add("handshakes without the token")
         else:  # the wrong mechanism (clients of protocol 1 use NULL), garbage, or no handshake in time
             self.refusals.add("connections that failed the handshake or let it time out (protocol-1 clients fail here)")
@@ -334,7 +327,9 @@ class Daemon:
         if not is_loopback(host):
             if not self.config.allow_remote:
                 raise BgmaskError(E.BAD_REQUEST, f"Refusing to listen on {host}: only loopback is allowed without --allow-remote.")
-            log.warning("listening on %s: any machine that can reach it and knows the token can use this daemon", host)
+            log.warning("listening on %s: any machine that can reach it and knows the token can use this daemon, and"
+                        " nothing is encrypted: anyone who can see this network's traffic can read the token and the"
+                        " images (use a network you trust, or an SSH tunnel)", host)
         router = self.ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         router.setsockopt(zmq.LINGER, 1000)
@@ -390,7 +385,7 @@ class Daemon:
                 for _ in range(256):
                     if not monitor.poll(0):
                         break
-                    self._count_refusal(monitor)
+                    self._on_monitor_event(monitor)
             if out in events:
                 for _ in range(256):
                     try:
@@ -656,11 +651,7 @@ class Daemon:
                 header = protocol.reply(job.rid, model=job.model, path=str(found.path), sha256=found.sha256,
                                         size=found.size, source=found.source)
             else:
-                assert job.spec is not None and job.frame is not None
-                blend = self._blender(job)
-                session = self.pool.get(job.model, progress, job.cancel_requested.is_set)
-                result = pipeline.compute_mask(session, job.frame.buffer, job.spec, job.options, job.out_sample_type,
-                                               progress, job.cancel_requested.is_set, blend)
+                session, result = self._compute_mask(job, progress)
                 if job.cancel_requested.is_set():
                     raise BgmaskError(E.CANCELLED, "The request was cancelled.")
                 header = protocol.reply(
@@ -699,14 +690,35 @@ class Daemon:
             self.sequences.finish(job.sequence, job.index, ok)
             job.sequence = None
 
+    def _compute_mask(self, job: Job, progress: Callable[[str, Optional[float]], None],
+                      ) -> tuple[MattingSession, pipeline.MaskResult]:
+        """The session that computed the job's mask, and the result. Under --device auto a GPU that runs out of
+        memory at run time costs speed, not the request: the model moves to a CPU session and the job reruns."""
+        assert job.spec is not None and job.frame is not None
+        spec, frame = job.spec, job.frame
+        blend = self._blender(job)
+
+        def run(session: MattingSession) -> pipeline.MaskResult:
+            return pipeline.compute_mask(session, frame.buffer, spec, job.options, job.out_sample_type, progress,
+                                         job.cancel_requested.is_set, blend)
+
+        session = self.pool.get(job.model, progress, job.cancel_requested.is_set)
+        try:
+            return session, run(session)
+        except BgmaskError as exc:
+            if exc.code != E.DEVICE_UNAVAILABLE or self.choice.requested != "auto":
+                raise
+            session = self.pool.fall_back_to_cpu(session, exc.message.rstrip("."))
+            return session, run(session)
+
     def _release_when_idle(self, now: float) -> None:
-        """Once no request has run for release_memory_after_s, give back what only a running request needs
-        (the model's activations in ONNX Runtime's arena, the pipeline's freed arrays): a warm but idle
-        daemon then holds little more than its loaded models, while requests in quick succession keep it."""
+        """Once no request has run and no connection closed for release_memory_after_s, give back what only a
+        running request needs (the model's activations in ONNX Runtime's arena, the pipeline's freed arrays, an
+        aborted upload's buffer): a warm but idle daemon then holds little more than its loaded models, while
+        requests in quick succession keep it. Once per idle period: a fragmented heap that malloc_trim cannot
+        shrink is not trimmed again until another request finishes or connection closes."""
         if self._active_jobs():
             return
-        if free_heap_bytes() > FREE_HEAP_LIMIT:  # an upload that ended half-way: libzmq freed its buffer
-            return_free_heap()
         if not self._holding_memory or now - self._last_done < self.config.release_memory_after_s:
             return
         self._holding_memory = False

@@ -20,15 +20,16 @@ UNSAFE_RUNTIME_DIR = "unsafe_runtime_dir"  # local only (daemon start, clients):
 
 ERROR_CODES = frozenset({
     BAD_REQUEST, UNSUPPORTED_VERSION, UNAUTHORIZED, UNKNOWN_OP, UNKNOWN_MODEL, BAD_IMAGE, TOO_LARGE,
-    BUSY, CANCELLED, MODEL_UNAVAILABLE, DEVICE_UNAVAILABLE, INFERENCE_FAILED, SHUTTING_DOWN, INTERNAL, UNSAFE_RUNTIME_DIR,
-})
+    BUSY, CANCELLED, MODEL_UNAVAILABLE, DEVICE_UNAVAILABLE, INFERENCE_FAILED, SHUTTING_DOWN, INTERNAL,
+})  # the codes a reply may carry (docs/protocol.md, Errors)
+LOCAL_CODES = frozenset({UNSAFE_RUNTIME_DIR})  # raised here, never sent on the wire
 
 
 class BgmaskError(Exception):
     """A failure with a stable protocol code and a sentence meant for the user."""
 
     def __init__(self, code: str, message: str) -> None:
-        assert code in ERROR_CODES, code
+        assert code in ERROR_CODES or code in LOCAL_CODES, code
         super().__init__(message)
         self.code = code
         self.message = message

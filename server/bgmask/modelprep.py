@@ -370,23 +370,30 @@ def prepare(src: Path, dst: Path, keep_output: Optional[str] = None,
     rewrite does not apply, cannot be written, or `verify(original, rewritten)` rejects it (remembered, so it
     is not retried at every load). keep_output: the output the caller reads (default the first). The copy's
     SHA-256 is recorded when it is written and checked at every load: a copy changed on disk (a flipped bit
-    gives silently wrong masks) is rebuilt, and the log says why."""
+    gives silently wrong masks) is rebuilt, and the log says why. A stamp without a SHA-256 (written by a bgmask
+    before 2026-12) is not a damaged copy: the copy is kept and its SHA-256 recorded when a fresh rewrite gives
+    the same bytes (one log line), else it is rebuilt with the usual log line."""
     stamp_file = dst.with_suffix(".json")
     want = _stamp(src, keep_output)
     try:
         done = json.loads(stamp_file.read_text())
     except (OSError, ValueError):
         done = {}
+    on_disk: Optional[str] = None
+    older_stamp = False
     if {k: done.get(k) for k in want} == want and (not done.get("prepared") or dst.exists()):
         if not done.get("prepared"):
             return src
         try:
-            if done.get("sha256") == _digest(dst):
-                return dst
+            on_disk = _digest(dst)
         except OSError:
             pass
-        log(f"{dst} does not match the SHA-256 recorded when it was written (changed or damaged on disk);"
-            " rebuilding it from the downloaded model")
+        if on_disk is not None and done.get("sha256") == on_disk:
+            return dst
+        older_stamp = "sha256" not in done  # recorded before digests were: compared with a fresh rewrite below
+        if not older_stamp:
+            log(f"{dst} does not match the SHA-256 recorded when it was written (changed or damaged on disk);"
+                " rebuilding it from the downloaded model")
     tmp = _part(dst)
     prepared = False
     digest: Optional[str] = None
@@ -397,8 +404,13 @@ def prepare(src: Path, dst: Path, keep_output: Optional[str] = None,
         except Unsupported as exc:
             log(f"{src.name} is used as it is ({exc})")
         else:
-            tmp.write_bytes(data)
             digest = hashlib.sha256(data).hexdigest()
+            if older_stamp and digest == on_disk:  # what this bgmask would write: keep it, record its digest
+                del data
+                _write_atomic(stamp_file, json.dumps(dict(want, prepared=True, sha256=digest)).encode())
+                log(f"{dst.name}: recorded the SHA-256 of a copy prepared by an older bgmask")
+                return dst
+            tmp.write_bytes(data)
             del data
             prepared = verify is None or verify(src, tmp)
             log(f"{src.name}: {stats}" + ("" if prepared else "; the rewritten model's output differs, keeping the original"))

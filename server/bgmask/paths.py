@@ -59,10 +59,13 @@ def imported_models_file() -> Path:
 
 def ensure_private_dir(path: Path) -> Path:
     """Create a directory readable only by the user (the runtime dir holds the token), or refuse one that is a
-    symlink, someone else's or (the runtime dir) writable by others (E.UNSAFE_RUNTIME_DIR, naming it): the
-    client's check. Our own group-writable config dir is made 0700 instead."""
+    symlink, someone else's or (the runtime dir) writable by others (E.UNSAFE_RUNTIME_DIR, naming it and the
+    variable to set instead): the client's check. The config dir may be a symlink (GNU stow and other dotfile
+    managers make one): its target is checked instead; our own group-writable config dir is made 0700."""
     client = load_client()
+    runtime, config = path == runtime_dir(), path == config_dir()
+    variable = "BGMASK_RUNTIME_DIR" if runtime else "BGMASK_CONFIG_DIR" if config else None
     try:
-        return Path(client.private_dir(str(path), tighten=path != runtime_dir()))
+        return Path(client.private_dir(str(path), tighten=not runtime, follow_links=config, variable=variable))
     except client.BgmaskError as exc:
         raise BgmaskError(E.UNSAFE_RUNTIME_DIR, exc.message[:1].upper() + exc.message[1:]) from None

@@ -150,6 +150,21 @@ class SessionPool:
         log.info("model %s loaded on %s", spec.name, session.provider)
         return session
 
+    def fall_back_to_cpu(self, failed: MattingSession, why: str) -> MattingSession:
+        """Under --device auto, a CPU session (on the CPU-ready copy) in place of the GPU session `failed` that ran
+        out of GPU memory at run time: the warning is logged once, as later requests find the CPU session here."""
+        name = failed.spec.name
+        with self._lock:
+            hit = self._sessions.get(name)
+            if hit is not None and hit[0] is not failed:  # another worker has already replaced it
+                return hit[0]
+        log.warning("%s; model %s now runs on the CPU (--device auto)", why, name)
+        session = self._open_cpu(failed.spec, failed.path, self.choice.on_cpu(why))
+        with self._lock:
+            if name in self._sessions:
+                self._sessions[name] = (session, self._sessions[name][1], time.monotonic())
+        return session
+
     def _open_cpu(self, spec: ModelSpec, path: Path, choice: ProviderChoice) -> MattingSession:
         """A CPU session on the CPU-ready copy of the model; a copy that ONNX Runtime cannot load is dropped
         and the original used."""

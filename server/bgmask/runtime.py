@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import logging.handlers
 import os
 import sys
@@ -12,11 +13,14 @@ from typing import Any, Optional
 
 from bgmask import paths
 from bgmask.clientlib import load_client
+from bgmask.errors import BgmaskError
 
 if sys.platform == "win32":
     import msvcrt
 else:
     import fcntl
+
+log = logging.getLogger(__name__)
 
 
 def pid_alive(pid: int) -> bool:
@@ -122,8 +126,9 @@ def publish_runtime(record: dict[str, Any]) -> None:
         try:
             copy.parent.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_private_json(copy, record)
-        except OSError:
-            pass
+        except (OSError, BgmaskError) as exc:
+            log.warning("no copy of the runtime file for the sandboxed editor at %s: %s", copy,
+                        getattr(exc, "message", None) or exc)
 
 
 def withdraw_runtime(pid: int) -> None:
@@ -149,8 +154,7 @@ def record_daemon_command() -> None:
     if config.get("daemon_command") == daemon_command():
         return
     config["daemon_command"] = daemon_command()
-    paths.config_dir().mkdir(parents=True, exist_ok=True)
-    write_private_json(path, config)
+    write_private_json(path, config)  # creates the config dir, or refuses an unsafe one (unsafe_runtime_dir)
 
 
 LOG_MAX_BYTES = 1024**2  # the runtime dir is often a small RAM-backed tmpfs: at most 2 MiB of log there
