@@ -455,4 +455,5 @@ def test_a_config_folder_that_cannot_be_made_is_one_line_not_a_traceback(daemon:
     r = subprocess.run([sys.executable, "-m", "bgmask", command, *args], env=env, capture_output=True, timeout=120)
     assert r.returncode == 1, err(r)
     no_traceback(r)
-    assert err(r).strip().count("\n") == 0 and "bgmask:" in err(r) and "Not a directory" in err(r), err(r)
+    assert err(r).strip().count("\n") == 0 and "bgmask:" in err(r), err(r)
+    assert str(tmp_path / "file" / "bgmask") in err(r) and "BGMASK_CONFIG_DIR" in err(r), "name the folder and the fix"
