@@ -140,6 +140,24 @@ def load_rgb(name: str, size: Optional[tuple[int, int]] = None) -> tuple[bytes, 
     return img.tobytes(), img.width, img.height
 
 
+def vm_kib(pid: int, key: str) -> int:
+    """A /proc/<pid>/status figure in KiB (VmRSS: resident now, VmHWM: peak resident)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> bool:
+    """Poll `condition` until it holds or `timeout` seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Which real GIMP and Krita versions the host-app tests ran in, and how long each launch took."""
     launches = sys.modules.get("hostapps_targets")

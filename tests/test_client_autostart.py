@@ -21,7 +21,7 @@ import platformdirs.windows
 import pytest
 
 import client_suite
-from conftest import RunningDaemon, base_env, start_daemon
+from conftest import RunningDaemon, base_env, start_daemon, wait_until
 
 bc = client_suite.load_client()
 TRANSPORTS = ["builtin", "pyzmq"]
@@ -42,14 +42,6 @@ def pid_alive(pid: int) -> bool:
     except ChildProcessError:
         return True
 
-
-def wait_until(condition: Any, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 # ------------------------------------------------------------------------------------ per-user dirs

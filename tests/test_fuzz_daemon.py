@@ -22,7 +22,7 @@ import zmq
 from hypothesis import HealthCheck, Phase, given, seed as hypothesis_seed, settings
 from hypothesis import strategies as st
 
-from conftest import RunningDaemon, authenticate, start_daemon
+from conftest import RunningDaemon, authenticate, start_daemon, vm_kib
 
 CAP = 16 * 2**20  # the fuzz daemon's --max-message-bytes: lying sizes below it must be caught by the frame check
 MAX_PIXELS = 250_000_000  # the daemon's default --max-pixels
@@ -38,14 +38,6 @@ STAGES = {"queued", "downloading", "loading", "inferring", "refining"}
 DOCUMENTED_OPTIONS = {"refine"}
 MISSING = object()  # a key left out of a generated map
 
-
-def vm_kib(pid: int, key: str) -> int:
-    """A /proc/<pid>/status figure in KiB (VmRSS: resident now, VmHWM: peak resident)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
 
 
 # ----------------------------------------------------------------------------------------------- oracle

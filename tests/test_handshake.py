@@ -19,7 +19,7 @@ import pytest
 import zmq
 
 import client_suite
-from conftest import RunningDaemon, authenticate, start_daemon
+from conftest import RunningDaemon, authenticate, start_daemon, vm_kib, wait_until
 
 bc = client_suite.load_client()
 SMALL = ["--default-model", "u2netp", "--preload-delay", "-1"]
@@ -33,12 +33,6 @@ def own_daemon(isolated_dirs: dict) -> Iterator[RunningDaemon]:
     d.stop()
 
 
-def vm_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
 
 def served(d: RunningDaemon) -> bool:
     """A real request from a token holder, answered with a mask of the right size."""
@@ -48,14 +42,6 @@ def served(d: RunningDaemon) -> bool:
     finally:
         client.close()
 
-
-def wait_for(condition, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
 
 
 def test_strangers_without_the_token_get_no_frame_read(own_daemon: RunningDaemon) -> None:
@@ -155,10 +141,10 @@ def test_an_aborted_upload_is_given_back_without_another_request(own_daemon: Run
         chunk = memoryview(bytes(16 * MiB))
         for _ in range(12):  # 192 of the 300 MiB, then the client dies
             dealer._send_all(chunk)
-        assert wait_for(lambda: vm_kib(d.pid, "VmRSS") - rss > 150 * 1024, 30), "the upload did not arrive"
+        assert wait_until(lambda: vm_kib(d.pid, "VmRSS") - rss > 150 * 1024, 30, interval=0.2), "the upload did not arrive"
     finally:
         dealer.close()
-    assert wait_for(lambda: vm_kib(d.pid, "VmRSS") - rss < 64 * 1024, 15), (
+    assert wait_until(lambda: vm_kib(d.pid, "VmRSS") - rss < 64 * 1024, 15, interval=0.2), (
         "the aborted upload's memory stayed with the idle daemon: %d KiB over" % (vm_kib(d.pid, "VmRSS") - rss))
     assert served(d)
 
@@ -200,7 +186,7 @@ def test_the_queued_jobs_of_a_client_that_disconnected_are_dropped(own_daemon: R
     ctx.term()
     client = bc.Client(endpoint=d.endpoint, token=d.token, timeout=60, autostart=False)
     try:
-        assert wait_for(lambda: client.status()["queue"] == 0, 8), "the dead client's requests are still queued"
+        assert wait_until(lambda: client.status()["queue"] == 0, 8, interval=0.2), "the dead client's requests are still queued"
     finally:
         client.close()
     assert re.findall(r"dropped (\d) request\(s\) of a client that disconnected", d.log()) in (["5"], ["6"]), \

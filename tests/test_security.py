@@ -26,7 +26,7 @@ import pytest
 import zmq
 
 from bgmask import daemon as daemon_module, protocol
-from conftest import RunningDaemon, authenticate, base_env, start_daemon
+from conftest import RunningDaemon, authenticate, base_env, start_daemon, vm_kib
 
 SMALL = ["--default-model", "u2netp", "--preload-delay", "-1"]
 
@@ -265,7 +265,7 @@ def test_oversized_frames_are_dropped_before_the_token_is_read_and_cost_no_memor
         ok = Conn(d.endpoint, token=d.token)
         try:
             assert ok.call({"op": "hello", "token": d.token})[0]["max_message_bytes"] == 8 << 20
-            peak = _vm_kib(d.pid, "VmHWM")
+            peak = vm_kib(d.pid, "VmHWM")
             for _ in range(3):  # a stranger (no token) sends 64 MiB frames
                 stranger = Conn(d.endpoint, token=d.token)  # a token holder's oversized frame
                 monitor = stranger.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
@@ -277,19 +277,13 @@ def test_oversized_frames_are_dropped_before_the_token_is_read_and_cost_no_memor
                     stranger.sock.disable_monitor()
                     monitor.close(0)
                     stranger.close()
-            assert _vm_kib(d.pid, "VmHWM") - peak < 32 * 1024  # KiB: none of the 3 x 64 MiB was held
+            assert vm_kib(d.pid, "VmHWM") - peak < 32 * 1024  # KiB: none of the 3 x 64 MiB was held
             assert ok.call({"op": "hello", "token": d.token})[0]["type"] == "reply"
         finally:
             ok.close()
     finally:
         d.stop()
 
-
-def _vm_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
 
 
 # ------------------------------------------------------------------------------------------------ files
