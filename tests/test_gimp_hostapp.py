@@ -170,7 +170,7 @@ def test_environment(gimp: dict[str, Any]) -> None:
     assert [path.rstrip("/") for path in env["select_menu_paths"]] == ["<Image>/Select"]
     assert env["arguments"] == ["run-mode", "image", "drawables", "model", "output", "refine", "existing-mask",
                                 "hardness", "shift-edge", "feather", "fill-holes", "remove-specks", "padding",
-                                "quality"]
+                                "quality", "all-layers", "temporal"]
     assert "mnemonic" not in gimp["log"].lower(), "GIMP warned about clashing or missing mnemonics in the dialog"
     assert "not supported for parameter" not in gimp["log"], "the dialog asked GIMP for a widget it cannot make"
 
@@ -329,6 +329,40 @@ def test_two_layers_each_get_their_mask(gimp: dict[str, Any]) -> None:
         assert_soft_mask(mask["stats"])
     assert result["masks"][1]["offsets"] == [200, 300]
     assert result["undo_restores"] is True
+
+
+def test_all_layers_as_frames_gives_every_layer_its_mask(gimp: dict[str, Any], client: Any) -> None:
+    """A 4-frame pan with only the top layer selected: each of the four layers gets a layer mask of its size
+    with the subject kept, something masked out and soft edges, and it is the daemon's own mask for the four
+    frames as one temporal sequence, bottom layer first; no pixel changed; one Ctrl+Z removes all four."""
+    result = case(gimp, "all_layers")
+    assert result["status"] == "success", result["message"]
+    frames = [dumped(gimp, f"all_layers.{k}.layer", "<u1", (512, 512, 3)) for k in range(4)]
+    assert not np.array_equal(frames[0], frames[1]), "the frames do not pan"
+    sequence = client.remove_frames([f.tobytes() for f in frames], 512, 512, 3, "u8", model="u2netp")
+    for k, (mask, size, offsets) in enumerate(zip(result["masks"], result["sizes"], result["offsets"])):
+        assert mask is not None, f"frame {k + 1} got no mask"
+        assert mask["size"] == size == [512, 512] and mask["offsets"] == offsets == [0, 0]
+        assert_soft_mask(mask["stats"])
+        assert dumped(gimp, f"all_layers.{k}.mask", "<u1", (512, 512)).tobytes() == sequence[k].mask, k
+    assert result["pixels_unchanged"] == [True] * 4
+    assert result["undo_restores"] is True
+
+
+def test_all_layers_as_frames_refuses_frames_that_do_not_line_up(gimp: dict[str, Any]) -> None:
+    result = case(gimp, "all_layers_refused")
+    group, size = result["group"], result["size"]
+    assert group["status"] == "execution-error" and group["untouched"], group
+    assert "'group' is a layer group" in group["message"], group["message"]
+    assert size["status"] == "execution-error" and size["untouched"], size
+    assert "'small' is 240x160 at (200, 300)" in size["message"], size["message"]
+    assert "same size and position" in size["message"], size["message"]
+
+
+def test_cancel_during_frames_leaves_every_layer_untouched(gimp: dict[str, Any]) -> None:
+    result = case(gimp, "all_layers_cancel")
+    assert result["status"] == "cancel", f"the frames were not cancelled: {result}"
+    assert result["untouched"] and result["masks"] == [None] * 4
 
 
 def test_dialog_and_last_values(gimp: dict[str, Any]) -> None:
