@@ -109,8 +109,9 @@ def test_quality_is_sent_only_when_chosen() -> None:
 
 def test_mnemonics_do_not_clash() -> None:
     """GIMP warns about every clash; the other arguments and the dialog's buttons have these."""
-    # _Model, Ou_tput, _Edge refinement, mas_k, _Quality; _OK, _Cancel, _Reset, _Help, _Load/_Save Settings
-    taken = ["m", "t", "e", "k", "q", "o", "c", "r", "h", "l", "s"]
+    # _Model, Ou_tput, _Edge refinement, mas_k, _Quality, _All layers as frames, Stead_y masks across frames;
+    # _OK, _Cancel, _Reset, _Help, _Load/_Save Settings
+    taken = ["m", "t", "e", "k", "q", "a", "y", "o", "c", "r", "h", "l", "s"]
     for _, _, label, *_ in logic.NUMBER_ARGUMENTS:
         assert label.count("_") == 1, label
         taken.append(label[label.index("_") + 1].lower())

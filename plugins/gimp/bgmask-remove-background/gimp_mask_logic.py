@@ -65,8 +65,8 @@ DEFAULT_PADDING = 0.15
 
 # The numeric arguments that shape the mask (docs/protocol.md, options): (argument name, type, dialog
 # label, help, lowest, highest, default). The ranges are the protocol's; areas stop at GIMP's largest int.
-# The labels' mnemonics avoid each other, the other arguments' (M, T, E, K) and the dialog buttons' (O, C,
-# R, H, L, S).
+# The labels' mnemonics avoid each other, the other arguments' (M, T, E, K, Q, A, Y) and the dialog buttons'
+# (O, C, R, H, L, S).
 MAX_AREA = 2 ** 31 - 1
 NUMBER_ARGUMENTS = (
     ("hardness", float, "Har_dness", "Steepen the soft edge without cutting it: 0 keeps the model's edge, "
