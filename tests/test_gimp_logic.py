@@ -481,16 +481,18 @@ def panned_frames(count: int, **layer: Any) -> tuple[Image, list]:
     return image, frames
 
 
-def frame_pixels(frames: list, fmt: str = "R'G'B'A u8", box: tuple[int, int, int, int] | None = None) -> list[bytes]:
-    x, y, w, h = box or (0, 0, FRAME_SIZE, FRAME_SIZE)
-    return [f.get_buffer().get(Gegl.Rectangle(x, y, w, h), 1.0, fmt, None) for f in frames]
+def frame_pixels(frames: list) -> list[bytes]:
+    """Each frame's pixels as the plug-in sends them (RGBA u8, the whole layer)."""
+    box = Gegl.Rectangle(0, 0, FRAME_SIZE, FRAME_SIZE)
+    return [f.get_buffer().get(box, 1.0, "R'G'B'A u8", None) for f in frames]
 
 
 def test_all_layers_as_frames_mask_every_layer_as_one_sequence(daemon: RunningDaemon) -> None:
-    """Four layers, one of them selected and one with an old mask: every layer gets the daemon's mask for
-    the frames sent bottom layer first as one temporal sequence; one undo step; the bar counts frames."""
+    """Four layers, one of them selected and one with an old black mask (replaced, the default): every layer
+    gets the daemon's mask for the frames sent bottom layer first as one temporal sequence; one undo step;
+    the bar counts frames."""
     image, frames = panned_frames(4)
-    frames[2].add_mask(frames[2].create_mask(FakeGimp.AddMaskType.WHITE))
+    frames[2].add_mask(frames[2].create_mask(FakeGimp.AddMaskType.BLACK))
     image.changes.clear()
     pixels = [[list(p) for p in f.pixels] for f in frames]
     gimp = FakeGimp()

@@ -402,7 +402,8 @@ def c_all_layers():
     status, message = run(REMOVE, image, [frames[-1]], all_layers=True)
     result = {"status": status, "message": message, "masks": [mask_info(f) for f in frames],
               "sizes": [[f.get_width(), f.get_height()] for f in frames], "offsets": [offsets(f) for f in frames],
-              "pixels_unchanged": [digest(f) == before[4] for f, before in zip(frames, reversed(case.before["layers"]))]}
+              "pixels_unchanged": [digest(f) == before[4]
+                                   for f, before in zip(frames, reversed(case.before["layers"]))]}
     for k, frame in enumerate(frames):
         dump("all_layers.%d.layer" % k, read(frame, "R'G'B' u8"))
         if frame.get_mask() is not None:

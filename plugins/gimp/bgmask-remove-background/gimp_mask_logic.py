@@ -425,8 +425,8 @@ def remove_background(gimp: Any, gegl: Any, image: Any, drawables: Sequence[Any]
         if crop is None:
             raise PluginError(f"The selection does not overlap layer '{layer.get_name()}'. Select part "
                               "of that layer, or Select > None to use all of it.")
-        alpha = layer.has_alpha() if frames_alpha is None else frames_alpha
-        jobs.append(Job(layer, crop, crop_region(rect, selection, crop), pixel_format(base_type, alpha, precision)))
+        fmt = pixel_format(base_type, layer.has_alpha() if frames_alpha is None else frames_alpha, precision)
+        jobs.append(Job(layer, crop, crop_region(rect, selection, crop), fmt))
 
     progress = ProgressFeed(gimp, len(jobs), "frame" if settings.all_layers else "layer")
     try:
