@@ -359,6 +359,16 @@ def test_all_layers_as_frames_refuses_frames_that_do_not_line_up(gimp: dict[str,
     assert "same size and position" in size["message"], size["message"]
 
 
+def test_all_layers_as_frames_from_the_dialog(gimp: dict[str, Any]) -> None:
+    """Ticked in the dialog with the keyboard (Alt+A): all four layers get their mask, one Ctrl+Z undoes it."""
+    result = case(gimp, "frames_dialog")
+    assert result["status"] == "success", result["message"]
+    for mask in result["masks"]:
+        assert mask is not None and mask["size"] == [512, 512], result["masks"]
+        assert_soft_mask(mask["stats"])
+    assert result["undo_restores"] is True
+
+
 def test_cancel_during_frames_leaves_every_layer_untouched(gimp: dict[str, Any]) -> None:
     result = case(gimp, "all_layers_cancel")
     assert result["status"] == "cancel", f"the frames were not cancelled: {result}"

@@ -475,6 +475,23 @@ def c_dialog_then_last_values():
     return {"first": first, "again": select_subject(Gimp.RunMode.WITH_LAST_VALS)}
 
 
+def c_frames_dialog():
+    """'All layers as frames' ticked in the dialog with its mnemonic (Alt+A). It runs after
+    dialog_then_last_values (the cases run in name order), whose Output = Selection and Shift edge = 20 the
+    dialog then shows: Alt+T Up puts Output back to Layer mask, Alt+G Ctrl+A 0 the shift back to 0."""
+    if not GUI:
+        return {"skipped": "needs the GUI"}
+    image, frames = frames_image()
+    case = Case(image)
+    keys = subprocess.Popen(["bash", "-c", DIALOG_KEYS % "alt+t Up alt+g ctrl+a 0 Tab alt+a alt+o"])
+    status, message = run(REMOVE, image, [frames[-1]], run_mode=Gimp.RunMode.INTERACTIVE)
+    keys.wait(timeout=30)
+    result = {"status": status, "message": message, "masks": [mask_info(f) for f in frames]}
+    result["undo_restores"] = case.undo_restores() if status == "success" else None
+    case.close()
+    return result
+
+
 def click_progress_cancel():
     """In 1.5 s, click the Cancel button of the progress bar in the status bar. The button sits 283 px left
     of the window's right edge (the docks beside it have a fixed width), 22 px above the bottom."""
