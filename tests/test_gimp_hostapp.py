@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image as PILImage
 
 from bgmask.clientlib import load_client
 from conftest import EXAMPLES, REPO, RunningDaemon
@@ -55,6 +56,20 @@ def chroot(target: Target) -> Target:
     return target
 
 
+def pan_frames() -> list[PILImage.Image]:
+    """Four 256x256 frames of the astronaut panning 6 px left and 3 px up per frame."""
+    photo = PILImage.open(EXAMPLES / "astronaut.jpg").convert("RGB").resize((280, 280))
+    return [photo.crop((6 * k, 3 * k, 6 * k + 256, 3 * k + 256)) for k in range(4)]
+
+
+def pan_gif(folder: Path) -> Path:
+    """pan_frames() as an animated GIF, for the batch script's gif_frames case (GIMP opens it as 4 layers)."""
+    path = folder / "pan.gif"
+    frames = pan_frames()
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return path
+
+
 def run_gimp(target: Target, out: Path, env: dict[str, str], gui: bool, hide_pyzmq: bool) -> dict[str, Any]:
     """Run the batch script in GIMP and return its report; fails with GIMP's log if it did not finish."""
     env = dict(os.environ, **target.env, **env)
@@ -66,7 +81,7 @@ def run_gimp(target: Target, out: Path, env: dict[str, str], gui: bool, hide_pyz
         env["HOSTAPPS_GIMP_GUI"] = "1"
     if hide_pyzmq:
         env["HOSTAPPS_HIDE_PYZMQ"] = "1"
-    photos = [str(p) for p in sorted(EXAMPLES.glob("*.jpg"))]
+    photos = [str(p) for p in sorted(EXAMPLES.glob("*.jpg"))] + [str(pan_gif(out))]
     start = time.monotonic()
     proc = subprocess.run(["bash", str(HOSTAPPS / "run-gimp-test.sh"), str(PLUGIN), str(BATCH), str(out), *photos],
                           env=env, capture_output=True, text=True, timeout=800)
@@ -347,6 +362,24 @@ def test_all_layers_as_frames_gives_every_layer_its_mask(gimp: dict[str, Any], c
         assert dumped(gimp, f"all_layers.{k}.mask", "<u1", (512, 512)).tobytes() == sequence[k].mask, k
     assert result["pixels_unchanged"] == [True] * 4
     assert result["undo_restores"] is True
+
+
+def test_an_animated_gif_opened_in_gimp_gets_a_mask_on_every_frame(gimp: dict[str, Any], client: Any) -> None:
+    """GIMP opens the GIF's four frames as four layers, the first at the bottom: each gets a mask, which is the
+    daemon's own for the frames in the GIF's order as one temporal sequence."""
+    result = case(gimp, "gif_frames")
+    assert result["status"] == "success", result["message"]
+    assert result["layers"] == 4 and result["sizes"] == [[256, 256]] * 4, result
+    pixels = [dumped(gimp, f"gif_frames.{k}.layer", "<u1", (256, 256, 3)) for k in range(4)]
+    gif = PILImage.open(gimp["out"] / "pan.gif")
+    for k in range(4):  # bottom layer first is the GIF's frame order
+        gif.seek(k)
+        assert np.array_equal(pixels[k], np.asarray(gif.convert("RGB"))), f"layer {k} from the bottom is not frame {k}"
+    sequence = client.remove_frames([p.tobytes() for p in pixels], 256, 256, 3, "u8", model="u2netp")
+    for k, mask in enumerate(result["masks"]):
+        assert mask is not None and mask["size"] == [256, 256], result["masks"]
+        assert_soft_mask(mask["stats"])
+        assert dumped(gimp, f"gif_frames.{k}.mask", "<u1", (256, 256)).tobytes() == sequence[k].mask, k
 
 
 def test_all_layers_as_frames_refuses_frames_that_do_not_line_up(gimp: dict[str, Any]) -> None:
