@@ -374,7 +374,7 @@ def test_an_animated_gif_opened_in_gimp_gets_a_mask_on_every_frame(gimp: dict[st
     gif = PILImage.open(gimp["out"] / "pan.gif")
     for k in range(4):  # bottom layer first is the GIF's frame order
         gif.seek(k)
-        assert np.array_equal(pixels[k], np.asarray(gif.convert("RGB"))), f"layer {k} from the bottom is not frame {k}"
+        assert np.array_equal(pixels[k], np.asarray(gif.convert("RGB"))), f"layer {k} (bottom up) is not frame {k}"
     sequence = client.remove_frames([p.tobytes() for p in pixels], 256, 256, 3, "u8", model="u2netp")
     for k, mask in enumerate(result["masks"]):
         assert mask is not None and mask["size"] == [256, 256], result["masks"]
