@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from bgmask.clientlib import load_client
+from bgmask.client.loader import load_client
 from conftest import EXAMPLES, REPO, RunningDaemon
 from hostapps_targets import GIMPS, TRIXIE, Target, record_launch
 
