@@ -365,8 +365,8 @@ def test_all_layers_as_frames_gives_every_layer_its_mask(gimp: dict[str, Any], c
 
 
 def test_an_animated_gif_opened_in_gimp_gets_a_mask_on_every_frame(gimp: dict[str, Any], client: Any) -> None:
-    """GIMP opens the GIF's four frames as four layers, the first at the bottom: each gets a mask, which is the
-    daemon's own for the frames in the GIF's order as one temporal sequence."""
+    """GIMP opens the GIF's four frames as four layers, the first at the bottom; called with no drawables (as a
+    script may), each layer gets a mask, the daemon's own for the frames in the GIF's order as one sequence."""
     result = case(gimp, "gif_frames")
     assert result["status"] == "success", result["message"]
     assert result["layers"] == 4 and result["sizes"] == [[256, 256]] * 4, result
