@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image as PILImage
 
 from bgmask.client.loader import load_client
 from conftest import EXAMPLES, REPO, RunningDaemon
@@ -55,6 +56,20 @@ def chroot(target: Target) -> Target:
     return target
 
 
+def pan_frames() -> list[PILImage.Image]:
+    """Four 256x256 frames of the astronaut panning 6 px left and 3 px up per frame."""
+    photo = PILImage.open(EXAMPLES / "astronaut.jpg").convert("RGB").resize((280, 280))
+    return [photo.crop((6 * k, 3 * k, 6 * k + 256, 3 * k + 256)) for k in range(4)]
+
+
+def pan_gif(folder: Path) -> Path:
+    """pan_frames() as an animated GIF, for the batch script's gif_frames case (GIMP opens it as 4 layers)."""
+    path = folder / "pan.gif"
+    frames = pan_frames()
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return path
+
+
 def run_gimp(target: Target, out: Path, env: dict[str, str], gui: bool, hide_pyzmq: bool) -> dict[str, Any]:
     """Run the batch script in GIMP and return its report; fails with GIMP's log if it did not finish."""
     env = dict(os.environ, **target.env, **env)
@@ -66,7 +81,7 @@ def run_gimp(target: Target, out: Path, env: dict[str, str], gui: bool, hide_pyz
         env["HOSTAPPS_GIMP_GUI"] = "1"
     if hide_pyzmq:
         env["HOSTAPPS_HIDE_PYZMQ"] = "1"
-    photos = [str(p) for p in sorted(EXAMPLES.glob("*.jpg"))]
+    photos = [str(p) for p in sorted(EXAMPLES.glob("*.jpg"))] + [str(pan_gif(out))]
     start = time.monotonic()
     proc = subprocess.run(["bash", str(HOSTAPPS / "run-gimp-test.sh"), str(PLUGIN), str(BATCH), str(out), *photos],
                           env=env, capture_output=True, text=True, timeout=800)
@@ -170,7 +185,7 @@ def test_environment(gimp: dict[str, Any]) -> None:
     assert [path.rstrip("/") for path in env["select_menu_paths"]] == ["<Image>/Select"]
     assert env["arguments"] == ["run-mode", "image", "drawables", "model", "output", "refine", "existing-mask",
                                 "hardness", "shift-edge", "feather", "fill-holes", "remove-specks", "padding",
-                                "quality"]
+                                "quality", "all-layers", "temporal"]
     assert "mnemonic" not in gimp["log"].lower(), "GIMP warned about clashing or missing mnemonics in the dialog"
     assert "not supported for parameter" not in gimp["log"], "the dialog asked GIMP for a widget it cannot make"
 
@@ -329,6 +344,68 @@ def test_two_layers_each_get_their_mask(gimp: dict[str, Any]) -> None:
         assert_soft_mask(mask["stats"])
     assert result["masks"][1]["offsets"] == [200, 300]
     assert result["undo_restores"] is True
+
+
+def test_all_layers_as_frames_gives_every_layer_its_mask(gimp: dict[str, Any], client: Any) -> None:
+    """A 4-frame pan with only the top layer selected: each of the four layers gets a layer mask of its size
+    with the subject kept, something masked out and soft edges, and it is the daemon's own mask for the four
+    frames as one temporal sequence, bottom layer first; no pixel changed; one Ctrl+Z removes all four."""
+    result = case(gimp, "all_layers")
+    assert result["status"] == "success", result["message"]
+    frames = [dumped(gimp, f"all_layers.{k}.layer", "<u1", (512, 512, 3)) for k in range(4)]
+    assert not np.array_equal(frames[0], frames[1]), "the frames do not pan"
+    sequence = client.remove_frames([f.tobytes() for f in frames], 512, 512, 3, "u8", model="u2netp")
+    for k, (mask, size, offsets) in enumerate(zip(result["masks"], result["sizes"], result["offsets"])):
+        assert mask is not None, f"frame {k + 1} got no mask"
+        assert mask["size"] == size == [512, 512] and mask["offsets"] == offsets == [0, 0]
+        assert_soft_mask(mask["stats"])
+        assert dumped(gimp, f"all_layers.{k}.mask", "<u1", (512, 512)).tobytes() == sequence[k].mask, k
+    assert result["pixels_unchanged"] == [True] * 4
+    assert result["undo_restores"] is True
+
+
+def test_an_animated_gif_opened_in_gimp_gets_a_mask_on_every_frame(gimp: dict[str, Any], client: Any) -> None:
+    """GIMP opens the GIF's four frames as four layers, the first at the bottom; called with no drawables (as a
+    script may), each layer gets a mask, the daemon's own for the frames in the GIF's order as one sequence."""
+    result = case(gimp, "gif_frames")
+    assert result["status"] == "success", result["message"]
+    assert result["layers"] == 4 and result["sizes"] == [[256, 256]] * 4, result
+    pixels = [dumped(gimp, f"gif_frames.{k}.layer", "<u1", (256, 256, 3)) for k in range(4)]
+    gif = PILImage.open(gimp["out"] / "pan.gif")
+    for k in range(4):  # bottom layer first is the GIF's frame order
+        gif.seek(k)
+        assert np.array_equal(pixels[k], np.asarray(gif.convert("RGB"))), f"layer {k} (bottom up) is not frame {k}"
+    sequence = client.remove_frames([p.tobytes() for p in pixels], 256, 256, 3, "u8", model="u2netp")
+    for k, mask in enumerate(result["masks"]):
+        assert mask is not None and mask["size"] == [256, 256], result["masks"]
+        assert_soft_mask(mask["stats"])
+        assert dumped(gimp, f"gif_frames.{k}.mask", "<u1", (256, 256)).tobytes() == sequence[k].mask, k
+
+
+def test_all_layers_as_frames_refuses_frames_that_do_not_line_up(gimp: dict[str, Any]) -> None:
+    result = case(gimp, "all_layers_refused")
+    group, size = result["group"], result["size"]
+    assert group["status"] == "execution-error" and group["untouched"], group
+    assert "'group' is a layer group" in group["message"], group["message"]
+    assert size["status"] == "execution-error" and size["untouched"], size
+    assert "'small' is 240x160 at (200, 300)" in size["message"], size["message"]
+    assert "same size and position" in size["message"], size["message"]
+
+
+def test_all_layers_as_frames_from_the_dialog(gimp: dict[str, Any]) -> None:
+    """Ticked in the dialog with the keyboard (Alt+A): all four layers get their mask, one Ctrl+Z undoes it."""
+    result = case(gimp, "frames_dialog")
+    assert result["status"] == "success", result["message"]
+    for mask in result["masks"]:
+        assert mask is not None and mask["size"] == [512, 512], result["masks"]
+        assert_soft_mask(mask["stats"])
+    assert result["undo_restores"] is True
+
+
+def test_cancel_during_frames_leaves_every_layer_untouched(gimp: dict[str, Any]) -> None:
+    result = case(gimp, "all_layers_cancel")
+    assert result["status"] == "cancel", f"the frames were not cancelled: {result}"
+    assert result["untouched"] and result["masks"] == [None] * 4
 
 
 def test_dialog_and_last_values(gimp: dict[str, Any]) -> None:

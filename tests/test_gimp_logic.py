@@ -109,8 +109,9 @@ def test_quality_is_sent_only_when_chosen() -> None:
 
 def test_mnemonics_do_not_clash() -> None:
     """GIMP warns about every clash; the other arguments and the dialog's buttons have these."""
-    # _Model, Ou_tput, _Edge refinement, mas_k, _Quality; _OK, _Cancel, _Reset, _Help, _Load/_Save Settings
-    taken = ["m", "t", "e", "k", "q", "o", "c", "r", "h", "l", "s"]
+    # _Model, Ou_tput, _Edge refinement, mas_k, _Quality, _All layers as frames, Stead_y masks across frames;
+    # _OK, _Cancel, _Reset, _Help, _Load/_Save Settings
+    taken = ["m", "t", "e", "k", "q", "a", "y", "o", "c", "r", "h", "l", "s"]
     for _, _, label, *_ in logic.NUMBER_ARGUMENTS:
         assert label.count("_") == 1, label
         taken.append(label[label.index("_") + 1].lower())
@@ -459,3 +460,155 @@ def test_too_large_layer_says_what_to_do(isolated_dirs: dict[str, str]) -> None:
         assert not image.changes
     finally:
         small.stop()
+
+
+# -- all layers as frames ------------------------------------------------------------------------------
+
+FRAME_SIZE = 80
+
+
+def panned_frames(count: int, **layer: Any) -> tuple[Image, list]:
+    """An animation as GIMP keeps one: `count` layers, the first frame at the bottom, each the astronaut
+    panned 3 px right and 2 px down from the frame below."""
+    image = Image(FRAME_SIZE, FRAME_SIZE)
+    big = PILImage.open(example("astronaut.jpg")).convert("RGB").resize((FRAME_SIZE + 12, FRAME_SIZE + 12),
+                                                                     PILImage.Resampling.BILINEAR)
+    px = big.load()
+    frames = [image.add_layer(f"frame {k + 1}", FRAME_SIZE, FRAME_SIZE, **layer,
+                              fill=lambda x, y, k=k: [c / 255 for c in px[x + 3 * k, y + 2 * k]] + [1.0])
+              for k in range(count)]
+    assert image.get_layers()[-1] is frames[0]
+    return image, frames
+
+
+def frame_pixels(frames: list) -> list[bytes]:
+    """Each frame's pixels as the plug-in sends them (RGBA u8, the whole layer)."""
+    box = Gegl.Rectangle(0, 0, FRAME_SIZE, FRAME_SIZE)
+    return [f.get_buffer().get(box, 1.0, "R'G'B'A u8", None) for f in frames]
+
+
+def test_all_layers_as_frames_mask_every_layer_as_one_sequence(daemon: RunningDaemon) -> None:
+    """Four layers, one of them selected and one with an old black mask (replaced, the default): every layer
+    gets the daemon's mask for the frames sent bottom layer first as one temporal sequence; one undo step;
+    the bar counts frames."""
+    image, frames = panned_frames(4)
+    frames[2].add_mask(frames[2].create_mask(FakeGimp.AddMaskType.BLACK))
+    image.changes.clear()
+    pixels = [[list(p) for p in f.pixels] for f in frames]
+    gimp = FakeGimp()
+    run(image, [frames[3]], daemon, gimp, all_layers=True)
+    assert [layer for layer, *_ in image.reads] == frames, "not read bottom layer first, once each"
+    sent = frame_pixels(frames)
+    options = logic.Settings().options()
+    client = connect(daemon)()
+    sequence = client.remove_frames(sent, FRAME_SIZE, FRAME_SIZE, 4, "u8", model="u2netp", options=options)
+    lone = [client.remove(p, FRAME_SIZE, FRAME_SIZE, 4, "u8", model="u2netp", options=options) for p in sent]
+    for frame, own in zip(frames, sequence):
+        mask = frame.get_mask()
+        assert (mask.width, mask.height, mask.get_offsets()) == (FRAME_SIZE, FRAME_SIZE, (True, 0, 0))
+        assert_soft(values(mask))
+        assert mask_bytes(mask) == own.mask, frame.name
+    assert any(own.mask != alone for own, alone in zip(sequence, lone)), "the masks are not temporal"
+    assert [f.pixels for f in frames] == pixels, "a layer's pixels were touched"
+    assert_one_undo_step(image)
+    texts = [text for kind, text in gimp.progress if kind == "text"]
+    for k in range(1, 5):
+        assert any(text.endswith(f"(frame {k} of 4)") for text in texts), (k, texts)
+    updates = [fraction for kind, fraction in gimp.progress if kind == "update"]
+    assert updates == sorted(updates), "the bar ran backwards"
+    for k in range(4):  # each frame moves the bar into its quarter
+        assert any(k / 4 <= f <= (k + 1) / 4 for f in updates), (k, updates)
+    assert gimp.progress[-1] == ("end", None)
+
+
+def test_frames_within_a_selection_without_temporal(daemon: RunningDaemon) -> None:
+    """Called with no drawables (as a script may) and temporal off: each frame's mask is the daemon's lone
+    mask of that layer with the selection as its region, 0 outside the selection."""
+    image, frames = panned_frames(2)
+    image.select_rect(20, 10, 40, 50)
+    run(image, [], daemon, all_layers=True, temporal=False)
+    crops = {box for _, box, _ in image.reads}
+    assert len(crops) == 1 and crops != {(0, 0, FRAME_SIZE, FRAME_SIZE)}, crops
+    options = dict(logic.Settings().options(), region=[20, 10, 40, 50], padding=logic.DEFAULT_PADDING)
+    for frame, pixels in zip(frames, frame_pixels(frames)):
+        mask = frame.get_mask()
+        assert max(mask.value(x, y) for y in range(FRAME_SIZE) for x in range(FRAME_SIZE)
+                   if not (20 <= x < 60 and 10 <= y < 60)) == 0.0
+        direct = connect(daemon)().remove(pixels, FRAME_SIZE, FRAME_SIZE, 4, "u8", model="u2netp", options=options)
+        assert mask_bytes(mask) == direct, frame.name
+    assert_one_undo_step(image)
+
+
+def _no_daemon() -> Any:
+    pytest.fail("the daemon was asked although the input was refused")
+
+
+@pytest.mark.parametrize("case, words", [
+    ("size", r"'odd' is 40x80 at \(0, 0\), but 'frame 1' is 80x80 at \(0, 0\).*same size and position"),
+    ("offset", r"'odd' is 80x80 at \(5, 0\).*Layer to Image Size"),
+    ("group", r"'frame 2' is a layer group.*Merge Layer Group"),
+    ("text", r"'frame 2' is a text layer"),
+    ("output", r"set Output to 'Layer mask'"),
+    ("existing", r"'frame 2' already has a mask"),
+    ("empty", r"no layers"),
+])
+def test_frames_that_do_not_line_up_are_refused_before_anything_happens(case: str, words: str) -> None:
+    image, frames = panned_frames(3)
+    settings: dict[str, Any] = {"all_layers": True}
+    if case == "size":
+        image.add_layer("odd", 40, FRAME_SIZE)
+    elif case == "offset":
+        image.add_layer("odd", FRAME_SIZE, FRAME_SIZE, offsets=(5, 0))
+    elif case in ("group", "text"):
+        setattr(frames[1], f"is_{case}_layer" if case == "text" else "is_group", lambda: True)
+    elif case == "output":
+        settings["output"] = logic.OUTPUT_NEW_LAYER
+    elif case == "existing":
+        frames[1].add_mask(frames[1].create_mask(FakeGimp.AddMaskType.WHITE))
+        settings["existing_mask"] = logic.EXISTING_CANCEL
+    else:
+        image.layers.clear()
+    image.changes.clear()
+    before = image.state()
+    with pytest.raises(logic.PluginError, match=words) as info:
+        logic.remove_background(FakeGimp(), Gegl, image, frames[:1], logic.Settings(**settings), _no_daemon)
+    assert info.value.cancelled is (case == "existing")
+    assert image.state() == before and not image.changes and not image.reads and image.undo_groups == 0
+
+
+def test_cancelled_frames_leave_every_layer_as_it_was(daemon: RunningDaemon) -> None:
+    """A cancel while frame 3 of 4 is on the way ends the sequence: a cancel, and no layer changed."""
+    image, frames = panned_frames(4)
+    before = image.state()
+    clients: list[Any] = []
+
+    class CancellingGimp(FakeGimp):
+        def progress_set_text(self, text: str) -> bool:
+            if text.endswith("(frame 3 of 4)"):
+                clients[0].cancel()
+            return super().progress_set_text(text)
+
+    def make_client() -> Any:
+        clients.append(connect(daemon)())
+        return clients[0]
+
+    with pytest.raises(logic.PluginError) as info:
+        logic.remove_background(CancellingGimp(), Gegl, image, [], logic.Settings(model="u2netp", all_layers=True),
+                                make_client)
+    assert info.value.cancelled
+    assert image.state() == before and not image.changes and image.undo_groups == 0
+
+
+def test_frame_progress_follows_the_frame_being_worked_on() -> None:
+    """Two frames are in flight: the next one's queue wait and the previous one's last messages do not move
+    the bar back."""
+    gimp = FakeGimp()
+    feed = logic.ProgressFeed(gimp, 4, "frame")
+    for index, stage, fraction in [(0, "inferring", 0.5), (1, "queued", None), (0, "refining", 0.9),
+                                   (1, "inferring", 0.2), (0, "refining", 1.0), (2, "queued", None),
+                                   (2, "loading", None)]:
+        feed.frame(index, stage, fraction)
+    assert [f for kind, f in gimp.progress if kind == "update"] == [0.125, 0.225, 0.3]
+    assert [t for kind, t in gimp.progress if kind == "text"] == [
+        "Finding the subject (frame 1 of 4)", "Refining the edges (frame 1 of 4)",
+        "Finding the subject (frame 2 of 4)", "Loading the model (frame 3 of 4)"]

@@ -263,6 +263,9 @@ class Layer(Drawable):
     def is_layer(self) -> bool:
         return True
 
+    def is_group(self) -> bool:
+        return False
+
     def has_alpha(self) -> bool:
         return self.alpha
 

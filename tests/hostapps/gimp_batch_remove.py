@@ -381,6 +381,90 @@ def c_two_layers():
     return result
 
 
+def frames_image():
+    """An animation as GIMP keeps one (a GIF's frames are layers, the first at the bottom): four 512x512
+    frames of the astronaut panning 12 px left and 6 px up per frame."""
+    image = Gimp.Image.new(512, 512, Gimp.ImageBaseType.RGB)
+    frames = []
+    for k in range(4):
+        layer = add_layer_from(image, "astronaut.jpg", (560, 560), (-12 * k, -6 * k))
+        layer.set_name("frame %d" % (k + 1))
+        layer.resize_to_image_size()
+        frames.append(layer)
+    return image, frames
+
+
+def c_all_layers():
+    """'All layers as frames' through the PDB with only the top layer selected: every layer's mask, and
+    every frame's pixels (R'G'B' u8) and mask (Y u8) dumped for the test to compare."""
+    image, frames = frames_image()
+    case = Case(image)
+    status, message = run(REMOVE, image, [frames[-1]], all_layers=True)
+    result = {"status": status, "message": message, "masks": [mask_info(f) for f in frames],
+              "sizes": [[f.get_width(), f.get_height()] for f in frames], "offsets": [offsets(f) for f in frames],
+              "pixels_unchanged": [digest(f) == before[4]
+                                   for f, before in zip(frames, reversed(case.before["layers"]))]}
+    for k, frame in enumerate(frames):
+        dump("all_layers.%d.layer" % k, read(frame, "R'G'B' u8"))
+        if frame.get_mask() is not None:
+            dump("all_layers.%d.mask" % k, read(frame.get_mask(), "Y u8"))
+    result["undo_restores"] = case.undo_restores()
+    case.close()
+    return result
+
+
+def c_gif_frames():
+    """An animated GIF as GIMP opens it (pan.gif, written by the test): 'All layers as frames' on its layers,
+    called as a script may, with no drawables; each layer's pixels (R'G'B' u8) and mask (Y u8) dumped, bottom
+    layer first."""
+    image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(os.path.join(DATA, "pan.gif")))
+    while not image.undo_is_enabled():
+        image.undo_enable()
+    frames = list(reversed(image.get_layers()))
+    case = Case(image)
+    status, message = run(REMOVE, image, [], all_layers=True)
+    result = {"status": status, "message": message, "layers": len(frames), "masks": [mask_info(f) for f in frames],
+              "sizes": [[f.get_width(), f.get_height()] for f in frames],
+              "names": [f.get_name() for f in frames], "base_type": image.get_base_type().value_nick}
+    for k, frame in enumerate(frames):
+        dump("gif_frames.%d.layer" % k, read(frame, "R'G'B' u8"))
+        if frame.get_mask() is not None:
+            dump("gif_frames.%d.mask" % k, read(frame.get_mask(), "Y u8"))
+    case.close()
+    return result
+
+
+def c_all_layers_cancel():
+    """Cancel in the progress bar while the four frames are computed (IS-Net): no layer may change."""
+    if not GUI:
+        return {"skipped": "needs the GUI"}
+    image, frames = frames_image()
+    case = Case(image)
+    click = click_progress_cancel()
+    status, message = run(REMOVE, image, [frames[0]], all_layers=True, model="isnet-general-use")
+    result = {"status": status, "message": message, "untouched": case.untouched(),
+              "masks": [mask_info(f) for f in frames]}
+    click.wait(timeout=30)
+    case.close()
+    return result
+
+
+def c_all_layers_refused():
+    """Frames that do not line up: a layer group among them, and a layer of another size and position."""
+    result = {}
+    for kind in ("group", "size"):
+        image, frames = frames_image()
+        if kind == "group":
+            image.insert_layer(Gimp.GroupLayer.new(image, "group"), None, 0)
+        else:
+            add_layer_from(image, "coffee.jpg", (240, 160), (200, 300)).set_name("small")
+        case = Case(image)
+        status, message = run(REMOVE, image, [frames[0]], all_layers=True)
+        result[kind] = {"status": status, "message": message, "untouched": case.untouched()}
+        case.close()
+    return result
+
+
 # Waits for the dialog, focuses it and presses the keys given (xdotool key names), one by one
 DIALOG_KEYS = ("w=$(timeout 60 xdotool search --sync --name '^Remove Background$' | head -1)"
                " && sleep 1 && xdotool windowfocus --sync $w mousemove --window $w 20 20"
@@ -412,18 +496,39 @@ def c_dialog_then_last_values():
     return {"first": first, "again": select_subject(Gimp.RunMode.WITH_LAST_VALS)}
 
 
+def c_frames_dialog():
+    """'All layers as frames' ticked in the dialog with its mnemonic (Alt+A). It runs after
+    dialog_then_last_values (the cases run in name order), whose Output = Selection and Shift edge = 20 the
+    dialog then shows: Alt+T Up puts Output back to Layer mask, Alt+G Ctrl+A 0 the shift back to 0."""
+    if not GUI:
+        return {"skipped": "needs the GUI"}
+    image, frames = frames_image()
+    case = Case(image)
+    keys = subprocess.Popen(["bash", "-c", DIALOG_KEYS % "alt+t Up alt+g ctrl+a 0 Tab alt+a alt+o"])
+    status, message = run(REMOVE, image, [frames[-1]], run_mode=Gimp.RunMode.INTERACTIVE)
+    keys.wait(timeout=30)
+    result = {"status": status, "message": message, "masks": [mask_info(f) for f in frames]}
+    result["undo_restores"] = case.undo_restores() if status == "success" else None
+    case.close()
+    return result
+
+
+def click_progress_cancel():
+    """In 1.5 s, click the Cancel button of the progress bar in the status bar. The button sits 283 px left
+    of the window's right edge (the docks beside it have a fixed width), 22 px above the bottom."""
+    return subprocess.Popen(["bash", "-c", "sleep 1.5; w=$(xdotool search --name ' – GIMP$' | head -1);"
+                             " eval $(xdotool getwindowgeometry --shell $w);"
+                             " xdotool mousemove $((X + WIDTH - 283)) $((Y + HEIGHT - 22)) click 1"])
+
+
 def c_cancel():
-    """Click the Cancel button of the progress bar in the status bar while the daemon works (IS-Net,
-    slow enough to be caught): GIMP ends the plug-in, and the image must be as it was. The button sits
-    283 px left of the window's right edge (the docks beside it have a fixed width), 22 px above the
-    bottom."""
+    """Click the Cancel button of the progress bar while the daemon works (IS-Net, slow enough to be
+    caught): GIMP ends the plug-in, and the image must be as it was."""
     if not GUI:
         return {"skipped": "needs the GUI"}
     image, layer = load("coffee.jpg")
     case = Case(image)
-    click = subprocess.Popen(["bash", "-c", "sleep 1.5; w=$(xdotool search --name ' – GIMP$' | head -1);"
-                              " eval $(xdotool getwindowgeometry --shell $w);"
-                              " xdotool mousemove $((X + WIDTH - 283)) $((Y + HEIGHT - 22)) click 1"])
+    click = click_progress_cancel()
     started = time.monotonic()
     status, message = run(REMOVE, image, [layer], model="isnet-general-use")
     result = {"status": status, "message": message, "seconds_to_return": time.monotonic() - started,

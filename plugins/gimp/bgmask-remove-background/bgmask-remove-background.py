@@ -6,6 +6,9 @@ Registers two PDB procedures that share their arguments:
 - plug-in-bgmask-remove-background  (Layer > Remove Background…): a soft layer mask (white = keep) on
   each selected layer, a masked copy ("new layer with mask"), a masked copy with the background's colour
   spill removed from its edges ("new layer with decontaminated colours"), or a selection; one undo step.
+  With "all layers as frames" (argument all-layers) every layer of the image is a frame of an animation
+  and gets a layer mask, through the daemon's frame-sequence protocol (temporal consistency: argument
+  temporal).
 - plug-in-bgmask-select-subject  (Select > Subject…): the same result as a selection.
 
 Both run non-interactively from the PDB with the same arguments as the dialog (which GIMP builds from
@@ -63,6 +66,15 @@ def _add_arguments(procedure, with_output):
         add(name, label, help_text, low, high, default, flags)
     procedure.add_choice_argument("quality", "_Quality", "Speed or quality of the mask",
                                   _choice(logic.QUALITY_CHOICES), logic.QUALITY_DEFAULT, flags)
+    if with_output:
+        procedure.add_boolean_argument("all-layers", "_All layers as frames", "Treat every layer of the image "
+                                       "as a frame of an animation (the bottom layer first, as GIF frames): a "
+                                       "layer mask on each, in one undo step; the selected layers are ignored",
+                                       False, flags)
+        procedure.add_boolean_argument("temporal", "Stead_y masks across frames", "With all layers as frames: "
+                                       "keep each frame's mask consistent with the previous frame's where the "
+                                       "picture did not change, so edges do not flicker (off: every frame on "
+                                       "its own)", True, flags)
 
 
 def _settings(config, with_output):
@@ -72,6 +84,8 @@ def _settings(config, with_output):
         refine=bool(config.get_property("refine")),
         existing_mask=config.get_property("existing-mask") if with_output else logic.EXISTING_REPLACE,
         quality=config.get_property("quality"),
+        all_layers=bool(config.get_property("all-layers")) if with_output else False,
+        temporal=bool(config.get_property("temporal")) if with_output else True,
         **{name.replace("-", "_"): config.get_property(name) for name, *_ in logic.NUMBER_ARGUMENTS},
     )
 
@@ -99,7 +113,10 @@ class RemoveBackground(Gimp.PlugIn):
                 "background's colour spill removed from its edges), or as a selection. Hardness, shift "
                 "edge, feather, fill holes and remove specks shape the mask. The layer's pixels are not "
                 "touched, and the change is one undo step. With a selection active the model looks at the "
-                "selection's area plus the selection context, and the mask is 0 outside the selection.",
+                "selection's area plus the selection context, and the mask is 0 outside the selection. "
+                "With 'all layers as frames' every layer of the image is a frame of an animation (the bottom "
+                "layer first): each gets a layer mask, computed as one sequence whose masks stay steady from "
+                "frame to frame; the layers must have the same size and position.",
                 name)
         else:
             procedure.set_menu_label("Su_bject…")
@@ -119,6 +136,7 @@ class RemoveBackground(Gimp.PlugIn):
             if with_output:  # GIMP 3.2 shows a choice of three as radio buttons, whose frame takes no
                 # mnemonic (it warns); a combo box, as in GIMP 3.0, keeps the keyboard shortcut
                 dialog.get_widget("existing-mask", Gtk.ComboBox.__gtype__)
+                dialog.set_sensitive("temporal", True, config, "all-layers", False)
             dialog.fill(None)
             accepted = dialog.run()
             dialog.destroy()

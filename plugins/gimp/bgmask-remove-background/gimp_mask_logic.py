@@ -65,8 +65,8 @@ DEFAULT_PADDING = 0.15
 
 # The numeric arguments that shape the mask (docs/protocol.md, options): (argument name, type, dialog
 # label, help, lowest, highest, default). The ranges are the protocol's; areas stop at GIMP's largest int.
-# The labels' mnemonics avoid each other, the other arguments' (M, T, E, K) and the dialog buttons' (O, C,
-# R, H, L, S).
+# The labels' mnemonics avoid each other, the other arguments' (M, T, E, K, Q, A, Y) and the dialog buttons'
+# (O, C, R, H, L, S).
 MAX_AREA = 2 ** 31 - 1
 NUMBER_ARGUMENTS = (
     ("hardness", float, "Har_dness", "Steepen the soft edge without cutting it: 0 keeps the model's edge, "
@@ -107,6 +107,8 @@ class Settings:
     remove_specks: float = 0.0
     padding: float = DEFAULT_PADDING
     quality: str = QUALITY_DEFAULT
+    all_layers: bool = False  # every layer of the image, as the frames of an animation (frame_layers)
+    temporal: bool = True  # with all_layers: masks kept consistent from frame to frame
 
     def options(self) -> Dict[str, Any]:
         """The request's options; a selection adds `region` and `padding` per layer."""
@@ -272,13 +274,14 @@ def user_message(error: Exception, settings: Settings) -> str:
 
 
 class ProgressFeed:
-    """Feeds the daemon's progress messages into GIMP's progress bar. With several layers the bar
-    covers them all; the stage text says what the daemon is doing, so a long model download or a
-    queue wait is not mistaken for a hang."""
+    """Feeds the daemon's progress messages into GIMP's progress bar. With several layers (or frames)
+    the bar covers them all; the stage text says what the daemon is doing, so a long model download or
+    a queue wait is not mistaken for a hang."""
 
-    def __init__(self, gimp: Any, jobs: int) -> None:
+    def __init__(self, gimp: Any, jobs: int, unit: str = "layer") -> None:
         self._gimp = gimp
         self._jobs = jobs
+        self._unit = unit
         self._index = 0
         gimp.progress_init("Removing the background")
 
@@ -290,12 +293,21 @@ class ProgressFeed:
         """bgmask_client's on_progress callback."""
         text = STAGE_TEXT.get(stage, "Removing the background")
         if self._jobs > 1:
-            text += f" (layer {self._index + 1} of {self._jobs})"
+            text += f" ({self._unit} {self._index + 1} of {self._jobs})"
         self._gimp.progress_set_text(text)
         if fraction is None:
             self._gimp.progress_pulse()
         else:
             self._gimp.progress_update((self._index + fraction) / self._jobs)
+
+    def frame(self, index: int, stage: str, fraction: Optional[float]) -> None:
+        """remove_frames' on_progress callback. Two frames are in flight: the bar follows the newest one
+        the daemon works on, and ignores the next one's queue wait and the previous one's last messages,
+        so it never runs backwards."""
+        if index < self._index or (index > self._index and stage == "queued"):
+            return
+        self._index = index
+        self(stage, fraction)
 
 
 @dataclass
@@ -327,13 +339,46 @@ def selected_layers(drawables: Sequence[Any]) -> List[Any]:
         if not drawable.is_layer():
             raise PluginError(f"'{drawable.get_name()}' is not a layer. Select the layer itself "
                               "(not its mask or a channel) and try again.")
-        for test, kind, source in DRAWN_LAYERS:  # getattr: GIMP 3.0 has no vector layers and no rasterizing
-            if getattr(drawable, test, bool)() and not getattr(drawable, "is_rasterized", bool)():
-                raise PluginError(f"'{drawable.get_name()}' is a {kind} layer: GIMP draws it from its {source} "
-                                  "on transparency, so it has no background to remove. Select the layer "
-                                  "with the photo, or rasterize this one first (Layer > Rasterize; in GIMP 3.0 "
-                                  "Layer > Discard Text Information).")
+        _refuse_drawn(drawable)
     return list(drawables)
+
+
+def _refuse_drawn(layer: Any) -> None:
+    """PluginError for a text or vector layer that is not rasterized (see DRAWN_LAYERS)."""
+    for test, kind, source in DRAWN_LAYERS:  # getattr: GIMP 3.0 has no vector layers and no rasterizing
+        if getattr(layer, test, bool)() and not getattr(layer, "is_rasterized", bool)():
+            raise PluginError(f"'{layer.get_name()}' is a {kind} layer: GIMP draws it from its {source} "
+                              "on transparency, so it has no background to remove. Select the layer "
+                              "with the photo, or rasterize this one first (Layer > Rasterize; in GIMP 3.0 "
+                              "Layer > Discard Text Information).")
+
+
+def frame_layers(image: Any, settings: Settings) -> List[Any]:
+    """The image's layers as the frames of an animation, first frame first. GIMP keeps an animation's
+    frames as layers with the first frame at the bottom (GIF and WebP import, Filters > Animation > Playback
+    and GIF export all read them bottom up). Frames go to the daemon as one sequence, so they must line up:
+    the same size at the same offsets, each a plain layer."""
+    if settings.output != OUTPUT_MASK:
+        raise PluginError("'All layers as frames' gives every layer its own layer mask: set Output to "
+                          "'Layer mask' (a copy or a selection per frame would break the animation).")
+    layers = list(reversed(image.get_layers()))
+    if not layers:
+        raise PluginError("The image has no layers.")
+    first = layers[0]
+    for layer in layers:
+        if layer.is_group():
+            raise PluginError(f"'{layer.get_name()}' is a layer group; as frames, every layer must be a single "
+                              "layer. Merge the group first (Layer > Merge Layer Group), or run on the "
+                              "selected layers without 'All layers as frames'.")
+        _refuse_drawn(layer)
+        here, there = layer_rect(layer), layer_rect(first)
+        if here != there:
+            raise PluginError(f"Layer '{layer.get_name()}' is {here.w}x{here.h} at ({here.x}, {here.y}), but "
+                              f"'{first.get_name()}' is {there.w}x{there.h} at ({there.x}, {there.y}): as frames, "
+                              "every layer must have the same size and position. Use Layer > Layer to Image "
+                              "Size on each layer, or run on the selected layers without 'All layers as "
+                              "frames'.")
+    return layers
 
 
 def selection_bounds(gimp: Any, image: Any) -> Optional[Rect]:
@@ -351,12 +396,13 @@ def remove_background(gimp: Any, gegl: Any, image: Any, drawables: Sequence[Any]
                       make_client: Callable[[], Any]) -> None:
     """Run the whole operation: check, read, ask the daemon, then change the image in one undo step.
 
-    `make_client` returns a bgmask_client.Client; it is called only once the checks have passed.
+    `make_client` returns a bgmask_client.Client; it is called only once the checks have passed. With
+    `settings.all_layers` the image's layers are the frames (frame_layers) and `drawables` is not used.
 
     Every check and every daemon request happens before the image is touched, so a failure (or a
     cancel from GIMP's progress bar, which ends this process) leaves the image exactly as it was.
     """
-    layers = selected_layers(drawables)
+    layers = frame_layers(image, settings) if settings.all_layers else selected_layers(drawables)
     if settings.output != OUTPUT_SELECTION and settings.existing_mask == EXISTING_CANCEL:
         for layer in layers:
             if layer.get_mask() is not None:
@@ -370,6 +416,8 @@ def remove_background(gimp: Any, gegl: Any, image: Any, drawables: Sequence[Any]
     selection = selection_bounds(gimp, image)
     precision = image.get_precision().value_nick
     out = mask_format(precision)
+    # The frames of a sequence share one format: with alpha if any frame has it (read as opaque elsewhere)
+    frames_alpha = any(layer.has_alpha() for layer in layers) if settings.all_layers else None
     jobs = []
     for layer in layers:
         rect = layer_rect(layer)
@@ -377,15 +425,18 @@ def remove_background(gimp: Any, gegl: Any, image: Any, drawables: Sequence[Any]
         if crop is None:
             raise PluginError(f"The selection does not overlap layer '{layer.get_name()}'. Select part "
                               "of that layer, or Select > None to use all of it.")
-        fmt = pixel_format(base_type, layer.has_alpha(), precision)
+        fmt = pixel_format(base_type, layer.has_alpha() if frames_alpha is None else frames_alpha, precision)
         jobs.append(Job(layer, crop, crop_region(rect, selection, crop), fmt))
 
-    progress = ProgressFeed(gimp, len(jobs))
+    progress = ProgressFeed(gimp, len(jobs), "frame" if settings.all_layers else "layer")
     try:
         client = make_client()
-        for index, job in enumerate(jobs):
-            progress.start(index)
-            _request(gegl, client, job, settings, out, progress)
+        if settings.all_layers:
+            _request_frames(gegl, client, jobs, settings, out, progress)
+        else:
+            for index, job in enumerate(jobs):
+                progress.start(index)
+                _request(gegl, client, job, settings, out, progress)
     except bgmask_client.BgmaskError as error:
         raise PluginError(user_message(error, settings), cancelled=error.code == "cancelled") from error
     # From here on the image changes; ending the progress removes its cancel button, so a cancel can
@@ -403,22 +454,46 @@ def remove_background(gimp: Any, gegl: Any, image: Any, drawables: Sequence[Any]
         image.undo_group_end()  # not checked: it must not hide the error that got us here
 
 
+def _read(gegl: Any, job: Job) -> bytes:
+    """The job's crop of its layer, in the job's format."""
+    crop = job.crop
+    return bytes(job.layer.get_buffer().get(gegl.Rectangle.new(crop.x, crop.y, crop.w, crop.h), 1.0,
+                                            job.fmt.babl, gegl.AbyssPolicy.CLAMP))
+
+
+def _options(settings: Settings, region: Optional[Rect]) -> Dict[str, Any]:
+    options = settings.options()
+    if region is not None:
+        options.update(region=[region.x, region.y, region.w, region.h], padding=settings.padding)
+    return options
+
+
 def _request(gegl: Any, client: Any, job: Job, settings: Settings, out: SampleFormat,
              progress: ProgressFeed) -> None:
     """Read the job's crop, ask the daemon, and keep what the image will need (mask, and colours)."""
     crop, fmt = job.crop, job.fmt
-    pixels = bytes(job.layer.get_buffer().get(gegl.Rectangle.new(crop.x, crop.y, crop.w, crop.h), 1.0,
-                                              fmt.babl, gegl.AbyssPolicy.CLAMP))
-    options = settings.options()
-    if job.region is not None:
-        options.update(region=[job.region.x, job.region.y, job.region.w, job.region.h], padding=settings.padding)
+    pixels = _read(gegl, job)
     reply = client.remove_full(pixels, crop.w, crop.h, fmt.channels, fmt.sample_type, linear=fmt.linear,
-                               model=settings.model or None, options=options, out_sample_type=out.sample_type,
-                               on_progress=progress)
+                               model=settings.model or None, options=_options(settings, job.region),
+                               out_sample_type=out.sample_type, on_progress=progress)
     job.mask = reply.mask
     if settings.output == OUTPUT_DECONTAMINATED:
         job.colours = bgmask_client.decontaminated_pixels(pixels, reply.extra[0] if reply.extra else b"",
                                                           fmt.channels, fmt.sample_type)
+
+
+def _request_frames(gegl: Any, client: Any, jobs: Sequence[Job], settings: Settings, out: SampleFormat,
+                    progress: ProgressFeed) -> None:
+    """The jobs' masks as one frame sequence, first frame first. The layers are read as the client sends
+    them (two at a time), not all up front; frame_layers made their crops, regions and formats equal."""
+    first = jobs[0]
+    replies = client.remove_frames((_read(gegl, job) for job in jobs), first.crop.w, first.crop.h,
+                                   first.fmt.channels, first.fmt.sample_type, linear=first.fmt.linear,
+                                   model=settings.model or None, options=_options(settings, first.region),
+                                   out_sample_type=out.sample_type, temporal=settings.temporal,
+                                   on_progress=progress.frame)
+    for job, reply in zip(jobs, replies):
+        job.mask = reply.mask
 
 
 def _result_channel(gimp: Any, gegl: Any, image: Any, job: Job, babl: str) -> Any:
