@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "server"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bgmask import pipeline, pixels, refine  # noqa: E402
+from bgmask.mask import pipeline, pixels, refine  # noqa: E402
 from bgmask.protocol import ImageSpec  # noqa: E402
 
 RADIUS = 2  # window radius in grid cells

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bgmask import download, providers
-from bgmask.catalog import Catalog
-from bgmask.sessions import MattingSession
+from bgmask.models import download, providers
+from bgmask.models.catalog import Catalog
+from bgmask.models.sessions import MattingSession
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
