@@ -206,6 +206,7 @@ class CachedInference:
 
     def __init__(self, session, folder: Path) -> None:
         self.session, self.folder = session, folder
+        self.hits = 0  # outputs served from the cache: a photo's seconds then leave inference out
 
     def __getattr__(self, name: str):
         return getattr(self.session, name)
@@ -213,6 +214,7 @@ class CachedInference:
     def infer(self, tensor: np.ndarray) -> np.ndarray:
         path = self.folder / (hashlib.sha256(np.ascontiguousarray(tensor).tobytes()).hexdigest()[:32] + ".npy")
         if path.is_file():
+            self.hits += 1
             return np.load(path)
         out = self.session.infer(tensor)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
