@@ -349,6 +349,9 @@ def real(models: list[str], qualities: list[str], chosen: list, with_rembg: bool
                 for name, (scores, secs) in runs.items()}
         results.setdefault("real", {})[model] = rows
         print(f"\nReal photos, {model}, {len(chosen)} photos of {RP.data_dir()} (quartiles: 25/50/75 %)\n")
+        if getattr(RP._sessions.get(model), "hits", 0):
+            print(f"(bgmask's model outputs came from the bench cache {RP._sessions[model].hits} times: its s/photo "
+                  "leaves those inferences out; rembg's are the seconds of the run that made its cached masks)\n")
         print("| method | " + " | ".join(cols) + " | MAE quartiles | BF quartiles | s/photo (median) |")
         print("| --- |" + " --- |" * (len(cols) + 3))
         for name, r in rows.items():

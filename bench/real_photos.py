@@ -14,8 +14,10 @@ Lower MAE, higher everything else is better."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -169,7 +171,8 @@ def bgmask_masker(model: str, quality: str, **options) -> tuple[MaskFn, str]:
 
     spec = catalog.Catalog.load().get(model)
     path = download.ensure_model(spec)
-    session = _sessions.get(model) or MattingSession(spec, path, providers.choose("cpu"))
+    session = _sessions.get(model) or CachedInference(MattingSession(spec, path, providers.choose("cpu")),
+                                                       cache_dir("inference", path))
     _sessions[model] = session
     opts = RemoveOptions(quality=quality, **options)
 
@@ -185,6 +188,42 @@ def bgmask_masker(model: str, quality: str, **options) -> tuple[MaskFn, str]:
 _sessions: dict = {}
 
 
+def cache_dir(kind: str, model_file: Path) -> Path:
+    """A folder of the bench cache for results of one model file (its name, size and time say which)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from quality_data import bench_cache
+
+    st = model_file.stat()
+    tag = hashlib.sha256(f"{model_file.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    folder = bench_cache() / "real" / kind / f"{model_file.stem}-{tag}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+class CachedInference:
+    """A MattingSession whose raw outputs are kept on disk by the hash of the input tensor: a rerun (another
+    refinement, another quality with the same input) skips inference and gets the very same output."""
+
+    def __init__(self, session, folder: Path) -> None:
+        self.session, self.folder = session, folder
+        self.hits = 0  # outputs served from the cache: a photo's seconds then leave inference out
+
+    def __getattr__(self, name: str):
+        return getattr(self.session, name)
+
+    def infer(self, tensor: np.ndarray) -> np.ndarray:
+        path = self.folder / (hashlib.sha256(np.ascontiguousarray(tensor).tobytes()).hexdigest()[:32] + ".npy")
+        if path.is_file():
+            self.hits += 1
+            return np.load(path)
+        out = self.session.infer(tensor)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, out)
+        os.replace(tmp, path)
+        return out
+
+
 def run_bgmask(masker: MaskFn, chosen: list[Photo]) -> tuple[dict[str, dict], dict[str, float]]:
     scores, seconds = {}, {}
     for photo in chosen:
@@ -197,22 +236,31 @@ def run_bgmask(masker: MaskFn, chosen: list[Photo]) -> tuple[dict[str, dict], di
 
 
 def run_rembg(family: str, model_file: str, chosen: list[Photo]) -> tuple[dict[str, dict], dict[str, float]]:
-    """rembg's masks from its own venv (bench/rembg_env.py installs it once), scored here."""
+    """rembg's masks from its own venv (bench/rembg_env.py installs it once), scored here. Masks (and their
+    seconds) are kept in the bench cache per model file: only photos not seen before run rembg again."""
     sys.path.insert(0, str(ROOT / "bench"))
     import rembg_env
 
-    rembg_env.ensure(log=lambda m: print(m, file=sys.stderr))
-    # rembg takes a custom model only from inside its home: a link there to the very file bgmask runs.
-    name = "custom-" + Path(model_file).stem
-    home = rembg_env.link_models({name: Path(model_file)})
-    with tempfile.TemporaryDirectory(prefix="bgmask-rembg-masks-") as out:
-        args = {"family": family, "model": str(home / f"{name}.onnx"), "out": out,
-                "images": {p.key: str(p.image) for p in chosen}}
-        done = subprocess.run([str(rembg_env.python()), str(ROOT / "bench" / "_rembg_masks.py"), json.dumps(args)],
-                              capture_output=True, text=True, env=rembg_env.env())
-        if done.returncode != 0:
-            raise RuntimeError(f"rembg failed: {done.stderr[-2000:]}")
-        seconds = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
-        scores = {p.key: score(np.asarray(Image.open(Path(out) / f"{p.key}.png").convert("L")), read_gt(p.mask))
-                  for p in chosen}
-    return scores, seconds
+    cache = cache_dir("rembg", Path(model_file))
+    timings = cache / "seconds.json"
+    seconds = json.loads(timings.read_text()) if timings.is_file() else {}
+    todo = [p for p in chosen if p.key not in seconds or not (cache / f"{p.key}.png").is_file()]
+    if todo:
+        rembg_env.ensure(log=lambda m: print(m, file=sys.stderr))
+        # rembg takes a custom model only from inside its home: a link there to the very file bgmask runs.
+        name = "custom-" + Path(model_file).stem
+        home = rembg_env.link_models({name: Path(model_file)})
+        with tempfile.TemporaryDirectory(prefix="bgmask-rembg-masks-") as out:
+            args = {"family": family, "model": str(home / f"{name}.onnx"), "out": out,
+                    "images": {p.key: str(p.image) for p in todo}}
+            done = subprocess.run([str(rembg_env.python()), str(ROOT / "bench" / "_rembg_masks.py"), json.dumps(args)],
+                                  capture_output=True, text=True, env=rembg_env.env())
+            if done.returncode != 0:
+                raise RuntimeError(f"rembg failed: {done.stderr[-2000:]}")
+            seconds |= json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+            for p in todo:
+                shutil.move(str(Path(out) / f"{p.key}.png"), cache / f"{p.key}.png")
+        timings.write_text(json.dumps(seconds))
+    scores = {p.key: score(np.asarray(Image.open(cache / f"{p.key}.png").convert("L")), read_gt(p.mask))
+              for p in chosen}
+    return scores, {p.key: seconds[p.key] for p in chosen}
