@@ -9,17 +9,15 @@ from types import ModuleType
 
 
 def plugins_root() -> Path:
-    """The shipped plug-in tree: `bgmask.plugins` in an installed package, `<checkout>/plugins` when bgmask
-    runs from a source tree (where server/ is on sys.path and bgmask.plugins is not a package)."""
-    try:
-        import bgmask.plugins
+    """The shipped plug-in tree: `<checkout>/plugins` when bgmask runs from a source tree (server/ on sys.path;
+    checked first, or an editable install of another checkout would map bgmask.plugins to that one's files),
+    else `bgmask.plugins` of the installed package."""
+    checkout = Path(__file__).resolve().parents[2] / "plugins"
+    if (checkout / "common" / "bgmask_client.py").is_file():
+        return checkout
+    import bgmask.plugins
 
-        return Path(bgmask.plugins.__file__).parent
-    except ImportError:
-        checkout = Path(__file__).resolve().parents[2] / "plugins"
-        if (checkout / "common" / "bgmask_client.py").is_file():
-            return checkout
-        raise
+    return Path(bgmask.plugins.__file__).parent
 
 
 def client_source() -> Path:
