@@ -277,3 +277,19 @@ def test_cancelled_frames_change_nothing(plugin, frames, krita, daemon, client_m
     with pytest.raises(client_module.BgmaskError) as err:
         job.run(client, cancel=lambda: True)
     assert err.value.code == "cancelled" and snapshot(doc) == before
+
+
+@pytest.mark.parametrize("broken, match", [("missing", "no add_blank_frame action"),
+                                           ("inert", "did not make a keyframe at frame 0")])
+def test_a_keyframe_action_that_is_missing_or_does_nothing_changes_nothing(plugin, frames, krita, monkeypatch,  # noqa: F811
+                                                                           broken, match):
+    doc, layer = animated_layer(krita)
+    job = frames.prepare(doc, layer, settings(plugin))
+    if broken == "missing":
+        monkeypatch.setattr(type(krita), "ACTIONS", ())
+    else:
+        monkeypatch.setattr(plugin.krita.Action, "trigger", lambda self: None)
+    before = snapshot(doc)
+    with pytest.raises(plugin.core.PluginError, match=match):
+        run_steps(krita, frames.apply(job, frames.FramesReply(row_masks(job), "u2netp")))
+    assert snapshot(doc) == before and krita.documents() == [doc]

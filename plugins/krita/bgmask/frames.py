@@ -180,9 +180,6 @@ def apply(job: FramesJob, reply: FramesReply) -> Iterator[float]:
     """Add the keyframed mask to the layer in one undoable step. A generator: each value is how long the
     caller returns to Krita's event loop before going on; its return value is the sentence for the status."""
     doc = job.document
-    node = doc.nodeByUniqueID(job.node_id)
-    if node is None or node.type() != "paintlayer":
-        raise PluginError(f'The layer "{job.layer_name}" was removed while its background was being computed.')
     _, _, w, h = job.region
     if len(reply.masks) != len(job.times) or any(len(m) != w * h for m in reply.masks):
         raise PluginError(f"The daemon's masks do not fit the {len(job.times)} frames of {w}x{h}.")
@@ -205,9 +202,9 @@ def apply(job: FramesJob, reply: FramesReply) -> Iterator[float]:
         opaque = b"\xff" * (w * h)
         keys = list(zip(job.times, reply.masks)) + [(t, opaque) for t in job.unmasked]
         _keyed_mask(app, scratch, mask, sorted(keys, key=lambda key: key[0]), job.region)
-        node = doc.nodeByUniqueID(job.node_id)  # the user had the event loop meanwhile
+        node = doc.nodeByUniqueID(job.node_id)  # looked up last: the user had the event loop until now
         if node is None or node.type() != "paintlayer":
-            raise PluginError(f'The layer "{job.layer_name}" was removed while its mask was being built.')
+            raise PluginError(f'The layer "{job.layer_name}" was removed while its background was being computed.')
         node.addChildNode(mask.duplicate(), None)  # keyframes and all: the one undo step in the user's image
     finally:
         scratch.setModified(False)
