@@ -465,9 +465,11 @@ def frames_case(app, win, dk, rec, scope, playback=None):
         yield step
     doc, layer = made["doc"], made["layer"]
     if playback:  # the animation's start and end (Document.setPlayBackRange is undone by the view at once)
-        doc.setFullClipRangeStartTime(playback[0])
-        doc.setFullClipRangeEndTime(playback[1])
-        yield 0.3
+        deadline = time.time() + 10   # Krita 5.3 and 6 may drop or delay the end: set it until it reads back
+        while [doc.playBackStartTime(), doc.playBackEndTime()] != list(playback) and time.time() < deadline:
+            doc.setFullClipRangeStartTime(playback[0])
+            doc.setFullClipRangeEndTime(playback[1])
+            yield 0.2
         rec["playback_read"] = [doc.playBackStartTime(), doc.playBackEndTime()]
     for step in activate(doc, layer):
         yield step
