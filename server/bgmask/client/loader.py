@@ -12,7 +12,7 @@ def plugins_root() -> Path:
     """The shipped plug-in tree: `<checkout>/plugins` when bgmask runs from a source tree (server/ on sys.path;
     checked first, or an editable install of another checkout would map bgmask.plugins to that one's files),
     else `bgmask.plugins` of the installed package."""
-    checkout = Path(__file__).resolve().parents[2] / "plugins"
+    checkout = Path(__file__).resolve().parents[3] / "plugins"
     if (checkout / "common" / "bgmask_client.py").is_file():
         return checkout
     import bgmask.plugins
