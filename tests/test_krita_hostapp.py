@@ -292,3 +292,79 @@ def test_without_pyzmq_and_msgpack_the_builtin_transport_gives_the_same_masks(kr
         assert np.array_equal(dumped(run, f"{name}.mask", PHOTO_RECT), dumped(krita, f"{name}.mask", PHOTO_RECT))
     assert case(run, "cancel")["message"].startswith("Cancelled") and case(run, "cancel")["untouched"]
     assert "[not_running]" in case(run, "daemon_down")["message"] and case(run, "daemon_down")["untouched"]
+
+
+# -- frames: an animated layer (tests/hostapps/krita_remove_test.py: keyframes 0, 2, 3, 5 of astronaut.jpg,
+# panned 24 px right per keyframe, on a 400x300 canvas) --------------------------------------------------
+
+FRAME_KEYS = [0, 2, 3, 5]
+FRAME_STEP = 24
+
+
+def frame_masks(run: SimpleNamespace, name: str, keys) -> dict:
+    w, h = case(run, name)["canvas"]
+    return {t: dumped(run, f"{name}.mask.{t}", [0, 0, w, h]) for t in keys}
+
+
+def reference_frames(client, run: SimpleNamespace, name: str, sources) -> list:
+    """This process's own frame sequence (temporal, as the plugin asks) for the layer keyframes Krita dumped."""
+    w, h = case(run, name)["canvas"]
+    frames = []
+    for key in sources:
+        bgra = np.frombuffer((run.out / f"{name}.layer.{key}").read_bytes(), np.uint8).reshape(h, w, 4)
+        frames.append(np.ascontiguousarray(bgra[..., [2, 1, 0, 3]]).tobytes())
+    results = client.remove_frames(frames, w, h, 4, "u8", model="u2netp", options={"refine": True})
+    return [np.frombuffer(r.mask, np.uint8).reshape(h, w) for r in results]
+
+
+def check_frames_outcome(rec: dict) -> None:
+    """What every frames run must leave: one animated mask, the user's time, no temporary image, and one undo
+    step that removes the mask and nothing else; the .kra keeps every mask keyframe."""
+    assert rec["busy_after_click"] and rec["finished"], rec
+    assert rec["message"].startswith("Added") and rec["error_boxes"] == [], rec["message"]
+    assert rec["children"] == [[MASK, "transparencymask", True]]
+    assert rec["time_after"] == rec["time_before"] and rec["documents_after"] == 1
+    assert rec["active_document"] == "bgmask-frames"
+    assert any(p.startswith("Frame 4 of 4:") for p in rec["progress"]), rec["progress"]
+    assert rec["children_after_undo"] == [] and rec["layer_keys_after_undo"] == FRAME_KEYS
+    assert rec["saved"] and rec["reopened_equal"] and rec["reopened_mask_keys"] == rec["mask_keys"]
+
+
+def test_every_keyframe_of_an_animated_layer_gets_its_own_mask(krita, client):
+    """Frames "Every keyframe of the layer": the mask is keyed exactly where the layer is; each keyframe holds
+    the daemon's temporally consistent mask of that frame, which follows the subject as it moves."""
+    rec = case(krita, "frames_keyframes")
+    check_frames_outcome(rec)
+    assert rec["layer_keys"] == FRAME_KEYS and rec["mask_keys"] == FRAME_KEYS
+    masks = frame_masks(krita, "frames_keyframes", FRAME_KEYS)
+    for t, expected in zip(FRAME_KEYS, reference_frames(client, krita, "frames_keyframes", FRAME_KEYS)):
+        assert masks[t].shape == (300, 400) and np.array_equal(masks[t], expected), t
+    centres = []
+    for i, t in enumerate(FRAME_KEYS):
+        mask = masks[t]
+        assert mask.min() == 0 and mask.max() == 255 and len(np.unique(mask)) > 50   # soft, full range
+        rows, cols = 170, 160 + FRAME_STEP * i        # the middle of the astronaut in this frame
+        assert mask[rows:rows + 100, cols:cols + 100].mean() > 200, t
+        assert (mask < 10).mean() > 0.2, t               # a masked-out background in every frame
+        centres.append(np.nonzero(mask >= 128)[1].mean())
+    moved = np.diff(centres)
+    assert all(FRAME_STEP * 0.6 < d < FRAME_STEP * 1.4 for d in moved), centres
+
+
+def test_every_frame_of_the_playback_range_gets_a_mask_and_other_frames_stay_visible(krita, client):
+    """Frames "Every frame of the playback range" 1..4: frames 1 and 4 hold keyframes 0 and 3, so the sequence
+    sent is keyframes 0, 2, 3, 3; frame 0 and frame 5, outside the range, get an opaque mask key."""
+    rec = case(krita, "frames_playback")
+    check_frames_outcome(rec)
+    assert rec["playback_read"] == [1, 4] and rec["mask_keys"] == [0, 1, 2, 3, 4, 5]
+    masks = frame_masks(krita, "frames_playback", rec["mask_keys"])
+    for t, expected in zip([1, 2, 3, 4], reference_frames(client, krita, "frames_playback", [0, 2, 3, 3])):
+        assert np.array_equal(masks[t], expected), t
+        assert (masks[t] < 10).mean() > 0.2 and masks[t].max() == 255, t
+    assert (masks[0] == 255).all() and (masks[5] == 255).all()
+
+
+def test_frames_with_an_output_other_than_a_mask_are_refused_and_the_document_untouched(krita):
+    rec = case(krita, "frames_refused")
+    assert rec["message"].startswith("Error: Frames get a keyframed transparency mask"), rec["message"]
+    assert rec["error_boxes"] and rec["untouched"], rec

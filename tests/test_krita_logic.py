@@ -277,7 +277,7 @@ def test_decontaminated_colours_are_refused_for_colour_models_that_are_converted
 def test_settings_survive_kritarc(plugin, krita):
     chosen = plugin.core.Settings(model="u2netp", output="decontaminated", refine=False, hardness=0.35,
                                   shift_edge=-4.5, feather=2.5, fill_holes=120, remove_specks=7, padding=0.6,
-                                  quality="best")
+                                  quality="best", frames="playback", temporal=False)
     plugin.core.save_settings(chosen)
     assert all(isinstance(v, str) for v in krita.settings.values())
     assert plugin.core.load_settings() == chosen
@@ -287,7 +287,7 @@ def test_unreadable_or_out_of_range_settings_fall_back_to_the_defaults(plugin, k
     defaults = plugin.core.Settings()
     assert plugin.core.load_settings() == defaults  # nothing saved yet
     for key, text in [("hardness", "1.5"), ("feather", "wide"), ("fill_holes", "2.5"), ("padding", "-1"),
-                      ("output", "sideways"), ("quality", "perfect")]:
+                      ("output", "sideways"), ("quality", "perfect"), ("frames", "sideways")]:
         krita.writeSetting("bgmask", key, text)
     assert plugin.core.load_settings() == defaults
 

@@ -9,7 +9,13 @@ the real application (tests/hostapps/krita_*.py check the same things there):
 - Node.addChildNode and Node.remove are undoable commands ("Add Layer"/"Remove Layer"); setPixelData,
   setChildNodes on a node outside the tree, and Document.setSelection are not;
 - Document.clone() copies the tree with the same uniqueIds and is not one of Krita.documents();
-- readSetting/writeSetting keep strings, as kritarc does.
+- readSetting/writeSetting keep strings, as kritarc does;
+- animation (Krita 5.2.9, 5.3.4.1 and 6.0.4.1 alike): enableAnimation() makes a node animated without
+  keyframes; only the timeline's add_blank_frame action, on the active node of the active view's document at
+  its current time, adds one (undoable; the node's content so far becomes frame 0 when it is the first);
+  pixelData/setPixelData/bounds work on the keyframe shown at the current time, pixelDataAtTime only on a
+  keyframe (empty elsewhere); setCurrentTime is an undo step; duplicate() keeps the keyframes;
+- a node added to a document cannot be made active before the event loop has run (`Krita.process_events`).
 """
 
 from __future__ import annotations
@@ -131,6 +137,7 @@ class Node:
         self._children: List[Node] = []
         mask_like = kind in ("transparencymask", "selectionmask")
         self._device = _Device(1 if mask_like else _CHANNELS[model] * _DEPTH_BYTES[depth])
+        self._keys: Optional[Dict[int, _Device]] = None  # animated: time -> that keyframe's pixels
 
     # identity and tree
     def uniqueId(self) -> uuid.UUID:
@@ -158,13 +165,21 @@ class Node:
         def do() -> None:
             self._children.insert(index, child)
             child._parent = self
+            child._adopt(self._doc)
 
         def undo() -> None:
             self._children.remove(child)
             child._parent = None
 
         self._doc._push("Add Layer", do, undo)
+        self._doc._unsettled = True
         return True
+
+    def _adopt(self, doc: "Document") -> None:
+        """A node added to another document's tree (a duplicate from elsewhere) now belongs to it."""
+        self._doc = doc
+        for child in self._children:
+            child._adopt(doc)
 
     def setChildNodes(self, nodes: List["Node"]) -> None:
         for node in nodes:
@@ -193,6 +208,7 @@ class Node:
         dup._uuid = uuid.uuid4()
         dup._parent = None
         dup._device = copy.deepcopy(self._device)
+        dup._keys = copy.deepcopy(self._keys)
         dup._children = []
         for child in self._children:
             c = child.duplicate()
@@ -228,18 +244,52 @@ class Node:
         self._device, self._model, self._depth, self._profile = new, model, depth, profile
         return True
 
+    # animation
+    def animated(self) -> bool:
+        return self._keys is not None
+
+    def enableAnimation(self) -> None:
+        if self._keys is None:
+            self._keys = {}
+
+    def hasKeyframeAtTime(self, time: int) -> bool:
+        return bool(self._keys) and time in self._keys
+
+    def pixelDataAtTime(self, x: int, y: int, w: int, h: int, time: int) -> bytes:
+        if not self.hasKeyframeAtTime(time):
+            return b""
+        return self._keys[time].read(x, y, w, h)
+
+    def _add_keyframe(self, time: int) -> Callable[[], None]:
+        """What add_blank_frame does to this node; returns how to undo it."""
+        before = dict(self._keys or {})
+        if not self._keys:
+            self._keys = {0: self._device}
+        self._keys[time] = _Device(self._device.pixel_size)
+
+        def undo() -> None:
+            self._keys = before
+        return undo
+
+    def _shown(self) -> _Device:
+        """The pixels shown at the document's current time: the last keyframe at or before it."""
+        if not self._keys:
+            return self._device
+        earlier = [t for t in self._keys if t <= self._doc._time]
+        return self._keys[max(earlier)] if earlier else _Device(self._device.pixel_size)
+
     def pixelData(self, x: int, y: int, w: int, h: int) -> bytes:
-        return self._device.read(x, y, w, h)
+        return self._shown().read(x, y, w, h)
 
     def setPixelData(self, data: bytes, x: int, y: int, w: int, h: int) -> bool:
         if len(data) < w * h * self._device.pixel_size:
             return False
-        self._device.write(bytes(data), x, y, w, h)
+        self._shown().write(bytes(data), x, y, w, h)
         self._doc._modified = True
         return True
 
     def bounds(self) -> QRect:
-        return self._device.bounds()
+        return self._shown().bounds()
 
 
 class Selection:
@@ -279,6 +329,9 @@ class Document:
         self._modified = False
         self.undo_stack: List[Tuple[str, Callable[[], None], Callable[[], None]]] = []
         self.closed = False
+        self._time = 0
+        self._clip = (0, 100)  # the animation's start and end; the playback range follows it
+        self._unsettled = False  # nodes were added since the event loop last ran
 
     def _push(self, text: str, do: Callable[[], None], undo: Callable[[], None]) -> None:
         do()
@@ -325,7 +378,57 @@ class Document:
         return self._active
 
     def setActiveNode(self, node: Optional[Node]) -> None:
+        if self._unsettled and Krita.instance().window.shows(self):
+            return  # Krita 5.2: ignored in the callback that added the node to a document in a view
         self._active = node
+
+    def currentTime(self) -> int:
+        return self._time
+
+    def setCurrentTime(self, time: int) -> None:
+        """requestTimeSwitchWithUndo: an undo step."""
+        before = self._time
+
+        def do() -> None:
+            self._time = time
+
+        def undo() -> None:
+            self._time = before
+
+        self._push("Switch Frames", do, undo)
+
+    def fullClipRangeStartTime(self) -> int:
+        return self._clip[0]
+
+    def fullClipRangeEndTime(self) -> int:
+        return self._clip[1]
+
+    def setFullClipRangeStartTime(self, time: int) -> None:
+        self._clip = (time, self._clip[1])
+
+    def setFullClipRangeEndTime(self, time: int) -> None:
+        self._clip = (self._clip[0], time)
+
+    def animationLength(self) -> int:
+        """The animation's end or its last keyframe, whichever is later, plus one."""
+        keys, stack = [], [self._root]
+        while stack:
+            node = stack.pop()
+            keys += list(node._keys or {})
+            stack += node._children
+        return max([self._clip[1]] + keys) + 1
+
+    def playBackStartTime(self) -> int:
+        return self._clip[0]
+
+    def playBackEndTime(self) -> int:
+        return self._clip[1]
+
+    def setBatchmode(self, value: bool) -> None:
+        self.batchmode = value
+
+    def waitForDone(self) -> None:
+        """Nothing runs in the background here."""
 
     def createNode(self, name: str, kind: str) -> Node:
         return Node(self, name, kind, self._model, self._depth, self._profile)
@@ -364,6 +467,7 @@ class Document:
         app = Krita.instance()
         if self in app._documents:
             app._documents.remove(self)
+        app.window._close_views_of(self)
         return True
 
 
@@ -371,6 +475,7 @@ def _clone_tree(node: Node, doc: Document) -> Node:
     twin = copy.copy(node)  # same uniqueId, as Krita's Document.clone() keeps them
     twin._doc = doc
     twin._device = copy.deepcopy(node._device)
+    twin._keys = copy.deepcopy(node._keys)
     twin._children = []
     for child in node._children:
         c = _clone_tree(child, doc)
@@ -379,12 +484,65 @@ def _clone_tree(node: Node, doc: Document) -> Node:
     return twin
 
 
+class View:
+    def __init__(self, doc: Document) -> None:
+        self._doc = doc
+
+    def document(self) -> Document:
+        return self._doc
+
+
+class Window:
+    """One main window; the active view's document is Krita.activeDocument()."""
+
+    def __init__(self) -> None:
+        self.views: List[View] = []
+        self.active: Optional[View] = None
+
+    def addView(self, doc: Document) -> View:
+        view = View(doc)
+        self.views.append(view)
+        self.active = view
+        return view
+
+    def activeView(self) -> Optional[View]:
+        return self.active
+
+    def showView(self, view: View) -> None:
+        if view in self.views:
+            self.active = view
+
+    def shows(self, doc: Document) -> bool:
+        return any(v._doc is doc for v in self.views)
+
+    def _close_views_of(self, doc: Document) -> None:
+        self.views = [v for v in self.views if v._doc is not doc]
+        if self.active is not None and self.active._doc is doc:
+            self.active = self.views[-1] if self.views else None
+
+
+class Action:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def trigger(self) -> None:
+        """add_blank_frame: a blank keyframe on the active view's active node, at that document's time."""
+        doc = Krita.instance().activeDocument()
+        node = doc.activeNode() if doc is not None else None
+        if node is None or node._keys is None:
+            return
+        undo = node._add_keyframe(doc._time)
+        doc.undo_stack.append(("Add Keyframe", lambda: None, undo))
+
+
 class Krita:
     _instance: Optional["Krita"] = None
+    ACTIONS = ("add_blank_frame",)
 
     def __init__(self) -> None:
         self._documents: List[Document] = []
         self.settings: Dict[Tuple[str, str], str] = {}  # kritarc: (group, key) -> value
+        self.window = Window()
 
     @classmethod
     def instance(cls) -> "Krita":
@@ -405,6 +563,20 @@ class Krita:
 
     def documents(self) -> List[Document]:
         return list(self._documents)
+
+    def activeWindow(self) -> Window:
+        return self.window
+
+    def activeDocument(self) -> Optional[Document]:
+        return self.window.active._doc if self.window.active is not None else None
+
+    def action(self, name: str) -> Optional[Action]:
+        return Action(name) if name in self.ACTIONS else None
+
+    def process_events(self) -> None:
+        """Tests: what returning to Krita's event loop does here (new nodes become activatable)."""
+        for doc in self._documents:
+            doc._unsettled = False
 
     def readSetting(self, group: str, key: str, default: str) -> str:
         """Like Krita's: kritarc holds strings."""

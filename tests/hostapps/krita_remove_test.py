@@ -102,6 +102,7 @@ class Docker:
         self.output = d.findChild(QComboBox, "bgmask_output")
         self.quality = d.findChild(QComboBox, "bgmask_quality")
         self.refine = d.findChild(QCheckBox, "bgmask_refine")
+        self.frames = d.findChild(QComboBox, "bgmask_frames")
         self.numbers = {key: d.findChild(QAbstractSpinBox, "bgmask_" + key) for key in core.NUMBER_RANGES}
         self.status = d.findChild(QLabel, "bgmask_status")
         self.progress = d.findChild(QProgressBar, "bgmask_progress")
@@ -427,6 +428,129 @@ def case_cancel(app, win, dk, rec):
     doc.close()
 
 
+FRAME_KEYS = [0, 2, 3, 5]   # the animated layer's keyframes: frames 1 and 4 hold the one before
+FRAME_STEP = 24              # the photo moves this far right from one keyframe to the next
+
+
+def animated_document(app, win, made):
+    """A 400x300 RGBA/U8 document whose layer "subject" holds astronaut.jpg at FRAME_KEYS, panned right;
+    made["doc"] and made["layer"] are set once it is ready."""
+    doc = app.createDocument(400, 300, "bgmask-frames", "RGBA", "U8", "", 72.0)
+    doc.setBatchmode(True)
+    pixels, w, h = photo_pixels(app, "astronaut.jpg", "RGBA", "U8", doc.colorProfile())
+    layer = doc.createNode("subject", "paintlayer")
+    doc.rootNode().addChildNode(layer, None)
+    win.addView(doc)
+    app.setActiveDocument(doc)
+    for step in activate(doc, layer):
+        yield step
+    layer.enableAnimation()
+    for i, t in enumerate(FRAME_KEYS):
+        doc.setCurrentTime(t)
+        doc.waitForDone()
+        app.action("add_blank_frame").trigger()
+        doc.waitForDone()
+        layer.setPixelData(pixels, OFFSET[0] + FRAME_STEP * i, OFFSET[1], w, h)
+    doc.setCurrentTime(0)
+    doc.waitForDone()
+    yield 0.2
+    made.update(doc=doc, layer=layer)
+
+
+def frames_case(app, win, dk, rec, scope, playback=None):
+    """Frames: `scope` on the animated layer; dump each layer keyframe and each mask keyframe (canvas-sized),
+    count the undo steps that remove the mask, and save and reopen the .kra."""
+    made = {}
+    for step in animated_document(app, win, made):
+        yield step
+    doc, layer = made["doc"], made["layer"]
+    if playback:  # the animation's start and end (Document.setPlayBackRange is undone by the view at once)
+        deadline = time.time() + 10   # Krita 5.3 and 6 may drop or delay the end: set it until it reads back
+        while [doc.playBackStartTime(), doc.playBackEndTime()] != list(playback) and time.time() < deadline:
+            doc.setFullClipRangeStartTime(playback[0])
+            doc.setFullClipRangeEndTime(playback[1])
+            yield 0.2
+        rec["playback_read"] = [doc.playBackStartTime(), doc.playBackEndTime()]
+    for step in activate(doc, layer):
+        yield step
+    dk.choose("mask", True, "u2netp")
+    dk.frames.setCurrentIndex(dk.frames.findData(scope))
+    w, h = doc.width(), doc.height()
+    for t in FRAME_KEYS:
+        dump("%s.layer.%d" % (rec["name"], t), layer.pixelDataAtTime(0, 0, w, h, t))
+    rec.update(keys=FRAME_KEYS, canvas=[w, h], layer_keys=[t for t in range(8) if layer.hasKeyframeAtTime(t)],
+               time_before=doc.currentTime(), undo_enabled_before=app.action("edit_undo").isEnabled())
+    try:
+        for step in dk.click(rec):
+            yield step
+    finally:
+        dk.frames.setCurrentIndex(dk.frames.findData(""))
+    masks = [c for c in layer.childNodes() if c.type() == "transparencymask"]
+    rec["children"] = [[c.name(), c.type(), c.animated()] for c in layer.childNodes()]
+    rec["time_after"] = doc.currentTime()
+    rec["documents_after"] = len(app.documents())
+    rec["active_document"] = app.activeDocument().name() if app.activeDocument() else None
+    if masks:
+        rec["mask_keys"] = [t for t in range(8) if masks[0].hasKeyframeAtTime(t)]
+        for t in rec["mask_keys"]:
+            dump("%s.mask.%d" % (rec["name"], t), masks[0].pixelDataAtTime(0, 0, w, h, t))
+        path = os.path.join(OUT, rec["name"] + ".kra")
+        rec["saved"] = bool(doc.saveAs(path))
+        doc.waitForDone()
+    for step in undo(app):
+        yield step
+    rec["children_after_undo"] = [c.name() for c in layer.childNodes()]
+    rec["layer_keys_after_undo"] = [t for t in range(8) if layer.hasKeyframeAtTime(t)]
+    doc.setModified(False)
+    doc.close()
+    if masks and rec["saved"]:
+        yield 0.3
+        again = app.openDocument(path)
+        again.setBatchmode(True)
+        subject = again.nodeByName("subject")
+        reopened = [c for c in subject.childNodes() if c.type() == "transparencymask"] if subject else []
+        rec["reopened_mask_keys"] = [t for t in range(8) if reopened and reopened[0].hasKeyframeAtTime(t)]
+        rec["reopened_equal"] = bool(reopened) and all(
+            bytes(reopened[0].pixelDataAtTime(0, 0, w, h, t)) == open(os.path.join(OUT, "%s.mask.%d" % (rec["name"], t)), "rb").read()
+            for t in rec["mask_keys"])
+        again.close()
+
+
+def case_frames_keyframes(app, win, dk, rec):
+    """Frames: Every keyframe of the layer: the mask is keyed where the layer is, one undo removes it."""
+    for step in frames_case(app, win, dk, rec, "keyframes"):
+        yield step
+
+
+def case_frames_playback(app, win, dk, rec):
+    """Frames: Every frame of the playback range 1..4 (1 and 4 hold the layer's keyframes 0 and 3)."""
+    rec["playback"] = [1, 4]
+    for step in frames_case(app, win, dk, rec, "playback", playback=(1, 4)):
+        yield step
+
+
+def case_frames_refused(app, win, dk, rec):
+    """Frames with Output "Selection": a clear error, and the document as it was."""
+    made = {}
+    for step in animated_document(app, win, made):
+        yield step
+    doc, layer = made["doc"], made["layer"]
+    for step in activate(doc, layer):
+        yield step
+    dk.choose("selection", True, "")
+    dk.frames.setCurrentIndex(dk.frames.findData("keyframes"))
+    doc.setModified(False)
+    before = fingerprint(doc)
+    try:
+        for step in dk.click(rec):
+            yield step
+    finally:
+        dk.frames.setCurrentIndex(dk.frames.findData(""))
+    rec["untouched"] = fingerprint(doc) == before
+    doc.setModified(False)
+    doc.close()
+
+
 PHOTO_CASES = {
     "rgba_u8": ("RGBA", "U8"), "rgba_u16": ("RGBA", "U16"), "rgba_f16": ("RGBA", "F16"),
     "rgba_f32": ("RGBA", "F32"), "graya_u8": ("GRAYA", "U8"), "graya_u16": ("GRAYA", "U16"),
@@ -441,7 +565,9 @@ CASES = dict(
     kra_round_trip=case_kra_round_trip, selection=case_selection, mask_options=case_mask_options,
     decontaminated=case_decontaminated, output_selection=case_output_selection,
     output_layer=case_output_layer, menu_action=case_menu_action, unsupported_layer=case_unsupported_layer,
-    unknown_model=case_unknown_model, daemon_down=case_daemon_down, cancel=case_cancel)
+    unknown_model=case_unknown_model, daemon_down=case_daemon_down, cancel=case_cancel,
+    frames_keyframes=case_frames_keyframes, frames_playback=case_frames_playback,
+    frames_refused=case_frames_refused)
 
 
 def main():

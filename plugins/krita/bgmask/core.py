@@ -27,6 +27,9 @@ OUTPUTS = {
 }
 # The request's `quality` option (docs/protocol.md); "" sends none, so the daemon's own default applies.
 QUALITIES = {"": "Daemon default", "fast": "Fast", "balanced": "Balanced", "best": "Best"}
+# What an animated layer's click covers (frames.py); "": one mask for the current frame, as on a still layer.
+FRAME_SCOPES = {"": "Current frame only", "keyframes": "Every keyframe of the layer",
+                "playback": "Every frame of the playback range"}
 MASK_NAME = "Background Removal"
 SETTINGS_GROUP = "bgmask"
 DEFAULT_PADDING = 0.15
@@ -85,6 +88,8 @@ class Settings(NamedTuple):
     remove_specks: int = 0
     padding: float = DEFAULT_PADDING  # context around a selection, a fraction of its longer side
     quality: str = ""  # a QUALITIES key; "": the daemon's default
+    frames: str = ""  # on an animated layer: "" one mask for the current frame, else a FRAME_SCOPES key
+    temporal: bool = True  # frames: steady edges across frames (the sequence's `temporal`)
 
     def options(self) -> Dict[str, Any]:
         """The request's options; a selection adds `region` and `padding`."""
@@ -112,12 +117,15 @@ def load_settings() -> Settings:
     app = Krita.instance()
     output = app.readSetting(SETTINGS_GROUP, "output", OUTPUT_MASK)
     quality = app.readSetting(SETTINGS_GROUP, "quality", "")
+    frames = app.readSetting(SETTINGS_GROUP, "frames", "")
     numbers = {key: _number(app.readSetting(SETTINGS_GROUP, key, str(Settings._field_defaults[key])), key)
                for key in NUMBER_RANGES}
     return Settings(model=app.readSetting(SETTINGS_GROUP, "model", "") or None,
                     output=output if output in OUTPUTS else OUTPUT_MASK,
                     refine=app.readSetting(SETTINGS_GROUP, "refine", "true") != "false",
-                    quality=quality if quality in QUALITIES else "", **numbers)
+                    quality=quality if quality in QUALITIES else "",
+                    frames=frames if frames in FRAME_SCOPES else "",
+                    temporal=app.readSetting(SETTINGS_GROUP, "temporal", "true") != "false", **numbers)
 
 
 def save_settings(settings: Settings) -> None:
@@ -127,6 +135,8 @@ def save_settings(settings: Settings) -> None:
     app.writeSetting(SETTINGS_GROUP, "output", settings.output)
     app.writeSetting(SETTINGS_GROUP, "refine", "true" if settings.refine else "false")
     app.writeSetting(SETTINGS_GROUP, "quality", settings.quality)
+    app.writeSetting(SETTINGS_GROUP, "frames", settings.frames)
+    app.writeSetting(SETTINGS_GROUP, "temporal", "true" if settings.temporal else "false")
     for key in NUMBER_RANGES:
         app.writeSetting(SETTINGS_GROUP, key, repr(getattr(settings, key)))
 

@@ -1,18 +1,19 @@
 """The Krita side: a "Background Removal" docker, a Layer-menu action, and the thread that talks to the daemon.
 
 One Controller per Krita process runs at most one request at a time; every docker (one per window)
-and the menu action go through it. Requests run in a QThread, results are applied on the UI thread
-(queued signals), and errors are shown in the docker and in a message box.
+and the menu action go through it. Requests (one layer: core.Job; an animated layer's frames:
+frames.FramesJob) run in a QThread, results are applied on the UI thread (queued signals; a frames
+result in steps that return to Krita's event loop), and errors are shown in the docker and in a message box.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Extension, Krita
 
-from . import core
+from . import core, frames
 from .qt import QtCore, QtGui, QtWidgets
 
 DOCKER_ID = "bgmask_docker"
@@ -44,17 +45,18 @@ def _make_client(autostart: bool) -> Any:
 class _RemovalThread(QtCore.QThread):
     """Runs one Job.run off the UI thread; the outcome comes back as queued signals."""
 
-    progressed = QtCore.pyqtSignal(str, float)   # stage, fraction (-1: unknown)
-    succeeded = QtCore.pyqtSignal(object)        # core.Reply
+    progressed = QtCore.pyqtSignal(str, float, int, int)  # stage, fraction (-1: unknown), frame, frames (-1: one)
+    succeeded = QtCore.pyqtSignal(object)        # core.Reply or frames.FramesReply
     failed = QtCore.pyqtSignal(str, str)         # code, message
 
-    def __init__(self, job: core.Job, client: Any, parent: QtCore.QObject) -> None:
+    def __init__(self, job: Any, client: Any, parent: QtCore.QObject) -> None:
         super().__init__(parent)
         self.job, self.client = job, client
         self.cancel_event = threading.Event()
 
-    def _on_progress(self, stage: str, fraction: Optional[float]) -> None:
-        self.progressed.emit(stage, -1.0 if fraction is None else float(fraction))
+    def _on_progress(self, stage: str, fraction: Optional[float], frame: Optional[Tuple[int, int]] = None) -> None:
+        index, count = frame or (-1, -1)
+        self.progressed.emit(stage, -1.0 if fraction is None else float(fraction), index, count)
 
     def run(self) -> None:
         errors = core.client_module()
@@ -103,6 +105,7 @@ class Controller(QtCore.QObject):
     def __init__(self, parent: QtCore.QObject) -> None:
         super().__init__(parent)
         self._thread: Optional[_RemovalThread] = None
+        self._applying = False  # a frames result is being added to the document, in steps
         self._status_thread: Optional[_StatusThread] = None
         self._status: Optional[Dict[str, Any]] = None
         self._status_error = ""
@@ -139,7 +142,9 @@ class Controller(QtCore.QObject):
         settings = core.load_settings()
         try:
             doc = Krita.instance().activeDocument()
-            job = core.prepare(doc, core.target_layer(doc), settings)
+            node = core.target_layer(doc)
+            prepare = frames.prepare if frames.wanted(node, settings) else core.prepare
+            job = prepare(doc, node, settings)
             client = _make_client(autostart=True)
         except core.PluginError as exc:
             self._report(False, str(exc))
@@ -157,15 +162,24 @@ class Controller(QtCore.QObject):
         self._thread.start()
 
     def cancel(self) -> None:
-        if self._thread is not None:
+        if self._thread is not None and not self._applying:  # the masks are in: adding them is not stopped
             self._thread.cancel_event.set()  # polled by the client, which then sends the daemon a cancel
             self.progress.emit("Cancelling", -1)
 
-    def _on_progress(self, stage: str, fraction: float) -> None:
+    def _on_progress(self, stage: str, fraction: float, index: int, count: int) -> None:
         text = STAGES.get(stage, stage)
-        self.progress.emit(text, -1 if fraction < 0 else int(round(100 * fraction)))
+        if count <= 0:
+            self.progress.emit(text, -1 if fraction < 0 else int(round(100 * fraction)))
+            return
+        done = index + max(0.0, fraction)  # frames finished, plus this one's stage
+        self.progress.emit(f"Frame {index + 1} of {count}: {text}", int(100 * done / count))
 
-    def _on_success(self, reply: core.Reply) -> None:
+    def _on_success(self, reply: Any) -> None:
+        if isinstance(reply, frames.FramesReply):
+            self._applying = True
+            self.progress.emit("Adding the keyframed mask", -1)
+            self._apply_steps(frames.apply(self._thread.job, reply))
+            return
         try:
             self._report(True, core.apply(self._thread.job, reply.mask, reply.model, reply.colours))
         except core.PluginError as exc:
@@ -174,6 +188,21 @@ class Controller(QtCore.QObject):
             self._report(False, f"Could not add the result to the image: {type(exc).__name__}: {exc}")
         finally:
             self._done()
+
+    def _apply_steps(self, steps: Iterator[float]) -> None:
+        """Run frames.apply up to its next pause, then come back after it from Krita's event loop."""
+        try:
+            delay = next(steps)
+        except StopIteration as done:
+            self._report(True, done.value)
+        except core.PluginError as exc:
+            self._report(False, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a Krita API failure: tell the user rather than lose it
+            self._report(False, f"Could not add the masks to the image: {type(exc).__name__}: {exc}")
+        else:
+            QtCore.QTimer.singleShot(int(1000 * delay), lambda: self._apply_steps(steps))
+            return
+        self._done()
 
     def _on_failure(self, code: str, message: str) -> None:
         if code == "cancelled":
@@ -186,6 +215,7 @@ class Controller(QtCore.QObject):
         """Idle again only once the outcome is in the document: applying it may spin Krita's event loop
         (Node.addChildNode waits for its stroke), and a second click must not slip in meanwhile."""
         self._thread = None
+        self._applying = False
         self.busy_changed.emit(False)
         self.refresh_status()
 
@@ -251,6 +281,19 @@ class BgmaskDocker(DockWidget):
             self.quality.addItem(label, key)
         self.quality.setCurrentIndex(self.quality.findData(settings.quality))
         form.addRow("Quality:", self.quality)
+        self.frames = QtWidgets.QComboBox(root)
+        self.frames.setObjectName("bgmask_frames")
+        self.frames.setToolTip("On an animated layer: one mask for the current frame, or a transparency mask "
+                               "keyed on every keyframe of the layer or every frame of the playback range")
+        for key, label in core.FRAME_SCOPES.items():
+            self.frames.addItem(label, key)
+        self.frames.setCurrentIndex(self.frames.findData(settings.frames))
+        form.addRow("Frames:", self.frames)
+        self.temporal = QtWidgets.QCheckBox("Steady edges across frames", root)
+        self.temporal.setObjectName("bgmask_temporal")
+        self.temporal.setToolTip("Frames: keep the edges of a still or slowly moving subject from flickering")
+        self.temporal.setChecked(settings.temporal)
+        form.addRow(self.temporal)
         self.refine = QtWidgets.QCheckBox("Refine edges", root)
         self.refine.setObjectName("bgmask_refine")
         self.refine.setChecked(settings.refine)
@@ -305,6 +348,7 @@ class BgmaskDocker(DockWidget):
         self.refresh.clicked.connect(self.ctl.refresh_status)
         for signal in (self.model.currentIndexChanged, self.output.currentIndexChanged,
                        self.quality.currentIndexChanged, self.refine.toggled,
+                       self.frames.currentIndexChanged, self.temporal.toggled,
                        *(spin.valueChanged for spin in self.numbers.values())):
             signal.connect(self._save)
         self.ctl.busy_changed.connect(self._on_busy)
@@ -329,6 +373,7 @@ class BgmaskDocker(DockWidget):
     def settings(self) -> core.Settings:
         return core.Settings(model=self.model.currentData() or None, output=self.output.currentData(),
                              refine=self.refine.isChecked(), quality=self.quality.currentData(),
+                             frames=self.frames.currentData(), temporal=self.temporal.isChecked(),
                              **{key: spin.value() for key, spin in self.numbers.items()})
 
     def _save(self, *_: Any) -> None:
