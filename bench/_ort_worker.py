@@ -32,11 +32,12 @@ from PIL import Image
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))  # the bgmask tree under test comes from PYTHONPATH (set by speed.py)
 
-from bgmask import pixels, providers  # noqa: E402
-from bgmask.catalog import Catalog  # noqa: E402
+from bgmask.mask import pixels  # noqa: E402
+from bgmask.models import providers  # noqa: E402
+from bgmask.models.catalog import Catalog  # noqa: E402
 from bgmask.protocol import ImageSpec  # noqa: E402
-from bgmask.pool import SessionPool  # noqa: E402
-from bgmask.sessions import MattingSession  # noqa: E402
+from bgmask.models.pool import SessionPool  # noqa: E402
+from bgmask.models.sessions import MattingSession  # noqa: E402
 
 LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
           "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}

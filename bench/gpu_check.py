@@ -35,8 +35,8 @@ sys.path.insert(0, str(SERVER))
 
 import numpy as np  # noqa: E402
 
-from bgmask import providers  # noqa: E402
-from bgmask.catalog import Catalog  # noqa: E402
+from bgmask.models import providers  # noqa: E402
+from bgmask.models.catalog import Catalog  # noqa: E402
 from bgmask.errors import BgmaskError  # noqa: E402
 
 MODELS = ("u2netp", "isnet-general-use")
@@ -100,7 +100,7 @@ def floors(model: str, choice: providers.ProviderChoice, repeat: int) -> dict[st
     the values; speed.py's floor uses the daemon's own tensor): ONNX Runtime's defaults for the provider, then
     the daemon's options under each cuDNN search (CUDA, ROCm)."""
     import onnxruntime as ort
-    from bgmask import download
+    from bgmask.models import download
 
     spec = Catalog.load().get(model)
     path = download.ensure_model(spec)

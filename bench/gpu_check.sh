@@ -41,7 +41,7 @@ pack)
            | grep -v -E '^nvidia-(cufft|cuda-nvrtc)' | tr -d ' ')
   "${pip_get[@]}" $nvidia numpy pillow pyzmq msgpack platformdirs flatbuffers packaging protobuf
   rm -f "$work"/nvidia_cufft* "$work"/nvidia_cuda_nvrtc*
-  models=$(PYTHONPATH=server "$PY" -c 'from bgmask import download; from bgmask.catalog import Catalog
+  models=$(PYTHONPATH=server "$PY" -c 'from bgmask.models import download; from bgmask.models.catalog import Catalog
 for name in ("u2netp", "isnet-general-use"): print(download.ensure_model(Catalog.load().get(name)))')
   ls -la "$work"
   "$PY" bench/carry.py pack "$work"/*.whl $models --out bench/.carry --batch-mib 56

@@ -52,8 +52,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import quality_data as D  # noqa: E402
 import real_photos as RP  # noqa: E402
-from bgmask import decontaminate as DC  # noqa: E402
-from bgmask import refine as R  # noqa: E402
+from bgmask.mask import decontaminate as DC  # noqa: E402
+from bgmask.mask import refine as R  # noqa: E402
 
 METRICS = ("SAD", "MSE", "Grad", "Conn")
 PRED_SIZE = (1024, 1024)
@@ -204,9 +204,10 @@ def recovery(scenes, photos, results, conn: bool) -> None:
 def model_predictions(names: list[str]):
     """name -> function(8-bit RGB composite) -> (prediction, inference seconds), for models in the cache."""
     try:
-        from bgmask import catalog, download, pixels, providers
+        from bgmask.models import catalog, download, providers
+        from bgmask.mask import pixels
         from bgmask.protocol import ImageSpec
-        from bgmask.sessions import MattingSession
+        from bgmask.models.sessions import MattingSession
     except ImportError as exc:
         print(f"(end to end skipped: bgmask's pipeline modules are not importable: {exc})")
         return {}
@@ -330,7 +331,7 @@ def sweep(scenes, photos, results) -> None:
 
 def real(models: list[str], qualities: list[str], chosen: list, with_rembg: bool, results: dict) -> None:
     """bgmask at each quality and rembg on the same photos with the same model file: one table per model."""
-    from bgmask import catalog
+    from bgmask.models import catalog
     from bgmask.protocol import RemoveOptions
 
     cols = ("MAE", "maxF", "IoU", "BF")

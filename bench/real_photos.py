@@ -162,9 +162,10 @@ def bgmask_masker(model: str, quality: str, **options) -> tuple[MaskFn, str]:
     """A function 8-bit RGB (H, W, 3) -> uint8 mask through the daemon's own pipeline (compute_mask, the code a
     remove request runs, in this process), and the model file it uses."""
     sys.path.insert(0, str(ROOT / "server"))
-    from bgmask import catalog, download, pipeline, providers
+    from bgmask.models import catalog, download, providers
+    from bgmask.mask import pipeline
     from bgmask.protocol import ImageSpec, RemoveOptions
-    from bgmask.sessions import MattingSession
+    from bgmask.models.sessions import MattingSession
 
     spec = catalog.Catalog.load().get(model)
     path = download.ensure_model(spec)

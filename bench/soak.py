@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import conftest  # noqa: E402  (puts server/ on sys.path)
-from bgmask.clientlib import load_client  # noqa: E402
+from bgmask.client.loader import load_client  # noqa: E402
 from fuzz_long import model_cache  # noqa: E402
 
 SAMPLE = {"u8": np.dtype(np.uint8), "u16": np.dtype("<u2"), "f32": np.dtype("<f4")}

@@ -43,9 +43,10 @@ from PIL import Image  # noqa: E402
 
 import rembg_env  # noqa: E402
 from _ort_worker import normalised  # noqa: E402
-from bgmask import download, modelprep, paths  # noqa: E402
-from bgmask.catalog import Catalog  # noqa: E402
-from bgmask.clientlib import load_client  # noqa: E402
+from bgmask import paths  # noqa: E402
+from bgmask.models import download, modelprep  # noqa: E402
+from bgmask.models.catalog import Catalog  # noqa: E402
+from bgmask.client.loader import load_client  # noqa: E402
 
 MODELS = ("u2netp", "isnet-general-use")
 SIZES = {"1mp": (1224, 816), "12mp": (4242, 2828), "24mp": (6000, 4000)}  # the photo's 3:2, like a camera's

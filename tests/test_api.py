@@ -54,7 +54,7 @@ def test_file_bytes_give_png_bytes(client_env: dict, tmp_path: Path) -> None:
     assert img.mode == "RGBA" and img.size == (451, 300)
     rgb16 = np.asarray(Image.open(PHOTO).convert("RGB")).astype(np.uint16) * 257 + 7
     tiff = io.BytesIO()
-    from bgmask import image_files
+    from bgmask.files import writing as image_files
 
     image_files.write(tiff, "TIFF", rgb16)  # a 16-bit RGB TIFF, which Pillow alone reads as 8-bit
     (tmp_path / "cut.png").write_bytes(bgmask.remove(tiff.getvalue()))
@@ -82,7 +82,7 @@ def test_the_client_class_is_exported_for_streaming_use(client_env: dict) -> Non
     assert np.array_equal(np.frombuffer(again, np.uint8).reshape(300, 451), first)
 
 
-@pytest.mark.parametrize("module", ["bgmask", "bgmask.cli"])
+@pytest.mark.parametrize("module", ["bgmask", "bgmask.cli.main"])
 def test_import_bgmask_loads_nothing_heavy(module: str) -> None:
     """The daemon, every CLI command and scripts import bgmask: numpy and Pillow load only to process images."""
     code = f"import sys, {module}; print(sorted(m for m in ('numpy', 'PIL', 'zmq', 'onnxruntime') if m in sys.modules))"

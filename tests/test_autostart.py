@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bgmask import autostart
-from bgmask.hostprofiles import Host
+from bgmask.desktop import autostart
+from bgmask.desktop.hostprofiles import Host
 
 
 def tool(name: str) -> str:

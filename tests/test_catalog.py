@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bgmask import download, errors as E
-from bgmask.catalog import Catalog, ModelSpec
+from bgmask import errors as E
+from bgmask.models import download
+from bgmask.models.catalog import Catalog, ModelSpec
 from bgmask.errors import BgmaskError
 from conftest import base_env
 

@@ -77,7 +77,7 @@ def photo16(path: Path) -> np.ndarray:
     """A 16-bit RGB PNG with far more than 256 levels a channel (the photo x 257 plus noise)."""
     rgb = np.asarray(Image.open(EXAMPLES / "astronaut.jpg").convert("RGB")).astype(np.int32) * 257
     rgb = np.clip(rgb + np.random.default_rng(1).integers(-100, 100, rgb.shape), 0, 65535).astype(np.uint16)
-    from bgmask import image_files
+    from bgmask.files import writing as image_files
 
     with open(path, "wb") as f:
         image_files.write(f, "PNG", rgb)
@@ -370,15 +370,15 @@ def test_watch_names_results_from_the_folder_not_from_arrival_order(daemon: Runn
     assert proc.returncode == 130 and b"Traceback" not in stderr, stderr.decode()
     assert sorted(snapshot(results)) == ["a-jpg.png", "a-png.png", "c.png"]
     assert stdout.decode().strip().splitlines()[-1] == "3 done, 0 failed (stopped)"
-    from bgmask import outputs
+    from bgmask.files import outputs
     assert sorted(Path(j.dest).name for j in outputs.plan([str(inbox)], str(results), True).jobs) == sorted(snapshot(results))
 
 
 def test_quality_is_sent_only_when_given() -> None:
     """`--quality` maps to the protocol option `quality` (the daemon's quality lane); without it nothing is sent,
     so daemons without the option keep working. The flags' names are the protocol's with dashes."""
-    from bgmask.cli import build_parser
-    from bgmask.cli_remove import settings_from
+    from bgmask.cli.main import build_parser
+    from bgmask.cli.remove import settings_from
 
     def options(*flags: str) -> dict:
         return settings_from(build_parser().parse_args(["remove", "x.png", *flags])).options
@@ -427,7 +427,7 @@ def test_a_destination_that_is_an_input_under_another_name_is_refused(daemon: Ru
 
 
 def test_names_that_differ_only_in_case_clash_where_the_volume_ignores_case(tmp_path: Path) -> None:
-    from bgmask import outputs
+    from bgmask.files import outputs
 
     folder = tmp_path / "in"
     folder.mkdir()

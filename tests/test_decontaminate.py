@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bgmask import errors as E
-from bgmask.decontaminate import decontaminate
+from bgmask.mask.decontaminate import decontaminate
 from bgmask.errors import BgmaskError
 
 

@@ -20,10 +20,11 @@ from typing import Iterator, Optional
 import onnxruntime as ort
 import pytest
 
-from bgmask import download, errors as E, paths
-from bgmask.catalog import Catalog, ModelSpec, Source
+from bgmask import errors as E, paths
+from bgmask.models import download
+from bgmask.models.catalog import Catalog, ModelSpec, Source
 from bgmask.errors import BgmaskError
-from bgmask.progressbar import ProgressBar
+from bgmask.cli.progressbar import ProgressBar
 from conftest import base_env
 
 U2NETP_SHA256 = "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8"
@@ -205,6 +206,22 @@ def test_damaged_copy_is_rejected_and_the_next_source_used(cache: Path, site: Si
     assert download.installed(spec).source == good.url  # type: ignore[union-attr]
 
 
+def test_a_killed_writers_old_temporary_in_the_cache_is_removed_and_a_live_ones_kept(cache: Path, site: Site,
+                                                                                      u2netp_bytes: bytes) -> None:
+    site.files["/good/u2netp.onnx"] = u2netp_bytes
+    spec = spec_from(url_source(site.url("/good/u2netp.onnx"), u2netp_bytes))
+    models = paths.models_dir()
+    models.mkdir(parents=True)
+    dead, live = models / "u2netp.onnx.sha256.8qlmy4gq.tmp", models / "u2netp.onnx.sha256.ncbo9r26.tmp"
+    for temp in (dead, live):
+        temp.write_text("{")
+    hours_ago = time.time() - 2 * paths.STALE_TEMP_S
+    os.utime(dead, (hours_ago, hours_ago))
+    download.ensure_model(spec)
+    assert leftovers(cache) == [str(live.relative_to(cache))]  # a writer that may still be running keeps its file
+    assert download.installed(spec) is not None
+
+
 def test_cut_connection_resumes_with_range(cache: Path, site: Site, u2netp_bytes: bytes) -> None:
     site.files["/m.onnx"] = u2netp_bytes
     site.cut_once.add("/m.onnx")
@@ -307,10 +324,10 @@ def test_one_download_for_concurrent_callers_in_a_process(cache: Path, site: Sit
 
 CHILD = """
 import json, os, resource, signal, sys
-from bgmask import download
-from bgmask.catalog import ModelSpec
+from bgmask.models import download
+from bgmask.models.catalog import ModelSpec
 from bgmask.errors import BgmaskError
-from bgmask.progressbar import ProgressBar
+from bgmask.cli.progressbar import ProgressBar
 limit = int(sys.argv[2])
 if limit:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -25,9 +25,9 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-from bgmask import download
-from bgmask.catalog import Catalog
-from bgmask.clientlib import load_client
+from bgmask.models import download
+from bgmask.models.catalog import Catalog
+from bgmask.client.loader import load_client
 from conftest import SERVER, RunningDaemon, load_rgb, start_daemon
 
 SMALL = ["--default-model", "u2netp", "--preload-delay", "-1"]

@@ -58,7 +58,7 @@ def test_a_folder_of_numbered_frames_gives_a_folder_of_masks(daemon: RunningDaem
     folder.mkdir()
     for k, frame in enumerate(frames(3)):
         frame.save(folder / f"f{[2, 10, 1][k]}.png")  # numbered, not in name order
-    from bgmask import cli_frames
+    from bgmask.cli import frames as cli_frames
 
     assert [p.name for p in cli_frames.numbered(folder)] == ["f1.png", "f2.png", "f10.png"]  # the sequence's order
     run = bgmask(daemon, "remove", "--frames", str(folder), "--mask-only", "--model", "u2netp")

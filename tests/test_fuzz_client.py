@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from bgmask.clientlib import client_source, load_client
+from bgmask.client.loader import client_source, load_client
 from test_fuzz_daemon import weighted
 
 TIMEOUT = 0.3  # the client's inactivity timeout in these tests: every silence costs this much

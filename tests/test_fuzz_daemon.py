@@ -4,7 +4,7 @@ Every message must get exactly one final answer, with the code the protocol pred
 max_message_bytes, which costs its sender the connection. Lying headers must be refused before anything is
 allocated for them (the daemon's peak RSS does not move) and the daemon's RSS must stay flat. The oracle
 below is written from the protocol document, not from the daemon's code; where the document leaves a case
-open (undocumented options, header size limits) it accepts each reasonable answer but never `internal`.
+open (an int for a float option, header size limits) it accepts each reasonable answer but never `internal`.
 
 bench/fuzz_long.py runs the same generator for >= 10,000 messages and prints the figures."""
 
@@ -35,7 +35,11 @@ CODES = {"bad_request", "unsupported_version", "unauthorized", "unknown_op", "un
          "too_large", "busy", "cancelled", "model_unavailable", "device_unavailable", "inference_failed",
          "shutting_down", "internal"}
 STAGES = {"queued", "downloading", "loading", "inferring", "refining"}
-DOCUMENTED_OPTIONS = {"refine"}
+# docs/protocol.md's options table: name -> (low, high) for the numbers, and the flags and quality names
+NUMBER_OPTIONS = {"hardness": (0, 1), "shift_edge": (-100, 100), "feather": (0, 500), "fill_holes": (0, 1e12),
+                  "remove_specks": (0, 1e12), "padding": (0, 4)}
+FLAG_OPTIONS = {"refine", "decontaminate"}
+QUALITY_NAMES = {"fast", "balanced", "best"}
 MISSING = object()  # a key left out of a generated map
 
 
@@ -127,18 +131,45 @@ def _image_codes(d: Any, data: list[bytes]) -> tuple[set, Optional[tuple[int, in
     return set(), (w, h)
 
 
-def _option_codes(o: Any) -> tuple[set, set, bool]:
-    """(definite, open, decontaminate may be on) for the `options` map."""
+def _option_codes(o: Any, wh: Optional[tuple[int, int]] = None) -> tuple[set, set, bool]:
+    """(definite, open, decontaminate may be on) for the `options` map: a value of the wrong type or out of range
+    is bad_request, an unknown key too. `wh` is the image's size, without which a region's overlap is open."""
     if o is None:
         return set(), set(), False
     if not isinstance(o, dict):
         return {"bad_request"}, set(), False
     definite, open_ = set(), set()
-    if "refine" in o and not isinstance(o["refine"], bool):
-        definite.add("bad_request")
-    if set(o) - DOCUMENTED_OPTIONS:
-        open_.add("bad_request")  # region, hardness, ... are not in the document yet; unknown keys are not ruled on
+    for key, value in o.items():
+        verdict = _option_verdict(key, value, wh)
+        if verdict == "bad":
+            definite.add("bad_request")
+        elif verdict == "open":
+            open_.add("bad_request")
     return definite, open_, o.get("decontaminate") is True
+
+
+def _option_verdict(key: Any, value: Any, wh: Optional[tuple[int, int]]) -> str:
+    """"ok", "bad" or "open" (the document does not say) for one option."""
+    if key in FLAG_OPTIONS:
+        return "ok" if isinstance(value, bool) else "bad"
+    if key == "quality":
+        return "ok" if isinstance(value, str) and value in QUALITY_NAMES else "bad"
+    if key in NUMBER_OPTIONS:
+        low, high = NUMBER_OPTIONS[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            return "bad"
+        return "ok" if isinstance(value, float) else "open"  # the table says float; an int may be taken as one
+    if key == "region":
+        if value is None:
+            return "ok"
+        if not isinstance(value, list) or len(value) != 4 or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+            return "bad"
+        if wh is None:
+            return "open"
+        x, y, w, h = value
+        overlaps = w > 0 and h > 0 and max(x, 0) < min(x + w, wh[0]) and max(y, 0) < min(y + h, wh[1])
+        return "ok" if overlaps else "bad"
+    return "bad"
 
 
 def _output_type(o: Any) -> Optional[str]:
@@ -191,8 +222,8 @@ def _envelope_and_op(h: dict, data: list[bytes], token: str) -> tuple[set, set]:
     if op != "remove":
         return set(), set()
     definite, open_ = _model_codes(h.get("model"))
-    image_codes, _ = _image_codes(h.get("image"), data)
-    opt_definite, opt_open, _ = _option_codes(h.get("options"))
+    image_codes, wh = _image_codes(h.get("image"), data)
+    opt_definite, opt_open, _ = _option_codes(h.get("options"), wh)
     definite |= image_codes | opt_definite
     open_ |= opt_open
     if _output_type(h.get("output")) is None:
@@ -205,7 +236,7 @@ def _remove_result(h: dict, data: list[bytes]) -> tuple[Optional[tuple[int, int,
     out = _output_type(h.get("output"))
     if wh is None or out is None:
         return None, False
-    return (wh[0], wh[1], MASK_SIZES[out]), _option_codes(h.get("options"))[2]
+    return (wh[0], wh[1], MASK_SIZES[out]), _option_codes(h.get("options"), wh)[2]
 
 
 # ----------------------------------------------------------------------------------------------- messages
@@ -305,15 +336,20 @@ def corpus(token: str) -> list[Probe]:
         case("types", "bad_request", {**rm, "image": img, "options": {"refine": "yes"}}, data=[pixels(36, 4)]),
         case("types", "bad_request", {**rm, "image": img, "output": {"sample_type": "f16"}}, data=[pixels(36, 4)]),
         case("types", "reply", {**ok, "op": "cancel", "target": {"id": 1}}),
-        # capabilities hello advertises (region, decontaminate, matte options): not in the document's options table
-        # yet, so refusing them is allowed, failing on them is not
-        case("options", "reply|bad_request", {**rm, "image": img, "options": {"region": [1, 1, 2, 1]}}, data=[pixels(36, 9)]),
-        case("options", "reply|bad_request", {**rm, "image": img, "options": {"region": [-5, -5, 2**40, 2**40]}}, data=[pixels(36, 9)]),
-        case("options", "reply|bad_request", {**rm, "image": img, "options": {"region": [9, 9, 2, 2]}}, data=[pixels(36, 9)]),
-        case("options", "reply|bad_request", {**rm, "image": img, "options": {"decontaminate": True}}, data=[pixels(36, 9)]),
-        case("options", "reply|bad_request", {**rm, "image": img, "options": {"hardness": 1.0, "feather": 256, "shift_edge": -256,
-                                                                         "fill_holes": 1, "remove_specks": 1}}, data=[pixels(36, 9)]),
-        case("options", "reply|bad_request", {**rm, "image": img, "options": {"hardness": float("nan")}}, data=[pixels(36, 9)]),
+        # every option of the document's table: in range it is served, out of range or of the wrong type it is not
+        case("options", "reply", {**rm, "image": img, "options": {"region": [1, 1, 2, 1]}}, data=[pixels(36, 9)]),
+        case("options", "reply", {**rm, "image": img, "options": {"region": [-5, -5, 2**40, 2**40]}}, data=[pixels(36, 9)]),
+        case("options", "bad_request", {**rm, "image": img, "options": {"region": [9, 9, 2, 2]}}, data=[pixels(36, 9)]),
+        case("options", "bad_request", {**rm, "image": img, "options": {"region": [1, 1, 2]}}, data=[pixels(36, 9)]),
+        case("options", "reply", {**rm, "image": img, "options": {"decontaminate": True}}, data=[pixels(36, 9)]),
+        case("options", "reply", {**rm, "image": img, "options": {"hardness": 1.0, "feather": 256.0, "shift_edge": -100.0,
+                                                              "fill_holes": 1.0, "remove_specks": 1.0}}, data=[pixels(36, 9)]),
+        case("options", "bad_request", {**rm, "image": img, "options": {"shift_edge": -256.0}}, data=[pixels(36, 9)]),
+        case("options", "bad_request", {**rm, "image": img, "options": {"hardness": float("nan")}}, data=[pixels(36, 9)]),
+        case("options", "bad_request", {**rm, "image": img, "options": {"padding": True}}, data=[pixels(36, 9)]),
+        case("options", "reply", {**rm, "image": img, "options": {"quality": "best"}}, data=[pixels(36, 9)]),
+        case("options", "bad_request", {**rm, "image": img, "options": {"quality": "ultra"}}, data=[pixels(36, 9)]),
+        case("options", "bad_request", {**rm, "image": img, "options": {"sharpen": 1.0}}, data=[pixels(36, 9)]),
     ]
     lies = [  # (image, frame length, answer): sizes the header claims and the frame does not carry
         ({"width": 100000, "height": 100000, "channels": 4, "sample_type": "f32"}, 64, "too_large"),
@@ -433,6 +469,9 @@ def remove_probes(draw: st.DrawFn, token: str) -> Probe:
         st.fixed_dictionaries({"hardness": st.floats() | st.integers(-3, 3), "feather": st.floats(-1, 300)}),
         st.fixed_dictionaries({"decontaminate": st.booleans() | st.just("yes")}),
         st.fixed_dictionaries({"padding": st.floats(allow_nan=True) | HOSTILE_INTS}),
+        st.fixed_dictionaries({"quality": st.sampled_from(["fast", "balanced", "best", "BEST", "", None, 2])}),
+        st.fixed_dictionaries({"shift_edge": st.floats(-300, 300), "fill_holes": st.floats(-1, 1e13),
+                               "remove_specks": st.floats(-1, 10), "refine": st.booleans()}),
         st.dictionaries(st.text(max_size=8), MSGPACK_VALUES, max_size=3),
         HOSTILE_SCALARS,
     ))))

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bgmask.clientlib import load_client
+from bgmask.client.loader import load_client
 from conftest import EXAMPLES, REPO, RunningDaemon
 from hostapps_targets import GIMPS, TRIXIE, Target, record_launch
 

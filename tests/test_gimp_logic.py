@@ -11,7 +11,7 @@ from typing import Any, Callable
 import pytest
 from PIL import Image as PILImage
 
-from bgmask.clientlib import load_client
+from bgmask.client.loader import load_client
 from conftest import REPO, RunningDaemon, example, start_daemon
 from fakes.fake_gimp import FakeGimp, Gegl, Image
 

@@ -9,7 +9,7 @@ import sys
 import onnxruntime as ort
 import pytest
 
-from bgmask import providers
+from bgmask.models import providers
 from conftest import REPO
 
 spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")

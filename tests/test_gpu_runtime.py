@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bgmask import providers
+from bgmask.models import providers
 from conftest import REPO, RunningDaemon, base_env, load_rgb, start_daemon
 
 pytestmark = pytest.mark.ortgpu
@@ -60,7 +60,7 @@ def gpu_python(tmp_path_factory: pytest.TempPathFactory, cuda_resolution: list[t
 
 
 def _venv_runtime(python: Path) -> dict:
-    code = ("import json, onnxruntime as o, sys; sys.path.insert(0, sys.argv[1]); from bgmask import providers; "
+    code = ("import json, onnxruntime as o, sys; sys.path.insert(0, sys.argv[1]); from bgmask.models import providers; "
             "print(json.dumps({'dists': providers.installed_runtimes(), 'available': o.get_available_providers()}))")
     r = subprocess.run([str(python), "-c", code, str(REPO / "server")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -114,7 +114,7 @@ def auto_daemon(gpu_python: Path, tmp_path_factory: pytest.TempPathFactory, mode
 
 
 def _client(d: RunningDaemon):
-    from bgmask.clientlib import load_client
+    from bgmask.client.loader import load_client
 
     return load_client().Client(d.endpoint, d.token, timeout=120, autostart=False)
 

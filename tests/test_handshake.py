@@ -199,7 +199,8 @@ def test_an_idle_daemon_gives_memory_back_once_per_idle_period(isolated_dirs: di
     """Not at every 0.5 s tick: a fragmented heap stays 'free' after malloc_trim, and back-to-back requests
     would pay their page faults again. One trim release_memory_after_s after the last request (or closed
     connection), none before, and the next only after another request."""
-    from bgmask import daemon, sessions
+    from bgmask.daemon import server as daemon
+    from bgmask.models import sessions
 
     for key, value in isolated_dirs.items():
         monkeypatch.setenv(key, value)

@@ -20,10 +20,11 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from bgmask import cli_install, hostprofiles, install
-from bgmask.autostart import LAUNCHD, SYSTEMD, XDG
-from bgmask.hostprofiles import Host, ini_get, ini_has_section, ini_set, ini_unset
-from bgmask.install import Context, InstallError
+from bgmask.cli import install as cli_install
+from bgmask.desktop import hostprofiles, install
+from bgmask.desktop.autostart import LAUNCHD, SYSTEMD, XDG
+from bgmask.desktop.hostprofiles import Host, ini_get, ini_has_section, ini_set, ini_unset
+from bgmask.desktop.install import Context, InstallError
 
 PYTHON = "/opt/python/bin/python3"
 DAEMON = [PYTHON, "-m", "bgmask", "serve"]

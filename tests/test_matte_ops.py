@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from bgmask import errors as E
 from bgmask.errors import BgmaskError
-from bgmask.matte_ops import apply_options
+from bgmask.mask.matte_ops import apply_options
 
 
 def disk(H: int, W: int, cx: float, cy: float, r: float) -> np.ndarray:

@@ -13,12 +13,13 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from bgmask import download, modelprep, pipeline, pixels, providers
-from bgmask.catalog import Catalog
-from bgmask.clientlib import load_client
+from bgmask.models import download, modelprep, providers
+from bgmask.mask import pipeline, pixels
+from bgmask.models.catalog import Catalog
+from bgmask.client.loader import load_client
 from bgmask.protocol import ImageSpec, RemoveOptions
-from bgmask.pool import SessionPool
-from bgmask.sessions import MattingSession
+from bgmask.models.pool import SessionPool
+from bgmask.models.sessions import MattingSession
 from conftest import example, start_daemon
 
 PHOTOS = ("astronaut.jpg", "chelsea.jpg", "coffee.jpg")

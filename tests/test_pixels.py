@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bgmask import pipeline, pixels
+from bgmask.mask import pipeline, pixels
 from bgmask.protocol import ImageSpec, RemoveOptions
 
 ALPHA_TYPES = {"u8": np.uint8, "u16": np.dtype("<u2"), "f32": np.dtype("<f4")}

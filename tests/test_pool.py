@@ -11,9 +11,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from bgmask import providers
+from bgmask.models import providers
 from bgmask.errors import BgmaskError
-from bgmask.pool import SessionPool
+from bgmask.models.pool import SessionPool
 from conftest import base_env
 
 

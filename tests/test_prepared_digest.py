@@ -9,8 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from bgmask import download, modelprep
-from bgmask.catalog import Catalog
+from bgmask.models import download, modelprep
+from bgmask.models.catalog import Catalog
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from bgmask import modelprep, providers
+from bgmask.models import modelprep, providers
 from bgmask.errors import BgmaskError
-from bgmask.pool import SessionPool
+from bgmask.models.pool import SessionPool
 from conftest import base_env
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
@@ -105,7 +105,7 @@ def test_this_environment_has_exactly_one_runtime() -> None:
 
 def test_serve_without_any_runtime_names_the_install_command(isolated_dirs: dict) -> None:
     """The base package has no ONNX Runtime: serve says which extra to install instead of a traceback."""
-    hide = "import sys; sys.modules['onnxruntime'] = None; from bgmask.cli import main; sys.exit(main(['serve']))"
+    hide = "import sys; sys.modules['onnxruntime'] = None; from bgmask.cli.main import main; sys.exit(main(['serve']))"
     r = subprocess.run([sys.executable, "-c", hide], env=base_env(isolated_dirs), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
     assert "ONNX Runtime is not installed" in r.stderr and "pip install 'bgmask[cpu]'" in r.stderr
@@ -168,7 +168,7 @@ def test_a_gpu_out_of_memory_at_run_time_falls_back_to_the_cpu_only_under_auto(
     import zmq
 
     from bgmask import protocol
-    from bgmask.daemon import Daemon, DaemonConfig, Job
+    from bgmask.daemon.server import Daemon, DaemonConfig, Job
 
     d = Daemon(DaemonConfig(preload_delay=-1, device="cpu", default_model="u2netp"))
     try:

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgmask import download, errors as E, pipeline, pixels, providers
-from bgmask.catalog import Catalog
+from bgmask import errors as E
+from bgmask.models import download, providers
+from bgmask.mask import pipeline, pixels
+from bgmask.models.catalog import Catalog
 from bgmask.errors import BgmaskError
 from bgmask.protocol import ImageSpec, RemoveOptions, parse_options
-from bgmask.sessions import MattingSession
+from bgmask.models.sessions import MattingSession
 from conftest import example
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bgmask import errors as E
-from bgmask import refine as R
+from bgmask.mask import refine as R
 from bgmask.errors import BgmaskError
 
 
@@ -277,7 +277,7 @@ def test_model_input_resized_in_parallel_bands_is_pillows_resize(size, model, re
     band's filter positions from its own box), with either filter (each band reads as far as its support); the
     rows are resized first, as Pillow does for some shapes only (the 8-bit result between passes differs with
     the order, for LANCZOS by several levels)."""
-    from bgmask import pixels
+    from bgmask.mask import pixels
     from bgmask.protocol import ImageSpec
 
     w, h = size

@@ -141,7 +141,7 @@ def test_no_file_of_the_user_is_written_through_a_planted_symlink(fallback_env: 
 
 def test_the_daemon_side_ignores_a_symlinked_runtime_file(isolated_dirs: dict, monkeypatch: pytest.MonkeyPatch,
                                                           tmp_path: Path) -> None:
-    from bgmask import runtime
+    from bgmask.daemon import runtime
 
     monkeypatch.setenv("BGMASK_RUNTIME_DIR", isolated_dirs["BGMASK_RUNTIME_DIR"])
     real = tmp_path / "foreign.json"
@@ -155,7 +155,7 @@ def test_the_daemon_side_ignores_a_symlinked_runtime_file(isolated_dirs: dict, m
 def test_the_daemon_log_is_size_capped_and_never_written_through_a_symlink(tmp_path: Path) -> None:
     import logging
 
-    from bgmask import runtime
+    from bgmask.daemon import runtime
 
     path = tmp_path / "daemon.log"
     handler = runtime.RotatingLog(str(path))
@@ -183,7 +183,8 @@ def test_the_daemon_log_is_size_capped_and_never_written_through_a_symlink(tmp_p
 
 def test_an_own_config_dir_left_group_writable_by_a_umask_is_tightened_not_refused(tmp_path: Path,
                                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from bgmask import paths, runtime
+    from bgmask import paths
+    from bgmask.daemon import runtime
 
     config = tmp_path / "config"
     config.mkdir()
@@ -202,7 +203,8 @@ def test_an_own_config_dir_left_group_writable_by_a_umask_is_tightened_not_refus
 
 def test_a_sandbox_copy_that_cannot_be_written_is_skipped_and_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
-    from bgmask import paths, runtime
+    from bgmask import paths
+    from bgmask.daemon import runtime
 
     monkeypatch.setenv("BGMASK_RUNTIME_DIR", str(tmp_path / "run"))
     copy_dir = tmp_path / "xdg" / "app" / "org.gimp.GIMP" / "bgmask"
@@ -252,8 +254,8 @@ def test_a_config_link_to_something_unsafe_is_refused_naming_its_variable(isolat
 
 def test_serve_publishes_nothing_before_the_config_dir_check_that_stops_it(isolated_dirs: dict, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from bgmask import runtime
-    from bgmask.daemon import Daemon, DaemonConfig
+    from bgmask.daemon import runtime
+    from bgmask.daemon.server import Daemon, DaemonConfig
     from bgmask.errors import BgmaskError
 
     for key, value in isolated_dirs.items():

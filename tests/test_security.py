@@ -25,7 +25,8 @@ import msgpack
 import pytest
 import zmq
 
-from bgmask import daemon as daemon_module, protocol
+from bgmask import protocol
+from bgmask.daemon import server as daemon_module
 from conftest import RunningDaemon, authenticate, base_env, start_daemon, vm_kib
 
 SMALL = ["--default-model", "u2netp", "--preload-delay", "-1"]

@@ -17,7 +17,7 @@ from test_daemon_protocol import Raw, mask_of, photo
 sys.path.insert(0, str(REPO / "plugins" / "common"))
 import bgmask_client  # noqa: E402
 
-from bgmask import sequences  # noqa: E402
+from bgmask.daemon import sequences  # noqa: E402
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ def __getattr__(name: str) -> Any:
 
         return remove
     if name in ("Client", "BgmaskError", "RemoveResult"):
-        from bgmask.clientlib import load_client
+        from bgmask.client.loader import load_client
 
         return getattr(load_client(), name)
     raise AttributeError(f"module 'bgmask' has no attribute {name!r}")

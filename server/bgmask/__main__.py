@@ -1,5 +1,5 @@
 """`python -m bgmask` is the same as the `bgmask` command (used for the recorded daemon command)."""
 
-from bgmask.cli import main
+from bgmask.cli.main import main
 
 raise SystemExit(main())

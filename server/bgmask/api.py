@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 
-from bgmask import cutouts, image_files, images, removal, runtime
-from bgmask.clientlib import load_client
+from bgmask.files import cutouts, reading as images, writing as image_files
+from bgmask.client import removal
+from bgmask.daemon import runtime
+from bgmask.client.loader import load_client
 from bgmask.errors import BgmaskError as _ServerError
 
 if TYPE_CHECKING:

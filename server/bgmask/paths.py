@@ -3,13 +3,18 @@ so tests, sandboxes and Flatpak setups can point the daemon and its clients at t
 
 from __future__ import annotations
 
+import glob
+import json
 import os
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
 from bgmask import errors as E
-from bgmask.clientlib import load_client
+from bgmask.client.loader import load_client
 from bgmask.errors import BgmaskError
 
 APP = "bgmask"
@@ -69,3 +74,37 @@ def ensure_private_dir(path: Path) -> Path:
         return Path(client.private_dir(str(path), tighten=not runtime, follow_links=config, variable=variable))
     except client.BgmaskError as exc:
         raise BgmaskError(E.UNSAFE_RUNTIME_DIR, exc.message[:1].upper() + exc.message[1:]) from None
+
+
+STALE_TEMP_S = 3600  # a JSON write takes milliseconds: a temporary file this old belongs to a killed writer
+
+
+def write_json_atomically(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file beside `path` (mkstemp: mode 0600) and rename it over, so readers never see
+    half a file and a crash leaves the old one; temporary files a killed writer left beside it are removed. The
+    folder must exist."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _remove_stale_temporaries(path)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    cutoff = time.time() - STALE_TEMP_S
+    for temp in path.parent.glob(glob.escape(path.name) + ".*.tmp"):
+        try:
+            if temp.lstat().st_mtime < cutoff:
+                temp.unlink()
+        except OSError:
+            pass  # gone meanwhile, or not ours to remove

@@ -6,7 +6,7 @@ and before anything is allocated according to an unchecked header."""
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import msgpack

@@ -16,7 +16,7 @@ def plugins_root() -> Path:
 
         return Path(bgmask.plugins.__file__).parent
     except ImportError:
-        checkout = Path(__file__).resolve().parents[2] / "plugins"
+        checkout = Path(__file__).resolve().parents[3] / "plugins"
         if (checkout / "common" / "bgmask_client.py").is_file():
             return checkout
         raise

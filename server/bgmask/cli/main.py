@@ -10,8 +10,10 @@ import sys
 import time
 from typing import NoReturn, Optional, Sequence
 
-from bgmask import __version__, cli_install, cli_models, cli_remove, cli_watch, runtime
-from bgmask.clientlib import load_client
+from bgmask import __version__
+from bgmask.cli import install as cli_install, models as cli_models, remove as cli_remove, watch as cli_watch
+from bgmask.daemon import runtime
+from bgmask.client.loader import load_client
 from bgmask.errors import BgmaskError
 
 GiB = 1024**3
@@ -29,14 +31,14 @@ EPILOG = """examples:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from bgmask import providers
+    from bgmask.models import providers
 
     try:
         providers.load_runtime()  # the base install has none: say which extra to install
     except BgmaskError as exc:
         print(f"bgmask: {exc.message}", file=sys.stderr)
         return 2
-    from bgmask.daemon import Daemon, DaemonConfig  # ONNX Runtime is only imported by the daemon
+    from bgmask.daemon.server import Daemon, DaemonConfig  # ONNX Runtime is only imported by the daemon
     if not args.gpu_mem_limit > 0:
         print(f"bgmask: --gpu-mem-limit must be a positive number of GiB, got {args.gpu_mem_limit}.", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""`bgmask remove`: files and folders through the daemon, without ever losing a file (see outputs.py).
+"""`bgmask remove`: files and folders through the daemon, without ever losing a file (see files/outputs.py).
 
 Ctrl-C cancels the request in flight (the daemon drops it), removes any half-written result, prints
 `N done, M failed, K not started (interrupted)` and exits 130; a second Ctrl-C stops at once."""
@@ -16,14 +16,15 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Callable, Optional, TextIO
 
-from bgmask import outputs, runtime
-from bgmask.clientlib import load_client
+from bgmask.files import outputs
+from bgmask.daemon import runtime
+from bgmask.client.loader import load_client
 from bgmask.errors import BgmaskError
-from bgmask.mask_options import MASK_OPTIONS, QUALITIES
-from bgmask.progressbar import ProgressBar
+from bgmask.client.mask_options import MASK_OPTIONS, QUALITIES
+from bgmask.cli.progressbar import ProgressBar
 
 if TYPE_CHECKING:  # numpy and Pillow load only when images are processed: `bgmask status` starts ~0.3 s sooner
-    from bgmask.removal import ProgressFn, Settings
+    from bgmask.client.removal import ProgressFn, Settings
 
 INTERRUPTED_EXIT = 130
 START_NOTICE_S = 1.0  # say that the daemon is starting when connecting takes longer than this
@@ -96,8 +97,8 @@ def add_mask_arguments(p: argparse.ArgumentParser) -> None:
 
 def settings_from(args: argparse.Namespace) -> "Settings":
     """The removal settings of parsed arguments; a BAD_REQUEST for combinations that make no sense."""
-    from bgmask.cutouts import parse_colour
-    from bgmask.removal import Settings
+    from bgmask.files.cutouts import parse_colour
+    from bgmask.client.removal import Settings
 
     options: dict[str, Any] = {}
     if args.no_refine:
@@ -120,7 +121,7 @@ def settings_from(args: argparse.Namespace) -> "Settings":
 
 def result_format(dest: str, settings: "Settings") -> str:
     """The format of a result file (PNG on standard output), or a BAD_REQUEST naming what would work."""
-    from bgmask import image_files
+    from bgmask.files import writing as image_files
 
     suffix = ".png" if dest == outputs.STDIO else Path(dest).suffix
     has_alpha = not settings.mask_only and settings.bg is None
@@ -185,7 +186,9 @@ def run_job(client: Any, job: outputs.Job, settings: "Settings", overwrite: bool
             on_progress: "ProgressFn", temporal: bool = True) -> bool:
     """One input to its result file (or standard output); False when an existing result was kept. An animated
     GIF, WebP or PNG gives an animation (cli_frames)."""
-    from bgmask import animations, cli_frames, image_files, images, removal
+    from bgmask.files import animations, reading as images, writing as image_files
+    from bgmask.cli import frames as cli_frames
+    from bgmask.client import removal
 
     stdin = job.source == outputs.STDIO
     source = sys.stdin.buffer.read() if stdin else Path(job.source)
@@ -214,7 +217,7 @@ def run_job(client: Any, job: outputs.Job, settings: "Settings", overwrite: bool
 
 def cmd_frames(args: argparse.Namespace) -> int:
     """`bgmask remove --frames FOLDER`: one folder of numbered frames as one sequence (cli_frames)."""
-    from bgmask import cli_frames
+    from bgmask.cli import frames as cli_frames
 
     client_module = load_client()
     try:

@@ -10,9 +10,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -165,19 +163,9 @@ def _read_imported() -> list[dict[str, Any]]:
 
 
 def write_json_atomically(path: Path, data: Any) -> None:
-    """Write to a temporary file beside `path` and rename it over, so readers never see half a file."""
+    """Replace `path` with JSON atomically, creating its folder (the model cache, the config dir) if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    paths.write_json_atomically(path, data)
 
 
 class Catalog:
@@ -269,7 +257,7 @@ def _triple(what: str, values: Iterable[float]) -> tuple[float, float, float]:
 
 def _check_onnx(file: Path, size: tuple[int, int], input_name: Optional[str], output_name: Optional[str]) -> None:
     """Refuse files ONNX Runtime cannot load, or whose input cannot take an NCHW float image of `size`."""
-    from bgmask.providers import load_runtime
+    from bgmask.models.providers import load_runtime
 
     ort = load_runtime()  # heavy; only needed here and in the daemon (the base install has none: says which extra)
 

@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from bgmask import parallel
+from bgmask.mask import parallel
 from bgmask.protocol import ImageSpec
 
 DTYPES = {"u8": np.dtype(np.uint8), "u16": np.dtype("<u2"), "f16": np.dtype("<f2"), "f32": np.dtype("<f4")}

@@ -33,7 +33,7 @@ from typing import IO, Any, Callable, Iterator, Optional
 
 from bgmask import __version__, paths
 from bgmask import errors as E
-from bgmask.catalog import ModelSpec, Source, file_digests, write_json_atomically
+from bgmask.models.catalog import ModelSpec, Source, file_digests, write_json_atomically
 from bgmask.errors import BgmaskError
 
 log = logging.getLogger(__name__)

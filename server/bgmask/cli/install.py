@@ -1,4 +1,4 @@
-"""`bgmask install`, `uninstall` and `autostart`: the command-line side of install.py, which is imported
+"""`bgmask install`, `uninstall` and `autostart`: the command-line side of desktop/install.py, which is imported
 only when one of these commands runs (every `bgmask remove` parses these subcommands too)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 
 def _run(action: Callable[[Any], int], args: argparse.Namespace) -> int:
-    from bgmask import install
+    from bgmask.desktop import install
 
     try:
         return int(action(install.context_for(args)))
@@ -19,7 +19,7 @@ def _run(action: Callable[[Any], int], args: argparse.Namespace) -> int:
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
-    from bgmask import install
+    from bgmask.desktop import install
 
     explicit = [app for app in (install.GIMP, install.KRITA) if getattr(args, app)]
     return _run(lambda ctx: install.install(ctx, explicit or [install.GIMP, install.KRITA],
@@ -28,13 +28,13 @@ def _cmd_install(args: argparse.Namespace) -> int:
 
 
 def _cmd_uninstall(args: argparse.Namespace) -> int:
-    from bgmask import install
+    from bgmask.desktop import install
 
     return _run(install.uninstall, args)
 
 
 def _cmd_autostart(args: argparse.Namespace) -> int:
-    from bgmask import install
+    from bgmask.desktop import install
 
     actions = {"status": install.autostart_status, "enable": install.autostart_enable,
                "disable": install.autostart_disable}

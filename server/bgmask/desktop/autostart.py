@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from bgmask.hostprofiles import LINUX, MACOS, WINDOWS, Host
+from bgmask.desktop.hostprofiles import LINUX, MACOS, WINDOWS, Host
 
 PRELOAD_DELAY_S = 30
 SYSTEMD_UNIT = "bgmask.service"

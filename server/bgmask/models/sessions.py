@@ -13,10 +13,10 @@ import numpy as np
 import onnxruntime as ort
 
 from bgmask import errors as E
-from bgmask import modelprep
-from bgmask.catalog import ModelSpec
+from bgmask.models import modelprep
+from bgmask.models.catalog import ModelSpec
 from bgmask.errors import BgmaskError
-from bgmask.providers import CPU_PROVIDER, ProviderChoice
+from bgmask.models.providers import CPU_PROVIDER, ProviderChoice
 
 
 _arena_lock = threading.Lock()

@@ -14,8 +14,8 @@ from typing import Optional
 
 import numpy as np
 
-from bgmask.matte_ops import blur
-from bgmask.refine import CancelFn, _check
+from bgmask.mask.matte_ops import blur
+from bgmask.mask.refine import CancelFn, _check
 
 WIDE_SIGMA = 24.0  # px: the neighbourhood that supplies pure foreground and background colours
 NARROW_SIGMA = 2.0  # px: the second pass that brings the estimate back to the edge's own detail

@@ -19,7 +19,7 @@ import numpy as np
 
 from bgmask import errors as E
 from bgmask.errors import BgmaskError
-from bgmask.temporal import TemporalFilter
+from bgmask.mask.temporal import TemporalFilter
 
 MAX_SEQUENCES = 8  # live sequences per daemon (each holds ~1.6 MB and 4 bytes a pixel of a frame of history)
 IDLE_S = 60.0  # a sequence with no frame admitted or finished for this long is dropped

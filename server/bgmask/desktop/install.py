@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any, Collection, Optional, TextIO
 
 import bgmask
-from bgmask import autostart, clientlib, paths
-from bgmask.hostprofiles import (
+from bgmask import paths
+from bgmask.desktop import autostart
+from bgmask.client import loader as clientlib
+from bgmask.desktop.hostprofiles import (
     Host, Profile, default_gimp_profiles, default_krita_profile, gimp_profiles, ini_get,
     ini_has_section, ini_set, ini_unset, krita_profiles,
 )

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from bgmask import outputs
+from bgmask.files import outputs
 from bgmask.errors import BgmaskError
-from bgmask.progressbar import ProgressBar
+from bgmask.cli.progressbar import ProgressBar
 
 
 def frame_progress(count: int, label: str) -> tuple[Any, ProgressBar]:
@@ -54,7 +54,8 @@ def run_animation(client: Any, job: outputs.Job, anim: Any, settings: Any, overw
                   temporal: bool) -> bool:
     """An animated file to an animation of its own format (or of -o's): a result on every frame, durations
     and loop count kept. False when an existing result was kept."""
-    from bgmask import animations, images, removal
+    from bgmask.files import animations, reading as images
+    from bgmask.client import removal
 
     if settings.depth == 16:
         raise BgmaskError("bad_request", "animations are written with 8 bits per sample: leave out --depth 16")
@@ -88,7 +89,8 @@ def numbered(folder: Path) -> list[Path]:
 def cmd_frames(args: argparse.Namespace, settings: Any, connect: Any, stop: Any) -> int:
     """`bgmask remove --frames FOLDER [-o OUT]`: every image of FOLDER as one sequence, results under the same
     names (.png) in OUT (default FOLDER-cutout or FOLDER-mask beside it)."""
-    from bgmask import image_files, images, removal
+    from bgmask.files import reading as images, writing as image_files
+    from bgmask.client import removal
 
     if len(args.inputs) != 1 or not Path(args.inputs[0]).is_dir():
         print("bgmask: --frames takes one folder of numbered frames", file=sys.stderr)

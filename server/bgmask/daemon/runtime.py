@@ -7,12 +7,11 @@ import logging
 import logging.handlers
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 from bgmask import paths
-from bgmask.clientlib import load_client
+from bgmask.client.loader import load_client
 from bgmask.errors import BgmaskError
 
 if sys.platform == "win32":
@@ -57,19 +56,9 @@ class DaemonLock:
 
 
 def write_private_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomically replace `path` with JSON readable only by the user (mkstemp creates it 0600; it may hold the token)."""
+    """Atomically replace `path` with JSON readable only by the user (it may hold the token), in a private folder."""
     paths.ensure_private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    paths.write_json_atomically(path, data)
 
 
 def _read_json(path: Path) -> Any:

@@ -8,10 +8,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from bgmask import cutouts
+from bgmask.files import cutouts
 from bgmask import errors as E
 from bgmask.errors import BgmaskError
-from bgmask.images import LoadedImage
+from bgmask.files.reading import LoadedImage
 
 ProgressFn = Callable[[str, Optional[float]], None]
 

@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from bgmask.refine import BlockUpscale, CancelFn, _block_mean, _check, box_mean_1d
+from bgmask.mask.refine import BlockUpscale, CancelFn, _block_mean, _check, box_mean_1d
 
 MAX_SHIFT = 100.0
 MAX_FEATHER = 500.0

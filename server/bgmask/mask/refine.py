@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from bgmask import errors as E
-from bgmask import parallel
+from bgmask.mask import parallel
 from bgmask.errors import BgmaskError
 
 CancelFn = Callable[[], bool]

@@ -13,10 +13,10 @@ import numpy as np
 from PIL import Image
 
 from bgmask import errors as E
-from bgmask import decontaminate, matte_ops, pixels, refine
+from bgmask.mask import decontaminate, matte_ops, pixels, refine
 from bgmask.errors import BgmaskError
 from bgmask.protocol import ImageSpec, RemoveOptions
-from bgmask.sessions import MattingSession
+from bgmask.models.sessions import MattingSession
 
 ProgressFn = Callable[[str, Optional[float]], None]
 CancelFn = Callable[[], bool]

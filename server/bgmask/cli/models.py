@@ -10,7 +10,7 @@ from typing import Optional
 # The catalog and the downloader (http.client, ssl, certifi) are imported by the commands that use them:
 # `bgmask remove` parses these subcommands too, and its start-up time is the user's waiting time.
 from bgmask.errors import BgmaskError
-from bgmask.progressbar import ProgressBar, human_bytes
+from bgmask.cli.progressbar import ProgressBar, human_bytes
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -64,8 +64,8 @@ def _fail(exc: BgmaskError) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from bgmask import download
-    from bgmask.catalog import Catalog
+    from bgmask.models import download
+    from bgmask.models.catalog import Catalog
 
     try:
         catalog = Catalog.load()
@@ -86,8 +86,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from bgmask import download
-    from bgmask.catalog import Catalog
+    from bgmask.models import download
+    from bgmask.models.catalog import Catalog
 
     try:
         spec = Catalog.load().get(args.name)
@@ -111,7 +111,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from bgmask.catalog import Catalog
+    from bgmask.models.catalog import Catalog
 
     try:
         spec = Catalog.load().import_model(

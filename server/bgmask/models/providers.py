@@ -220,7 +220,7 @@ def captured_output() -> Iterator[list[str]]:
 
 def probe(ort: Any, provider: str, gpu: GpuSettings) -> Optional[str]:
     """None when a session with `provider` really runs on it; otherwise one sentence saying why not."""
-    from bgmask import modelprep
+    from bgmask.models import modelprep
 
     options = ort.SessionOptions()
     options.log_severity_level = 2  # keep ORT's "Failed to create ..." warning: it names what is missing

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bgmask import outputs
-from bgmask.cli_remove import DAEMON_FAILURES, INTERRUPTED_EXIT, Downloads, Interruption, add_mask_arguments, \
+from bgmask.files import outputs
+from bgmask.cli.remove import DAEMON_FAILURES, INTERRUPTED_EXIT, Downloads, Interruption, add_mask_arguments, \
     connect, result_format, run_job, settings_from
-from bgmask.clientlib import load_client
+from bgmask.client.loader import load_client
 from bgmask.errors import BgmaskError
 
 POLL_S = 0.5

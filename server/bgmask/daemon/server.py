@@ -22,12 +22,15 @@ from typing import Any, Callable, Optional
 
 import zmq
 
-from bgmask import PROTOCOL_VERSION, __version__, paths, pipeline, protocol, providers, runtime, sequences, sessions
+from bgmask import PROTOCOL_VERSION, __version__, paths, protocol
+from bgmask.mask import pipeline
+from bgmask.models import providers, sessions
+from bgmask.daemon import runtime, sequences
 from bgmask import errors as E
-from bgmask.catalog import Catalog
+from bgmask.models.catalog import Catalog
 from bgmask.errors import BgmaskError
-from bgmask.pool import SessionPool
-from bgmask.sessions import MattingSession
+from bgmask.models.pool import SessionPool
+from bgmask.models.sessions import MattingSession
 from bgmask.protocol import ImageSpec, RemoveOptions
 
 log = logging.getLogger("bgmask.daemon")

@@ -10,12 +10,12 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Optional
 
-from bgmask import download, modelprep
+from bgmask.models import download, modelprep
 from bgmask import errors as E
-from bgmask.catalog import Catalog, ModelSpec
+from bgmask.models.catalog import Catalog, ModelSpec
 from bgmask.errors import BgmaskError
-from bgmask.providers import ProviderChoice
-from bgmask.sessions import MattingSession
+from bgmask.models.providers import ProviderChoice
+from bgmask.models.sessions import MattingSession
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, Optional[float]], None]

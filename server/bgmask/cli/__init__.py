@@ -1,0 +1,1 @@
+"""The `bgmask` command: one module per subcommand family."""

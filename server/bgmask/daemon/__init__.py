@@ -1,0 +1,1 @@
+"""The daemon: sockets and handshake, one process per user, frame sequences."""

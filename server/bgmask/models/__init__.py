@@ -1,0 +1,1 @@
+"""Models: the catalog, verified downloads, CPU-prepared copies, providers and the warm session pool."""
