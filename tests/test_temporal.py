@@ -1,11 +1,11 @@
-"""The temporal filter (server/bgmask/temporal.py) on predictions made to order: it cuts the edge wobble of
+"""The temporal filter (server/bgmask/mask/temporal.py) on predictions made to order: it cuts the edge wobble of
 a still scene, and where the model changes its mind about a region the frame keeps its own mask."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from bgmask.temporal import TemporalFilter
+from bgmask.mask.temporal import TemporalFilter
 
 SIZE = 64  # model resolution of these tests
 FULL = 256  # full resolution of the masks

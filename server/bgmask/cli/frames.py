@@ -42,7 +42,7 @@ def names_an_animation(job: outputs.Job) -> bool:
     """Whether the job's result is named in a format only animations are written in (-o x.gif for an animated
     GIF): the still-image check of result names does not apply to it. From standard input that is only known
     once the image is read, so the job decides then (a still image refuses the name)."""
-    from bgmask import animations, image_files
+    from bgmask.files import animations, writing as image_files
 
     suffix = Path(job.dest).suffix.lower()
     if job.dest == outputs.STDIO or suffix not in animations.FORMATS or suffix in image_files.FORMATS:

@@ -241,7 +241,7 @@ def cmd_frames(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     if args.frames:
         return cmd_frames(args)
-    from bgmask import cli_frames
+    from bgmask.cli import frames as cli_frames
 
     client_module = load_client()
     try:
