@@ -172,7 +172,8 @@ class SequenceTable:
 
 class FrameBlend:
     """One frame's temporal steps, in frame order: prediction() (waits for the frame before to finish its
-    own) blends the model's prediction, mask() the full-resolution mask and hands the turn on."""
+    own) decides the frame's blend weights from the model's prediction, mask() blends the full-resolution mask
+    and hands the turn on."""
 
     def __init__(self, table: SequenceTable, seq: Sequence, index: int, model: str, cancel: Callable[[], bool]) -> None:
         self.table, self.seq, self.index, self.model, self.cancel = table, seq, index, model, cancel
