@@ -80,3 +80,23 @@ def test_the_python_api_takes_a_list_of_frames(client_env: dict) -> None:
         assert np.array_equal(mask, bgmask.remove(picture, mask_only=True, model="u2netp"))
     cutouts = bgmask.remove([Image.fromarray(p) for p in pictures], model="u2netp")
     assert [c.mode for c in cutouts] == ["RGBA"] * 3 and cutouts[0].size == (160, 160)
+
+
+def test_o_names_an_animation_in_its_own_format_and_a_still_image_cannot_take_it(
+        daemon: RunningDaemon, tmp_path: Path) -> None:
+    src = tmp_path / "anim.gif"
+    first, *rest = frames()
+    first.save(src, save_all=True, append_images=rest, duration=DURATIONS, loop=0)
+    run = bgmask(daemon, "remove", str(src), "-o", str(tmp_path / "x.gif"), "--model", "u2netp")
+    assert run.returncode == 0, run.stderr
+    with Image.open(tmp_path / "x.gif") as im:
+        assert im.format == "GIF" and im.n_frames == 4
+        for k in range(im.n_frames):
+            im.seek(k)
+            alpha = np.asarray(im.convert("RGBA"))[..., 3]
+            assert alpha.min() == 0 and alpha.max() == 255
+    still = tmp_path / "still.png"
+    first.save(still)
+    run = bgmask(daemon, "remove", str(still), "-o", str(tmp_path / "y.gif"), "--model", "u2netp")
+    assert run.returncode == 2 and "cannot write .gif" in run.stderr  # refused before any work, one line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["anim.gif", "still.png", "x.gif"]

@@ -82,6 +82,21 @@ def test_a_still_sequence_gets_consistent_masks_of_the_right_size(client: bgmask
     assert {i for i, stage in progress if stage == "refining"} == set(range(5))  # progress for every frame
 
 
+@pytest.mark.parametrize("temporal", [True, False])
+def test_the_next_frame_is_inferred_while_the_previous_one_is_refined(raw: Raw, temporal: bool) -> None:
+    # 6 MP frames: the refinement, temporal step and reply of frame k take long enough to be seen overlapping
+    # frame k + 1's inference (one inference at a time, as for lone requests)
+    rgb, w, h = photo("chelsea.jpg", (3000, 2000))
+    ids = [send_frame(raw, rgb.tobytes(), w, h, id="p", index=k, final=k == 2, temporal=temporal) for k in range(3)]
+    order: list[tuple[int, str]] = []  # (frame, what) as the messages arrive
+    while sum(what in ("reply", "error") for _, what in order) < 3:
+        header, _ = raw.recv(timeout=300)
+        order.append((ids.index(header["id"]), header.get("stage", header["type"])))
+    assert [what for _, what in order if what in ("reply", "error")] == ["reply"] * 3
+    for k in (1, 2):  # frame k starts its inference once frame k - 1's is over, before frame k - 1's mask is sent
+        assert order.index((k - 1, "refining")) < order.index((k, "inferring")) < order.index((k - 1, "reply"))
+
+
 def test_temporal_off_gives_exactly_the_masks_of_lone_requests(raw: Raw) -> None:
     frames, w, h = noisy_frames(3, (200, 150), seed=1)
     ids = [send_frame(raw, f, w, h, id="off", index=k, final=k == 2, temporal=False) for k, f in enumerate(frames)]

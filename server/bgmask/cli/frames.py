@@ -38,6 +38,18 @@ def animation_dest(job: outputs.Job, source_format: str) -> Path:
     return dest
 
 
+def names_an_animation(job: outputs.Job) -> bool:
+    """Whether the job's result is named in a format only animations are written in (-o x.gif for an animated
+    GIF): the still-image check of result names does not apply to it. From standard input that is only known
+    once the image is read, so the job decides then (a still image refuses the name)."""
+    from bgmask.files import animations, writing as image_files
+
+    suffix = Path(job.dest).suffix.lower()
+    if job.dest == outputs.STDIO or suffix not in animations.FORMATS or suffix in image_files.FORMATS:
+        return False
+    return job.source == outputs.STDIO or animations.is_animation(job.source)
+
+
 def run_animation(client: Any, job: outputs.Job, anim: Any, settings: Any, overwrite: bool, stop: Any,
                   temporal: bool) -> bool:
     """An animated file to an animation of its own format (or of -o's): a result on every frame, durations

@@ -241,12 +241,15 @@ def cmd_frames(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     if args.frames:
         return cmd_frames(args)
+    from bgmask.cli import frames as cli_frames
+
     client_module = load_client()
     try:
         settings = settings_from(args)
         plan = outputs.plan(args.inputs, args.output, settings.mask_only, recursive=args.recursive)
         for job in plan.jobs:
-            result_format(job.dest, settings)
+            if not cli_frames.names_an_animation(job):  # an animation's name is checked when it is written
+                result_format(job.dest, settings)
     except BgmaskError as exc:
         print(f"bgmask: {exc.message}", file=sys.stderr)
         return 2
@@ -328,7 +331,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="output formats follow -o's extension: .png, .tif (both 8 or 16 bits), .webp, .jpg (with --bg);\n"
                "'-' reads standard input / writes a PNG to standard output.\n"
-               "animated GIF, WebP and PNG (APNG) give an animation of the same format (or -o's .webp/.png):\n"
+               "animated GIF, WebP and PNG (APNG) give an animation of the same format (or -o's .gif/.webp/.png):\n"
                "alpha on every frame, durations and loop count kept (GIF: on/off transparency at 50 %).")
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders; - for standard input")
     p.add_argument("-o", "--output", metavar="OUT",

@@ -1,8 +1,9 @@
 """Frame sequences: the remove requests of one animation or clip, sent as a stream and handled as one job.
 
 Each frame is an ordinary remove request with a `sequence` field (docs/protocol.md): the client sends frame
-k + 1 while frame k is inferred, so uploads overlap inference, and each frame has its own progress, reply and
-cancel. The daemon keeps, per sequence, the order the frames must arrive in and the temporal filter's state;
+k + 1 while frame k is inferred, so uploads overlap inference, the daemon starts frame k + 1's inference once
+frame k's is done (its refinement and temporal steps overlap it), and each frame has its own progress, reply
+and cancel. The daemon keeps, per sequence, the order the frames must arrive in and the temporal filter's state;
 it frees that state on the final frame, on a failed or cancelled frame, and after an idle timeout, so a
 client that vanishes mid-sequence leaks nothing. The socket thread admits frames (admit); the workers run
 each frame's temporal steps in order (frame) and report frames done (finish)."""
@@ -171,7 +172,8 @@ class SequenceTable:
 
 class FrameBlend:
     """One frame's temporal steps, in frame order: prediction() (waits for the frame before to finish its
-    own) blends the model's prediction, mask() the full-resolution mask and hands the turn on."""
+    own) decides the frame's blend weights from the model's prediction, mask() blends the full-resolution mask
+    and hands the turn on."""
 
     def __init__(self, table: SequenceTable, seq: Sequence, index: int, model: str, cancel: Callable[[], bool]) -> None:
         self.table, self.seq, self.index, self.model, self.cancel = table, seq, index, model, cancel

@@ -88,6 +88,7 @@ class Job:
     last_sent: float = 0.0
     sequence: Optional[sequences.Sequence] = None  # the frame sequence this remove belongs to, if any
     index: int = 0  # the frame's index in it
+    turn: bool = False  # holds one of the daemon's inference turns
 
     @property
     def key(self) -> tuple[bytes, Any]:
@@ -241,6 +242,7 @@ class Daemon:
         self._cv = threading.Condition()
         self._stopping = threading.Event()
         self._workers: list[threading.Thread] = []
+        self._turns = 0  # jobs between their start and the end of their inference (a sequence frame) or their end
         self._local = threading.local()
         self.refusals = Refusals(config.refusal_summary_s)
         self.sequences = sequences.SequenceTable()
@@ -268,7 +270,9 @@ class Daemon:
                 "protocol": PROTOCOL_VERSION, "version": __version__, "started": self.started,
             })
             self._install_signal_handlers()
-            for n in range(max(1, self.config.workers)):
+            # One thread more than inference turns: a sequence frame hands its turn on when its inference is
+            # done, so its refinement, temporal steps and reply overlap the next frame's inference.
+            for n in range(max(1, self.config.workers) + 1):
                 t = threading.Thread(target=self._worker, name=f"bgmask-worker-{n}", daemon=True)
                 t.start()
                 self._workers.append(t)
@@ -619,13 +623,22 @@ class Daemon:
     # ----------------------------------------------------------------- workers
     def _next_job(self) -> Optional[Job]:
         with self._cv:
-            while not self._queue:
+            while not self._queue or self._turns >= max(1, self.config.workers):
                 if self._stopping.is_set():
                     return None
                 self._cv.wait(0.5)
             job = self._queue.popleft()
-            job.running = True
+            job.running = job.turn = True
+            self._turns += 1
             return job
+
+    def _end_turn(self, job: Job) -> None:
+        """The job no longer needs an inference turn: the next job may start."""
+        with self._cv:
+            if job.turn:
+                job.turn = False
+                self._turns -= 1
+                self._cv.notify()
 
     def _worker(self) -> None:
         push = self.ctx.socket(zmq.PUSH)
@@ -645,6 +658,8 @@ class Daemon:
             if changed or now - job.last_sent >= 0.1:
                 job.last_sent = now
                 push.send_multipart([job.ident, protocol.pack(protocol.progress(job.rid, stage, fraction))])
+            if stage == "refining" and job.sequence is not None:  # inference done: the next job may start its own
+                self._end_turn(job)
 
         started = time.perf_counter()
         frames: list[Any] = []
@@ -670,6 +685,7 @@ class Daemon:
         except Exception:
             log.exception("internal error in %s", job.op)
             header = protocol.error(job.rid, E.INTERNAL, "The daemon hit an internal error while processing this request.")
+        self._end_turn(job)
         self._sequence_done(job, ok=header["type"] == "reply")
         with self._cv:
             self._jobs.pop(job.key, None)

@@ -47,6 +47,16 @@ def load(source: Union[str, Path, bytes]) -> Optional[Animation]:
         raise BgmaskError(E.BAD_IMAGE, f"not a readable animation ({exc}); check the file") from None
 
 
+def is_animation(path: Union[str, Path]) -> bool:
+    """Whether the file is an animated GIF, WebP or PNG (only its headers and frame count are read); a file
+    that cannot be read is not, and fails when it is loaded."""
+    try:
+        with Image.open(path) as im:
+            return im.format in ("GIF", "WEBP", "PNG") and getattr(im, "n_frames", 1) >= 2
+    except (OSError, ValueError, EOFError):
+        return False
+
+
 def format_for(suffix: str) -> str:
     """The Pillow format an animation is written in for a result file's suffix, or a BAD_REQUEST."""
     fmt = FORMATS.get(suffix.lower())

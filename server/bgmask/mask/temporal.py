@@ -1,30 +1,38 @@
-"""Temporal consistency for frame sequences: each frame's model prediction blended with the previous frames'.
+"""Temporal consistency for frame sequences: each frame's mask blended with the previous frames'.
 
 A model's soft edge wobbles from one frame to the next even where nothing moved, and a mask computed frame by
-frame flickers. Here every frame's prediction (at the model's resolution, before refinement) is blended with
-the blended prediction of the frame before, carried along the image's motion: a global translation found by
-phase correlation on the model-size images (the camera pans of clips and animations), then, per pixel, a
-weight that falls to 0 where the motion-compensated image still differs (a subject that moved on its own, a
-cut, newly uncovered border). Where the image did not change the result is a running average of the model's
-predictions, which cancels most of their wobble; where it did, the new prediction stands alone. Pure numpy,
-deterministic, O(model pixels): about 12 ms of a U2-Netp frame's 250 ms on 2 cores here."""
+frame flickers. Here every frame's full-resolution mask is blended with the blended mask of the frame before,
+carried along the image's motion: a global translation found by phase correlation on the model-size images
+(the camera pans of clips and animations), then, per pixel, a weight that falls to 0 where the motion-
+compensated image still differs (a subject that moved on its own, a cut, newly uncovered border). Where the
+image did not change the result is a running average, which cancels most of the wobble; where it did, the
+new mask stands alone. The weights are decided at the model's resolution, on a blended history of the model's
+predictions that mirrors the masks' (refinement itself gets each frame's own prediction, so blends do not
+compound), and they are limited so that the blend changes at most BUDGET of a frame's own mask: where the
+model changed its mind about a region beyond what edge wobble explains, its new answer stands (each frame
+keeps its own quality). Pure numpy, deterministic, O(model pixels) plus one multiply-add per output pixel."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
 
 # Weight of the history where the compensated image is unchanged: the steady state averages about
-# (1 + CARRY) / (1 - CARRY) = 4 frames, and a frame-to-frame wobble is cut to ~0.3x (bench/flicker.py).
-CARRY = 0.6
+# (1 + CARRY) / (1 - CARRY) = 7 frames (the budget below keeps that from overriding the model).
+CARRY = 0.75
 # Mean absolute difference of the compensated model-size images (sRGB in [0, 1], 3x3 box-averaged) at which
 # the history's weight reaches 0: well above sensor noise after the model's downscale (< 0.01), well below
 # the change a moving subject or a cut makes.
 CHANGED = 0.08
 # Phase correlation peaks below this (of the ideal 1.0) are not trusted as a translation.
 MIN_PEAK = 0.05
+# A frame's blended prediction (at 0.5, model resolution) may differ from its own by at most this much
+# (1 - IoU): the target is IoU >= 0.9 against the frame's own mask at full resolution, so half of it is left
+# for what refinement and the full-resolution blend add.
+BUDGET = 0.05
+LEVELS = (0.8, 0.6, 0.4, 0.3, 0.2, 0.1, 0.0)  # disagreement levels tried, most disagreeing regions first
 
 
 def _hann(h: int, w: int) -> np.ndarray:
@@ -86,6 +94,42 @@ def _box3(x: np.ndarray) -> np.ndarray:
     return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) * np.float32(1.0 / 9.0)
 
 
+def _spread(x: np.ndarray, pick: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """The minimum or maximum (`pick`: np.minimum, np.maximum) of each 3x3 neighbourhood, edges replicated."""
+    p = np.pad(x, 1, mode="edge")
+    rows = pick(pick(p[:-2], p[1:-1]), p[2:])
+    return pick(pick(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
+
+
+def departure(pred: np.ndarray, blended: np.ndarray) -> float:
+    """1 - IoU of the two predictions' masks at 0.5: how much of the frame's own mask a blend changes."""
+    mine, theirs = pred >= 0.5, blended >= 0.5
+    union = int(np.count_nonzero(mine | theirs))
+    return int(np.count_nonzero(mine ^ theirs)) / union if union else 0.0
+
+
+def disagreement(pred: np.ndarray, carried: np.ndarray) -> np.ndarray:
+    """How far this frame's prediction lies outside the range the carried history takes one model pixel
+    around: an edge that wobbled or moved by up to a pixel is 0, a region the model changed its mind about
+    is up to 1."""
+    return np.maximum(np.maximum(_spread(carried, np.minimum) - pred, pred - _spread(carried, np.maximum)), 0.0)
+
+
+def limit(pred: np.ndarray, carried: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The history's weight, limited so that the blend changes at most BUDGET of the frame's own mask (the
+    blend's departure from the prediction): where it would change more, the regions where the prediction
+    disagrees most with the history (beyond edge wobble) keep the prediction, the most disagreeing first;
+    each such region's rim is taken with it (1 pixel). Wobble alone over budget keeps the prediction whole."""
+    if departure(pred, pred + weight * (carried - pred)) <= BUDGET:
+        return weight
+    excess = disagreement(pred, carried)
+    for level in LEVELS:
+        limited = weight * _spread((excess <= level).astype(np.float32), np.minimum)
+        if departure(pred, pred + limited * (carried - pred)) <= BUDGET:
+            return limited
+    return np.zeros_like(weight)
+
+
 def _blend_shifted(alpha: np.ndarray, prev: np.ndarray, weight: np.ndarray, ry: int, rx: int) -> None:
     """alpha += weight * (prev moved by (ry, rx) whole pixels - alpha), in place, where the moved prev covers
     alpha (elsewhere alpha stays as it is)."""
@@ -112,21 +156,19 @@ class TemporalFilter:
         self.motion: tuple[float, float] = (0.0, 0.0)  # this frame's translation, model pixels
 
     def prediction(self, image: np.ndarray, pred: np.ndarray, key: object = None) -> np.ndarray:
-        """The blended prediction for this frame. `image` is what the model saw ((3, h, w) in [0, 1]), `pred`
-        its prediction ((h, w) in [0, 1]); `key` names what the model looked at (model, crop box): when it
-        changes, or the size does, the history starts over."""
+        """The prediction to refine (this frame's own) once this frame's weights are decided. `image` is what
+        the model saw ((3, h, w) in [0, 1]), `pred` its prediction ((h, w) in [0, 1]); `key` names what the
+        model looked at (model, crop box): when it changes, or the size does, the history starts over."""
         prev_image, prev_pred = self._image, self._pred
         fresh = prev_image is None or prev_pred is None or key != self._key or prev_image.shape != image.shape
         self._key = key
         self._weight, self.motion = None, (0.0, 0.0)
-        out = pred if fresh else self._blend(prev_image, prev_pred, image, pred)
-        self._image, self._pred = image, out
-        return out
+        self._image, self._pred = image, pred if fresh else self._blend(prev_image, prev_pred, image, pred)
+        return pred
 
     def mask(self, alpha: np.ndarray) -> np.ndarray:
         """This frame's full-resolution mask (float32 (H, W), changed in place) blended with the last frame's,
-        carried along the same motion (rounded to whole pixels at this resolution) with the same weights: the
-        refinement follows each frame's own pixels, noise included, so its output wobbles too."""
+        carried along the same motion (rounded to whole pixels at this resolution) with this frame's weights."""
         prev = self._alpha
         if self._weight is not None and prev is not None and prev.shape == alpha.shape:
             h, w = self._weight.shape
@@ -150,6 +192,6 @@ class TemporalFilter:
         self.motion = (dy, dx) if moved is not None else (0.0, 0.0)
         carried = prev_pred if moved is None else moved
         weight = np.clip(1.0 - best * np.float32(1.0 / CHANGED), 0.0, 1.0) * np.float32(CARRY)
-        weight *= valid
-        self._weight = weight.astype(np.float32)
+        weight = limit(pred, carried, (weight * valid).astype(np.float32))
+        self._weight = weight
         return (pred + weight * (carried - pred)).astype(np.float32)
