@@ -7,7 +7,7 @@ hits every configuration alike; the minimum over rounds is the figure, the media
 times as a JSON line: speed.py interleaves those rounds with the calls it times elsewhere.
 
 A configuration is a map: `file` "shipped" (the cached model file as downloaded) or "prepared" (rewritten
-by bgmask.modelprep); `daemon` true takes the daemon's own session from its SessionPool (on the provider of
+by bgmask.models.modelprep); `daemon` true takes the daemon's own session from its SessionPool (on the provider of
 $BGMASK_BENCH_DEVICE, default cpu, as is the floor) instead (whatever
 file and options the daemon runs today); otherwise ORT options: `level` (disable/basic/extended/all), `threads` (0 = ORT default),
 `spin` (bool), `daz` (denormals as zero), `arena`, `pattern` (bool), `shrink` (release the arena after each run), `trim` (glibc malloc_trim(0) after each run), `outputs`

@@ -4,7 +4,7 @@ how far bgmask end to end is from the GPU floor (session.run on the prepared ten
     python bench/gpu_check.py [--device gpu] [--repeat 5] [--out DIR]
 
 1. The runtime: ONNX Runtime's build, the providers it offers, the installed runtime distributions, the card.
-2. The daemon's provider choice (bgmask.providers.choose): on failure its one sentence, and exit 2.
+2. The daemon's provider choice (bgmask.models.providers.choose): on failure its one sentence, and exit 2.
 3. The floor of each model (session.run alone) with ONNX Runtime's defaults for the provider and with the daemon's GPU options under
    each `--cudnn-conv-algo-search` (first run, which includes the search, and the minimum of the others).
 4. `bench/speed.py --device DEVICE --parts floor,bgmask`: bgmask end to end against its interleaved floor, peak

@@ -342,16 +342,21 @@ def real(models: list[str], qualities: list[str], chosen: list, with_rembg: bool
             masker, model_file = RP.bgmask_masker(model, quality)
             runs[f"bgmask {quality}"] = RP.run_bgmask(masker, chosen)
             print(f"  {model} bgmask {quality}: done", file=sys.stderr, flush=True)
+        rembg_cached = 0
         if with_rembg:
             family = catalog.Catalog.load().get(model).family
-            runs["rembg"] = RP.run_rembg(family, str(model_file), chosen)
+            scores, secs, rembg_cached = RP.run_rembg(family, str(model_file), chosen)
+            runs["rembg"] = (scores, secs)
         rows = {name: RP.summary(scores) | {"s/photo": float(np.median(list(secs.values())))}
                 for name, (scores, secs) in runs.items()}
         results.setdefault("real", {})[model] = rows
         print(f"\nReal photos, {model}, {len(chosen)} photos of {RP.data_dir()} (quartiles: 25/50/75 %)\n")
         if getattr(RP._sessions.get(model), "hits", 0):
             print(f"(bgmask's model outputs came from the bench cache {RP._sessions[model].hits} times: its s/photo "
-                  "leaves those inferences out; rembg's are the seconds of the run that made its cached masks)\n")
+                  "leaves those inferences out)")
+        if rembg_cached:
+            print(f"(rembg's masks of {rembg_cached} photos came from the bench cache: their seconds are those of "
+                  "the earlier run that made them, not comparable with this run's)")
         print("| method | " + " | ".join(cols) + " | MAE quartiles | BF quartiles | s/photo (median) |")
         print("| --- |" + " --- |" * (len(cols) + 3))
         for name, r in rows.items():

@@ -235,18 +235,20 @@ def run_bgmask(masker: MaskFn, chosen: list[Photo]) -> tuple[dict[str, dict], di
     return scores, seconds
 
 
-def run_rembg(family: str, model_file: str, chosen: list[Photo]) -> tuple[dict[str, dict], dict[str, float]]:
-    """rembg's masks from its own venv (bench/rembg_env.py installs it once), scored here. Masks (and their
-    seconds) are kept in the bench cache per model file: only photos not seen before run rembg again."""
+def run_rembg(family: str, model_file: str, chosen: list[Photo]) -> tuple[dict[str, dict], dict[str, float], int]:
+    """rembg's masks from its own venv (bench/rembg_env.py installs it once), scored here, and how many of them
+    came from an earlier run: masks (and their seconds) are kept in the bench cache per model file and rembg
+    version, and only photos not seen before run rembg again."""
     sys.path.insert(0, str(ROOT / "bench"))
     import rembg_env
 
-    cache = cache_dir("rembg", Path(model_file))
+    version = rembg_env.ensure(log=lambda m: print(m, file=sys.stderr)).get("rembg", "unknown")
+    cache = cache_dir("rembg", Path(model_file)) / f"rembg-{version}"
+    cache.mkdir(exist_ok=True)
     timings = cache / "seconds.json"
     seconds = json.loads(timings.read_text()) if timings.is_file() else {}
     todo = [p for p in chosen if p.key not in seconds or not (cache / f"{p.key}.png").is_file()]
     if todo:
-        rembg_env.ensure(log=lambda m: print(m, file=sys.stderr))
         # rembg takes a custom model only from inside its home: a link there to the very file bgmask runs.
         name = "custom-" + Path(model_file).stem
         home = rembg_env.link_models({name: Path(model_file)})
@@ -263,4 +265,4 @@ def run_rembg(family: str, model_file: str, chosen: list[Photo]) -> tuple[dict[s
         timings.write_text(json.dumps(seconds))
     scores = {p.key: score(np.asarray(Image.open(cache / f"{p.key}.png").convert("L")), read_gt(p.mask))
               for p in chosen}
-    return scores, {p.key: seconds[p.key] for p in chosen}
+    return scores, {p.key: seconds[p.key] for p in chosen}, len(chosen) - len(todo)

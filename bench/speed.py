@@ -94,7 +94,7 @@ def model_files(models: list[str]) -> dict[str, Path]:
 
 
 def prepared_files(files: dict[str, Path]) -> dict[str, Path]:
-    """The daemon's CPU rewrite of each model file (bgmask.modelprep), cached under bench/results."""
+    """The daemon's CPU rewrite of each model file (bgmask.models.modelprep), cached under bench/results."""
     out = RESULTS / "prepared"
     out.mkdir(parents=True, exist_ok=True)
     return {name: modelprep.prepare(path, out / f"{name}.cpu{modelprep.VERSION}.onnx", log=log)

@@ -54,9 +54,9 @@ def test_file_bytes_give_png_bytes(client_env: dict, tmp_path: Path) -> None:
     assert img.mode == "RGBA" and img.size == (451, 300)
     rgb16 = np.asarray(Image.open(PHOTO).convert("RGB")).astype(np.uint16) * 257 + 7
     tiff = io.BytesIO()
-    from bgmask.files import writing as image_files
+    from bgmask.files import writing
 
-    image_files.write(tiff, "TIFF", rgb16)  # a 16-bit RGB TIFF, which Pillow alone reads as 8-bit
+    writing.write(tiff, "TIFF", rgb16)  # a 16-bit RGB TIFF, which Pillow alone reads as 8-bit
     (tmp_path / "cut.png").write_bytes(bgmask.remove(tiff.getvalue()))
     cut = png16_samples(tmp_path / "cut.png")
     assert cut.shape == (300, 451, 4) and np.array_equal(cut[..., :3], rgb16)

@@ -77,10 +77,10 @@ def photo16(path: Path) -> np.ndarray:
     """A 16-bit RGB PNG with far more than 256 levels a channel (the photo x 257 plus noise)."""
     rgb = np.asarray(Image.open(EXAMPLES / "astronaut.jpg").convert("RGB")).astype(np.int32) * 257
     rgb = np.clip(rgb + np.random.default_rng(1).integers(-100, 100, rgb.shape), 0, 65535).astype(np.uint16)
-    from bgmask.files import writing as image_files
+    from bgmask.files import writing
 
     with open(path, "wb") as f:
-        image_files.write(f, "PNG", rgb)
+        writing.write(f, "PNG", rgb)
     return rgb
 
 

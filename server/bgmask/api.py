@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 
-from bgmask.files import cutouts, reading as images, writing as image_files
+from bgmask.files import cutouts, reading, writing
 from bgmask.client import removal
 from bgmask.daemon import runtime
 from bgmask.client.loader import load_client
@@ -88,7 +88,7 @@ def remove(image: Union[ImageLike, Sequence[ImageLike]], *, mask_only: bool = Fa
     return _as_kind(result, kind, loaded.pixels.dtype)
 
 
-def _depth(loaded: images.LoadedImage, kind: str, settings: removal.Settings) -> int:
+def _depth(loaded: reading.LoadedImage, kind: str, settings: removal.Settings) -> int:
     """The result's bits per sample: an array's own, a file's (or --depth), 8 for PIL (16 for a 16-bit mask)."""
     if kind == "array":
         return 8 if loaded.pixels.dtype == np.uint8 else 16
@@ -97,17 +97,17 @@ def _depth(loaded: images.LoadedImage, kind: str, settings: removal.Settings) ->
     return 16 if (settings.mask_only and settings.depth == 16) else 8
 
 
-def _load(image: ImageLike) -> tuple[images.LoadedImage, str]:
+def _load(image: ImageLike) -> tuple[reading.LoadedImage, str]:
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return images.load(bytes(image)), "bytes"
+        return reading.load(bytes(image)), "bytes"
     if isinstance(image, (str, Path)):
-        return images.load(Path(image)), "pil"
+        return reading.load(Path(image)), "pil"
     if isinstance(image, np.ndarray):
-        return images.LoadedImage(_array_pixels(image)), "array"
+        return reading.LoadedImage(_array_pixels(image)), "array"
     if hasattr(image, "mode") and hasattr(image, "tobytes"):
         buffer = io.BytesIO()  # through a lossless file: the same decoding (EXIF, palettes, 16-bit) as for files
         image.save(buffer, "TIFF" if image.mode in ("I;16", "I;16L", "I;16B", "I", "F") else "PNG")
-        return images.load(buffer.getvalue()), "pil"
+        return reading.load(buffer.getvalue()), "pil"
     raise _ServerError("bad_image", f"bgmask.remove takes a PIL image, a numpy array, file bytes or a path, not "
                                     f"{type(image).__name__}")
 
@@ -129,7 +129,7 @@ def _as_kind(result: np.ndarray, kind: str, dtype: np.dtype) -> Result:
         return (result.astype(np.float32) / 65535.0) if dtype == np.float32 else result
     if kind == "bytes":
         buffer = io.BytesIO()
-        image_files.write(buffer, "PNG", result)
+        writing.write(buffer, "PNG", result)
         return buffer.getvalue()
     from PIL import Image
 

@@ -81,8 +81,9 @@ STALE_TEMP_S = 3600  # a JSON write takes milliseconds: a temporary file this ol
 
 def write_json_atomically(path: Path, data: Any) -> None:
     """Write JSON to a temporary file beside `path` (mkstemp: mode 0600) and rename it over, so readers never see
-    half a file and a crash leaves the old one; temporary files a killed writer left beside it are removed. The
-    folder must exist."""
+    half a file and a crash leaves the old one; temporary files a killed writer left beside it are removed. A
+    missing folder is created (one that must be private is made so by the caller first)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -42,10 +42,10 @@ def names_an_animation(job: outputs.Job) -> bool:
     """Whether the job's result is named in a format only animations are written in (-o x.gif for an animated
     GIF): the still-image check of result names does not apply to it. From standard input that is only known
     once the image is read, so the job decides then (a still image refuses the name)."""
-    from bgmask.files import animations, writing as image_files
+    from bgmask.files import animations, writing
 
     suffix = Path(job.dest).suffix.lower()
-    if job.dest == outputs.STDIO or suffix not in animations.FORMATS or suffix in image_files.FORMATS:
+    if job.dest == outputs.STDIO or suffix not in animations.FORMATS or suffix in writing.FORMATS:
         return False
     return job.source == outputs.STDIO or animations.is_animation(job.source)
 
@@ -54,12 +54,12 @@ def run_animation(client: Any, job: outputs.Job, anim: Any, settings: Any, overw
                   temporal: bool) -> bool:
     """An animated file to an animation of its own format (or of -o's): a result on every frame, durations
     and loop count kept. False when an existing result was kept."""
-    from bgmask.files import animations, reading as images
+    from bgmask.files import animations, reading
     from bgmask.client import removal
 
     if settings.depth == 16:
         raise BgmaskError("bad_request", "animations are written with 8 bits per sample: leave out --depth 16")
-    frames = [images.LoadedImage(f) for f in anim.frames]
+    frames = [reading.LoadedImage(f) for f in anim.frames]
     on_progress, bar = frame_progress(len(frames), "frames")
     stop.in_request = True
     try:
@@ -89,7 +89,7 @@ def numbered(folder: Path) -> list[Path]:
 def cmd_frames(args: argparse.Namespace, settings: Any, connect: Any, stop: Any) -> int:
     """`bgmask remove --frames FOLDER [-o OUT]`: every image of FOLDER as one sequence, results under the same
     names (.png) in OUT (default FOLDER-cutout or FOLDER-mask beside it)."""
-    from bgmask.files import reading as images, writing as image_files
+    from bgmask.files import reading, writing
     from bgmask.client import removal
 
     if len(args.inputs) != 1 or not Path(args.inputs[0]).is_dir():
@@ -103,12 +103,12 @@ def cmd_frames(args: argparse.Namespace, settings: Any, connect: Any, stop: Any)
         print(f"bgmask: {folder} has no image files", file=sys.stderr)
         return 2
     try:
-        frames = [images.load(p) for p in files]
+        frames = [reading.load(p) for p in files]
     except BgmaskError as exc:
         print(f"bgmask: {exc.message}", file=sys.stderr)
         return 1
     depth = removal.result_depth(frames[0], settings)
-    fmt = image_files.format_for(".png", not settings.mask_only and settings.bg is None, depth)
+    fmt = writing.format_for(".png", not settings.mask_only and settings.bg is None, depth)
     on_progress, bar = frame_progress(len(frames), "frames")
     stop.in_request = True
     try:
@@ -120,7 +120,7 @@ def cmd_frames(args: argparse.Namespace, settings: Any, connect: Any, stop: Any)
     kept = 0
     for path, result in zip(files, results):
         dest = out / (path.stem + ".png")
-        if not outputs.write_atomically(dest, lambda s, r=result: image_files.write(s, fmt, r), args.overwrite):
+        if not outputs.write_atomically(dest, lambda s, r=result: writing.write(s, fmt, r), args.overwrite):
             kept += 1
     print(f"{folder} -> {out}: {len(files) - kept} frames written" + (f", {kept} kept (--overwrite replaces them)" if kept else ""))
     return 0

@@ -121,11 +121,11 @@ def settings_from(args: argparse.Namespace) -> "Settings":
 
 def result_format(dest: str, settings: "Settings") -> str:
     """The format of a result file (PNG on standard output), or a BAD_REQUEST naming what would work."""
-    from bgmask.files import writing as image_files
+    from bgmask.files import writing
 
     suffix = ".png" if dest == outputs.STDIO else Path(dest).suffix
     has_alpha = not settings.mask_only and settings.bg is None
-    return image_files.format_for(suffix, has_alpha, settings.depth)
+    return writing.format_for(suffix, has_alpha, settings.depth)
 
 
 def connect(timeout: float, notice: TextIO) -> Any:
@@ -186,13 +186,13 @@ def run_job(client: Any, job: outputs.Job, settings: "Settings", overwrite: bool
             on_progress: "ProgressFn", temporal: bool = True) -> bool:
     """One input to its result file (or standard output); False when an existing result was kept. An animated
     GIF, WebP or PNG gives an animation (cli_frames)."""
-    from bgmask.files import animations, reading as images, writing as image_files
+    from bgmask.files import animations, reading, writing
     from bgmask.cli import frames as cli_frames
     from bgmask.client import removal
 
     stdin = job.source == outputs.STDIO
     source = sys.stdin.buffer.read() if stdin else Path(job.source)
-    img = images.load(source)
+    img = reading.load(source)
     anim = animations.load(source) if img.animated else None
     if anim is not None:
         return cli_frames.run_animation(client, job, anim, settings, overwrite, stop, temporal)
@@ -200,7 +200,7 @@ def run_job(client: Any, job: outputs.Job, settings: "Settings", overwrite: bool
         print(f"bgmask: {job.source}: several frames in a format bgmask does not animate; only the first is used",
               file=sys.stderr)
     fmt = result_format(job.dest, settings)
-    depth = removal.result_depth(img, settings, fmt in image_files.SIXTEEN_BIT)
+    depth = removal.result_depth(img, settings, fmt in writing.SIXTEEN_BIT)
     stop.in_request = True
     try:
         result = removal.remove(client, img, settings, depth, on_progress, cancel=stop)
@@ -208,11 +208,11 @@ def run_job(client: Any, job: outputs.Job, settings: "Settings", overwrite: bool
         stop.in_request = False
     if job.dest == outputs.STDIO:
         buffer = io.BytesIO()  # all of it, or nothing: an interrupted run writes no half image into a pipe
-        image_files.write(buffer, fmt, result)
+        writing.write(buffer, fmt, result)
         sys.stdout.buffer.write(buffer.getvalue())
         sys.stdout.buffer.flush()
         return True
-    return outputs.write_atomically(Path(job.dest), lambda stream: image_files.write(stream, fmt, result), overwrite)
+    return outputs.write_atomically(Path(job.dest), lambda stream: writing.write(stream, fmt, result), overwrite)
 
 
 def cmd_frames(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ autostart entry. macOS: a launchd LaunchAgent. Windows: a value under the per-us
 pythonw (no console window). The command always carries `--preload-delay`, so a daemon started at login
 stays cheap until someone needs it.
 
-This module only says *what* to write; bgmask.install writes it, records it and undoes it.
+This module only says *what* to write; bgmask.desktop.install writes it, records it and undoes it.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from typing import Any, Collection, Optional, TextIO
 import bgmask
 from bgmask import paths
 from bgmask.desktop import autostart
-from bgmask.client import loader as clientlib
+from bgmask.client import loader
 from bgmask.desktop.hostprofiles import (
     Host, Profile, default_gimp_profiles, default_krita_profile, gimp_profiles, ini_get,
     ini_has_section, ini_set, ini_unset, krita_profiles,
@@ -48,7 +48,7 @@ class InstallError(Exception):
 def plugins_root() -> Path:
     """The shipped plug-in tree (bgmask.plugins), the same files in a checkout and an installed package."""
     try:
-        return clientlib.plugins_root()
+        return loader.plugins_root()
     except ImportError as exc:
         raise InstallError(f"the plug-in files are missing from this bgmask ({exc}); reinstall it") from exc
 

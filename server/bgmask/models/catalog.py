@@ -162,12 +162,6 @@ def _read_imported() -> list[dict[str, Any]]:
         return []
 
 
-def write_json_atomically(path: Path, data: Any) -> None:
-    """Replace `path` with JSON atomically, creating its folder (the model cache, the config dir) if needed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    paths.write_json_atomically(path, data)
-
-
 class Catalog:
     """The built-in models plus the user's imported ones, by name."""
 
@@ -243,7 +237,7 @@ class Catalog:
             imported=True,
         )
         others = [e for e in _read_imported() if isinstance(e, dict) and e.get("name") != name]
-        write_json_atomically(paths.imported_models_file(), {"format": 1, "models": others + [spec.as_dict()]})
+        paths.write_json_atomically(paths.imported_models_file(), {"format": 1, "models": others + [spec.as_dict()]})
         self._specs[name] = spec
         return spec
 

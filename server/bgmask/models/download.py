@@ -33,7 +33,7 @@ from typing import IO, Any, Callable, Iterator, Optional
 
 from bgmask import __version__, paths
 from bgmask import errors as E
-from bgmask.models.catalog import ModelSpec, Source, file_digests, write_json_atomically
+from bgmask.models.catalog import ModelSpec, Source, file_digests
 from bgmask.errors import BgmaskError
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def _write_stamp(spec: ModelSpec, path: Path, st: os.stat_result, digests: dict[
     stamp = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, **digests,
              "source": source.describe(), "variant": source.variant}
     try:
-        write_json_atomically(_stamp_path(spec), stamp)
+        paths.write_json_atomically(_stamp_path(spec), stamp)
     except OSError as exc:  # only costs a re-hash at the next start
         log.warning("could not write %s: %s", _stamp_path(spec), exc)
 
