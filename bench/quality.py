@@ -364,7 +364,7 @@ def real(models: list[str], qualities: list[str], chosen: list, with_rembg: bool
             print(f"| {name} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + f" | {q('MAE')} | {q('BF')} | {r['s/photo']:.3f} |")
         if "rembg" not in runs:
             continue
-        print(f"\nPaired against rembg, photo by photo (wins / ties / losses)\n")
+        print("\nPaired against rembg, photo by photo (wins / ties / losses)\n")
         print("| method | MAE | BF | IoU | MAE - rembg's | BF - rembg's |")
         print("| --- | --- | --- | --- | --- | --- |")
         theirs = runs["rembg"][0]
