@@ -545,7 +545,7 @@ def _no_daemon() -> Any:
 
 @pytest.mark.parametrize("case, words", [
     ("size", r"'odd' is 40x80 at \(0, 0\), but 'frame 1' is 80x80 at \(0, 0\).*same size and position"),
-    ("offset", r"'odd' is 80x80 at \(5, 0\).*Layer to Image Size"),
+    ("offset", r"'odd' is 80x80 at \(5, 0\).*Filters > Animation > Unoptimize makes every frame whole"),
     ("group", r"'frame 2' is a layer group.*Merge Layer Group"),
     ("text", r"'frame 2' is a text layer"),
     ("output", r"set Output to 'Layer mask'"),

@@ -375,9 +375,10 @@ def frame_layers(image: Any, settings: Settings) -> List[Any]:
         if here != there:
             raise PluginError(f"Layer '{layer.get_name()}' is {here.w}x{here.h} at ({here.x}, {here.y}), but "
                               f"'{first.get_name()}' is {there.w}x{there.h} at ({there.x}, {there.y}): as frames, "
-                              "every layer must have the same size and position. Use Layer > Layer to Image "
-                              "Size on each layer, or run on the selected layers without 'All layers as "
-                              "frames'.")
+                              "every layer must have the same size and position, each a whole frame. An "
+                              "optimised GIF keeps only the changed part of most frames: Filters > Animation "
+                              "> Unoptimize makes every frame whole. Or run on the selected layers without "
+                              "'All layers as frames'.")
     return layers
 
 
