@@ -28,6 +28,19 @@ def suite_env(client_env: dict, daemon, monkeypatch: pytest.MonkeyPatch) -> dict
     return dict(os.environ)
 
 
+def test_frame_progress_moves_forward_only(bc: ModuleType) -> None:
+    """remove_frames keeps two frames in flight, so their progress interleaves; what a plug-in's bar is shown
+    follows the frame being worked on and never goes back to an earlier frame or flips to the next one's queue."""
+    shown: list = []
+    forward = bc.ForwardFrameProgress(lambda *message: shown.append(message))
+    for message in [(0, "queued", None), (0, "inferring", None), (1, "queued", None), (0, "refining", 0.5),
+                    (1, "inferring", None), (0, "refining", 1.0), (2, "queued", None), (1, "refining", 0.5),
+                    (2, "inferring", None), (1, "refining", 1.0), (2, "refining", 1.0)]:
+        forward(*message)
+    assert shown == [(0, "queued", None), (0, "inferring", None), (0, "refining", 0.5), (1, "inferring", None),
+                     (1, "refining", 0.5), (2, "inferring", None), (2, "refining", 1.0)]
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_with_pyzmq(name: str, bc: ModuleType, suite_env: dict) -> None:
     assert bc.HAVE_PYZMQ and bc.Client().transport == "pyzmq"

@@ -390,6 +390,7 @@ def test_all_layers_as_frames_refuses_frames_that_do_not_line_up(gimp: dict[str,
     assert size["status"] == "execution-error" and size["untouched"], size
     assert "'small' is 240x160 at (200, 300)" in size["message"], size["message"]
     assert "same size and position" in size["message"], size["message"]
+    assert "Filters > Animation > Unoptimize makes every frame whole" in size["message"], size["message"]
 
 
 def test_all_layers_as_frames_from_the_dialog(gimp: dict[str, Any]) -> None:

@@ -514,6 +514,8 @@ def test_all_layers_as_frames_mask_every_layer_as_one_sequence(daemon: RunningDa
     texts = [text for kind, text in gimp.progress if kind == "text"]
     for k in range(1, 5):
         assert any(text.endswith(f"(frame {k} of 4)") for text in texts), (k, texts)
+    shown = [int(text.rsplit("(frame ", 1)[1].split()[0]) for text in texts]
+    assert shown == sorted(shown), f"the text went back to an earlier frame: {texts}"
     updates = [fraction for kind, fraction in gimp.progress if kind == "update"]
     assert updates == sorted(updates), "the bar ran backwards"
     for k in range(4):  # each frame moves the bar into its quarter
@@ -545,7 +547,7 @@ def _no_daemon() -> Any:
 
 @pytest.mark.parametrize("case, words", [
     ("size", r"'odd' is 40x80 at \(0, 0\), but 'frame 1' is 80x80 at \(0, 0\).*same size and position"),
-    ("offset", r"'odd' is 80x80 at \(5, 0\).*Layer to Image Size"),
+    ("offset", r"'odd' is 80x80 at \(5, 0\).*Filters > Animation > Unoptimize makes every frame whole"),
     ("group", r"'frame 2' is a layer group.*Merge Layer Group"),
     ("text", r"'frame 2' is a text layer"),
     ("output", r"set Output to 'Layer mask'"),
@@ -603,11 +605,11 @@ def test_frame_progress_follows_the_frame_being_worked_on() -> None:
     """Two frames are in flight: the next one's queue wait and the previous one's last messages do not move
     the bar back."""
     gimp = FakeGimp()
-    feed = logic.ProgressFeed(gimp, 4, "frame")
+    feed = bgmask_client.ForwardFrameProgress(logic.ProgressFeed(gimp, 4, "frame").frame)  # as _request_frames
     for index, stage, fraction in [(0, "inferring", 0.5), (1, "queued", None), (0, "refining", 0.9),
                                    (1, "inferring", 0.2), (0, "refining", 1.0), (2, "queued", None),
                                    (2, "loading", None)]:
-        feed.frame(index, stage, fraction)
+        feed(index, stage, fraction)
     assert [f for kind, f in gimp.progress if kind == "update"] == [0.125, 0.225, 0.3]
     assert [t for kind, t in gimp.progress if kind == "text"] == [
         "Finding the subject (frame 1 of 4)", "Refining the edges (frame 1 of 4)",

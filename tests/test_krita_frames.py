@@ -61,6 +61,23 @@ def run_steps(krita, steps, between=None):  # noqa: F811
             between()
 
 
+def read_all(steps):
+    """Drive frames.prepare to its end, as the docker does between returns to the event loop: its job."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def recorded_reads(monkeypatch, layer):
+    """The times the plugin reads `layer` at (Node.pixelDataAtTime), in order; the reads still happen."""
+    reads = []
+    real = type(layer).pixelDataAtTime
+    monkeypatch.setattr(type(layer), "pixelDataAtTime", lambda self, *args: reads.append(args[-1]) or real(self, *args))
+    return reads
+
+
 def settings(plugin, **choices):  # noqa: F811
     return plugin.core.Settings(model="u2netp", **dict({"frames": "keyframes"}, **choices))
 
@@ -106,7 +123,7 @@ def test_prepare_reads_each_keyframe_over_the_canvas_once_and_changes_nothing(pl
     doc, layer = animated_layer(krita)
     doc.setFullClipRangeEndTime(4)  # playback 0..4: frames 1 and 4 hold keyframes 0 and 3
     before = snapshot(doc), doc.currentTime()
-    job = frames.prepare(doc, layer, settings(plugin, frames="playback"))
+    job = read_all(frames.prepare(doc, layer, settings(plugin, frames="playback")))
     assert (snapshot(doc), doc.currentTime()) == before
     assert job.region == (0, 0, 400, 300) and job.times == [0, 1, 2, 3, 4] and job.unmasked == [5]
     assert job.sources == [0, 0, 2, 3, 3] and sorted(job.frames) == [0, 2, 3]
@@ -124,14 +141,14 @@ def test_frames_with_other_outputs_or_choices_are_refused(plugin, frames, krita,
     doc, layer = animated_layer(krita)
     before = snapshot(doc)
     with pytest.raises(plugin.core.PluginError, match=match):
-        frames.prepare(doc, layer, settings(plugin, **choices))
+        read_all(frames.prepare(doc, layer, settings(plugin, **choices)))
     assert snapshot(doc) == before
 
 
 def test_an_animated_layer_without_keyframes_is_an_error(plugin, frames, krita):  # noqa: F811
     doc, layer = animated_layer(krita, keys=[])
     with pytest.raises(plugin.core.PluginError, match="no keyframes between frame 0 and frame 100"):
-        frames.prepare(doc, layer, settings(plugin))
+        read_all(frames.prepare(doc, layer, settings(plugin)))
 
 
 def test_a_playback_range_before_the_first_keyframe_is_an_error(plugin, frames, krita):  # noqa: F811
@@ -139,7 +156,7 @@ def test_a_playback_range_before_the_first_keyframe_is_an_error(plugin, frames, 
     doc.setFullClipRangeEndTime(6)
     with pytest.raises(plugin.core.PluginError, match="shows nothing in the playback range .frames 0 to 6.: its "
                                                       "first keyframe is at frame 8"):
-        frames.prepare(doc, layer, settings(plugin, frames="playback"))
+        read_all(frames.prepare(doc, layer, settings(plugin, frames="playback")))
 
 
 def test_frames_of_a_colour_model_the_daemon_cannot_take_are_refused(plugin, frames, krita):  # noqa: F811
@@ -147,17 +164,53 @@ def test_frames_of_a_colour_model_the_daemon_cannot_take_are_refused(plugin, fra
     layer = layer_with(doc, bytes([0, 255, 255, 0, 255]) * 32, (0, 0, 8, 4))
     layer.enableAnimation()
     with pytest.raises(plugin.core.PluginError, match="CMYKA/U8.*Convert the image first"):
-        frames.prepare(doc, layer, settings(plugin))
+        read_all(frames.prepare(doc, layer, settings(plugin)))
 
 
-def test_more_frames_than_fit_in_memory_are_refused_before_any_is_read(plugin, frames, krita, monkeypatch):  # noqa: F811
+def test_more_keyframes_than_fit_in_memory_are_refused_before_any_is_read(plugin, frames, krita, monkeypatch):  # noqa: F811
+    """4 RGBA keyframes of 400x300 (1.8 MiB) and their 4 masks, 3 copies each (1.4 MiB), against a 3 MiB cap."""
     doc, layer = animated_layer(krita)
-    monkeypatch.setattr(frames, "MAX_FRAME_BYTES", 3 * 400 * 300 * 4)
+    monkeypatch.setattr(frames, "MAX_FRAME_BYTES", 3 << 20)
     reads = []
     monkeypatch.setattr(type(layer), "pixelDataAtTime", lambda self, *args: reads.append(args) or b"")
-    with pytest.raises(plugin.core.PluginError, match="4 frames of 400x300 need 1 MB.*Narrow the playback range"):
-        frames.prepare(doc, layer, settings(plugin))
+    with pytest.raises(plugin.core.PluginError) as info:
+        read_all(frames.prepare(doc, layer, settings(plugin)))
+    assert str(info.value).startswith("4 keyframes of 400x300 need about 3 MB (the frames read and 3 copies of "
+                                      "each mask); at most 3 MB can be held at once. Choose 'Every frame of "
+                                      "the playback range'")
+    assert "Narrow" not in str(info.value) and reads == []
+
+
+def test_a_long_playback_range_over_one_keyframe_is_refused_before_any_is_read(plugin, frames, krita, monkeypatch):  # noqa: F811
+    """One keyframe over Krita's default range 0..100 is one frame read but 101 masks held, 3 copies each:
+    34.7 MB of 400x300 masks, refused under a 32 MB cap that the single frame (0.5 MB) fits many times."""
+    doc, layer = animated_layer(krita, keys=[0])
+    assert (doc.playBackStartTime(), doc.playBackEndTime()) == (0, 100)
+    monkeypatch.setattr(frames, "MAX_FRAME_BYTES", 32 << 20)
+    reads = recorded_reads(monkeypatch, layer)
+    with pytest.raises(plugin.core.PluginError, match=r"^The playback range \(frames 0 to 100\) has 101 frames "
+                                                      r"of 400x300: they need about 35 MB .*at most 32 MB.* Narrow "
+                                                      r"the playback range"):
+        read_all(frames.prepare(doc, layer, settings(plugin, frames="playback")))
     assert reads == []
+    doc.setFullClipRangeEndTime(80)  # 81 masks: 28 MB
+    assert len(read_all(frames.prepare(doc, layer, settings(plugin, frames="playback"))).times) == 81
+
+
+def test_frames_are_read_one_per_step_after_every_check(plugin, frames, krita, monkeypatch):  # noqa: F811
+    """The docker returns to Krita's event loop between frames (progress, Cancel): prepare reads one frame per
+    step, says which, and closing it between steps reads no more."""
+    doc, layer = animated_layer(krita)
+    reads = recorded_reads(monkeypatch, layer)
+    steps = frames.prepare(doc, layer, settings(plugin))
+    seen = []
+    for _ in range(3):
+        seen.append((next(steps), list(reads)))
+    assert seen == [((0, 4), []), ((1, 4), [0]), ((2, 4), [0, 2])]
+    steps.close()  # Cancel
+    assert reads == [0, 2]
+    with pytest.raises(plugin.core.PluginError, match="Frames get a keyframed"):
+        next(frames.prepare(doc, layer, settings(plugin, output="selection")))  # refused before a step
 
 
 # -- apply -----------------------------------------------------------------------------------------------
@@ -166,7 +219,7 @@ def test_apply_keys_the_mask_on_every_frame_in_one_undo_step(plugin, frames, kri
     doc, layer = animated_layer(krita)
     doc.setCurrentTime(3)
     doc.undo_stack.clear()
-    job = frames.prepare(doc, layer, settings(plugin))
+    job = read_all(frames.prepare(doc, layer, settings(plugin)))
     masks = row_masks(job)
     message = run_steps(krita, frames.apply(job, frames.FramesReply(masks, "u2netp")))
 
@@ -187,7 +240,7 @@ def test_apply_gives_frames_outside_the_playback_range_an_opaque_mask(plugin, fr
     doc, layer = animated_layer(krita)
     doc.setFullClipRangeStartTime(1)
     doc.setFullClipRangeEndTime(4)
-    job = frames.prepare(doc, layer, settings(plugin, frames="playback"))
+    job = read_all(frames.prepare(doc, layer, settings(plugin, frames="playback")))
     masks = row_masks(job)
     run_steps(krita, frames.apply(job, frames.FramesReply(masks, "u2netp")))
     (tmask,) = layer.childNodes()
@@ -198,7 +251,7 @@ def test_apply_gives_frames_outside_the_playback_range_an_opaque_mask(plugin, fr
 
 def test_apply_after_the_layer_was_deleted_changes_nothing(plugin, frames, krita):  # noqa: F811
     doc, layer = animated_layer(krita)
-    job = frames.prepare(doc, layer, settings(plugin))
+    job = read_all(frames.prepare(doc, layer, settings(plugin)))
     layer.remove()
     before = snapshot(doc)
     with pytest.raises(plugin.core.PluginError, match="was removed"):
@@ -211,7 +264,7 @@ def test_another_image_activated_while_the_mask_is_built_stops_it_and_changes_no
     other = krita.createDocument(50, 50, "other", "RGBA", "U8", "", 72.0)
     other_view = krita.window.addView(other)
     krita.window.showView(krita.window.views[0])
-    job = frames.prepare(doc, layer, settings(plugin))
+    job = read_all(frames.prepare(doc, layer, settings(plugin)))
     before = snapshot(doc), snapshot(other)
     with pytest.raises(plugin.core.PluginError, match="Another image became active"):
         run_steps(krita, frames.apply(job, frames.FramesReply(row_masks(job), "u2netp")),
@@ -222,7 +275,7 @@ def test_another_image_activated_while_the_mask_is_built_stops_it_and_changes_no
 
 def test_daemon_masks_that_do_not_fit_the_frames_are_refused(plugin, frames, krita):  # noqa: F811
     doc, layer = animated_layer(krita)
-    job = frames.prepare(doc, layer, settings(plugin))
+    job = read_all(frames.prepare(doc, layer, settings(plugin)))
     before = snapshot(doc)
     with pytest.raises(plugin.core.PluginError, match="do not fit the 4 frames of 400x300"):
         run_steps(krita, frames.apply(job, frames.FramesReply(row_masks(job)[:3], "u2netp")))
@@ -243,13 +296,14 @@ def photo_frame(i: int) -> np.ndarray:
 def test_frames_are_one_temporal_sequence_and_each_keyframe_gets_its_mask(plugin, frames, krita, daemon,  # noqa: F811
                                                                           client_module):  # noqa: F811
     doc, layer = animated_layer(krita, frame=photo_frame)
-    job = frames.prepare(doc, layer, settings(plugin))
+    job = read_all(frames.prepare(doc, layer, settings(plugin)))
     client = client_module.Client(endpoint=daemon.endpoint, token=daemon.token)
     seen = []
     reply = job.run(client, on_progress=lambda stage, fraction, frame: seen.append(frame))
     direct = client.remove_frames([photo_frame(i).tobytes() for i in range(4)], 400, 300, 4, "u8", model="u2netp")
     assert reply.masks == [r.mask for r in direct] and reply.model == "u2netp"
-    assert {index for index, _ in seen} == {0, 1, 2, 3} and {count for _, count in seen} == {4}
+    indices = [index for index, _ in seen]  # two frames in flight: the progress still never goes back
+    assert indices == sorted(indices) and set(indices) == {0, 1, 2, 3} and {count for _, count in seen} == {4}
     run_steps(krita, frames.apply(job, reply))
     (tmask,) = layer.childNodes()
     centres = []
@@ -263,7 +317,7 @@ def test_frames_are_one_temporal_sequence_and_each_keyframe_gets_its_mask(plugin
 
 def test_temporal_off_is_sent_as_independent_frames(plugin, frames, krita, daemon, client_module):  # noqa: F811
     doc, layer = animated_layer(krita, keys=[0, 1], frame=photo_frame)
-    job = frames.prepare(doc, layer, settings(plugin, temporal=False))
+    job = read_all(frames.prepare(doc, layer, settings(plugin, temporal=False)))
     client = client_module.Client(endpoint=daemon.endpoint, token=daemon.token)
     independent = [client.remove(photo_frame(i).tobytes(), 400, 300, 4, "u8", model="u2netp") for i in range(2)]
     assert job.run(client).masks == independent
@@ -271,7 +325,7 @@ def test_temporal_off_is_sent_as_independent_frames(plugin, frames, krita, daemo
 
 def test_cancelled_frames_change_nothing(plugin, frames, krita, daemon, client_module):  # noqa: F811
     doc, layer = animated_layer(krita, frame=photo_frame)
-    job = frames.prepare(doc, layer, settings(plugin))
+    job = read_all(frames.prepare(doc, layer, settings(plugin)))
     before = snapshot(doc)
     client = client_module.Client(endpoint=daemon.endpoint, token=daemon.token)
     with pytest.raises(client_module.BgmaskError) as err:
@@ -284,7 +338,7 @@ def test_cancelled_frames_change_nothing(plugin, frames, krita, daemon, client_m
 def test_a_keyframe_action_that_is_missing_or_does_nothing_changes_nothing(plugin, frames, krita, monkeypatch,  # noqa: F811
                                                                            broken, match):
     doc, layer = animated_layer(krita)
-    job = frames.prepare(doc, layer, settings(plugin))
+    job = read_all(frames.prepare(doc, layer, settings(plugin)))
     if broken == "missing":
         monkeypatch.setattr(type(krita), "ACTIONS", ())
     else:

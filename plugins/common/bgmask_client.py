@@ -55,7 +55,7 @@ except ImportError:  # the editors' Pythons: use the built-in ZMTP and msgpack c
     _msgpack = None
 
 __all__ = ["BgmaskError", "Client", "RemoveResult", "runtime_dir", "config_dir", "HAVE_PYZMQ", "context_box",
-           "decontaminated_pixels"]
+           "decontaminated_pixels", "ForwardFrameProgress"]
 
 APP = "bgmask"
 PROTOCOL = 2
@@ -100,6 +100,23 @@ class RemoveResult(NamedTuple):
     mask: bytes
     header: Dict[str, Any]
     extra: List[bytes]
+
+
+class ForwardFrameProgress:
+    """Wraps a plug-in's progress callback for remove_frames, so that a progress bar never runs backwards.
+    Two frames are in flight, so their messages interleave ((0, inferring), (1, queued), (0, refining)):
+    this passes on the frame the daemon works on, and drops the next frame's queue wait and the previous
+    frame's last messages."""
+
+    def __init__(self, report: Callable[[int, str, Optional[float]], None]) -> None:
+        self._report = report
+        self._index = 0
+
+    def __call__(self, index: int, stage: str, fraction: Optional[float]) -> None:
+        if index < self._index or (index > self._index and stage == "queued"):
+            return
+        self._index = index
+        self._report(index, stage, fraction)
 
 
 # ---------------------------------------------------------------------------------------------------

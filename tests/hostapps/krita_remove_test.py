@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 
-from bgmask import core
+from bgmask import core, ui
 from bgmask.qt import API as QT_API
 from bgmask.qt import QtWidgets
 
@@ -457,6 +457,17 @@ def animated_document(app, win, made):
     made.update(doc=doc, layer=layer)
 
 
+def progress_texts(rec):
+    """Record every progress text the docker is sent, in order (the bar itself is only sampled); returns the
+    slot, to disconnect."""
+    texts = rec.setdefault("progress_texts", [])
+
+    def record(text, percent):
+        texts.append(text)
+    ui.controller().progress.connect(record)
+    return record
+
+
 def frames_case(app, win, dk, rec, scope, playback=None):
     """Frames: `scope` on the animated layer; dump each layer keyframe and each mask keyframe (canvas-sized),
     count the undo steps that remove the mask, and save and reopen the .kra."""
@@ -480,10 +491,12 @@ def frames_case(app, win, dk, rec, scope, playback=None):
         dump("%s.layer.%d" % (rec["name"], t), layer.pixelDataAtTime(0, 0, w, h, t))
     rec.update(keys=FRAME_KEYS, canvas=[w, h], layer_keys=[t for t in range(8) if layer.hasKeyframeAtTime(t)],
                time_before=doc.currentTime(), undo_enabled_before=app.action("edit_undo").isEnabled())
+    record = progress_texts(rec)
     try:
         for step in dk.click(rec):
             yield step
     finally:
+        ui.controller().progress.disconnect(record)
         dk.frames.setCurrentIndex(dk.frames.findData(""))
     masks = [c for c in layer.childNodes() if c.type() == "transparencymask"]
     rec["children"] = [[c.name(), c.type(), c.animated()] for c in layer.childNodes()]
@@ -529,26 +542,46 @@ def case_frames_playback(app, win, dk, rec):
         yield step
 
 
-def case_frames_refused(app, win, dk, rec):
-    """Frames with Output "Selection": a clear error, and the document as it was."""
+def untouched_frames_case(app, win, dk, rec, output, cancel=False):
+    """Frames (every keyframe) on the animated layer where the document must stay as it was: Output `output`
+    is refused, or Cancel is clicked right after Remove Background, while the frames are being read."""
     made = {}
     for step in animated_document(app, win, made):
         yield step
     doc, layer = made["doc"], made["layer"]
     for step in activate(doc, layer):
         yield step
-    dk.choose("selection", True, "")
+    dk.choose(output, True, "")
     dk.frames.setCurrentIndex(dk.frames.findData("keyframes"))
     doc.setModified(False)
     before = fingerprint(doc)
+    record = progress_texts(rec)
     try:
-        for step in dk.click(rec):
+        dk.button.click()
+        rec["busy_after_click"] = not dk.button.isEnabled()
+        if cancel:
+            rec["cancel_enabled"] = dk.cancel.isEnabled()
+            dk.cancel.click()
+        for step in dk.wait(rec):
             yield step
     finally:
+        ui.controller().progress.disconnect(record)
         dk.frames.setCurrentIndex(dk.frames.findData(""))
     rec["untouched"] = fingerprint(doc) == before
     doc.setModified(False)
     doc.close()
+
+
+def case_frames_refused(app, win, dk, rec):
+    """Frames with Output "Selection": a clear error, and the document as it was."""
+    for step in untouched_frames_case(app, win, dk, rec, "selection"):
+        yield step
+
+
+def case_frames_cancel_reading(app, win, dk, rec):
+    """Frames: Cancel while the frames are being read: nothing reaches the daemon, the document is as it was."""
+    for step in untouched_frames_case(app, win, dk, rec, "mask", cancel=True):
+        yield step
 
 
 PHOTO_CASES = {
@@ -567,7 +600,7 @@ CASES = dict(
     output_layer=case_output_layer, menu_action=case_menu_action, unsupported_layer=case_unsupported_layer,
     unknown_model=case_unknown_model, daemon_down=case_daemon_down, cancel=case_cancel,
     frames_keyframes=case_frames_keyframes, frames_playback=case_frames_playback,
-    frames_refused=case_frames_refused)
+    frames_refused=case_frames_refused, frames_cancel_reading=case_frames_cancel_reading)
 
 
 def main():

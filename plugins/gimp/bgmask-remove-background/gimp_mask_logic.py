@@ -301,11 +301,8 @@ class ProgressFeed:
             self._gimp.progress_update((self._index + fraction) / self._jobs)
 
     def frame(self, index: int, stage: str, fraction: Optional[float]) -> None:
-        """remove_frames' on_progress callback. Two frames are in flight: the bar follows the newest one
-        the daemon works on, and ignores the next one's queue wait and the previous one's last messages,
-        so it never runs backwards."""
-        if index < self._index or (index > self._index and stage == "queued"):
-            return
+        """remove_frames' on_progress callback, behind bgmask_client.ForwardFrameProgress (which keeps the
+        bar from running backwards while two frames are in flight)."""
         self._index = index
         self(stage, fraction)
 
@@ -375,9 +372,10 @@ def frame_layers(image: Any, settings: Settings) -> List[Any]:
         if here != there:
             raise PluginError(f"Layer '{layer.get_name()}' is {here.w}x{here.h} at ({here.x}, {here.y}), but "
                               f"'{first.get_name()}' is {there.w}x{there.h} at ({there.x}, {there.y}): as frames, "
-                              "every layer must have the same size and position. Use Layer > Layer to Image "
-                              "Size on each layer, or run on the selected layers without 'All layers as "
-                              "frames'.")
+                              "every layer must have the same size and position, each a whole frame. An "
+                              "optimised GIF keeps only the changed part of most frames: Filters > Animation "
+                              "> Unoptimize makes every frame whole. Or run on the selected layers without "
+                              "'All layers as frames'.")
     return layers
 
 
@@ -491,7 +489,7 @@ def _request_frames(gegl: Any, client: Any, jobs: Sequence[Job], settings: Setti
                                    first.fmt.channels, first.fmt.sample_type, linear=first.fmt.linear,
                                    model=settings.model or None, options=_options(settings, first.region),
                                    out_sample_type=out.sample_type, temporal=settings.temporal,
-                                   on_progress=progress.frame)
+                                   on_progress=bgmask_client.ForwardFrameProgress(progress.frame))
     for job, reply in zip(jobs, replies):
         job.mask = reply.mask
 

@@ -1,8 +1,9 @@
 """Remove Background on every frame of an animated paint layer: one keyframed transparency mask, no widgets.
 
-Like core: `prepare` reads the frames on the UI thread, `FramesJob.run` sends them to the daemon as one
-frame sequence (the client's `remove_frames`: pipelined, temporally consistent unless turned off, cancellable
-between frames), and `apply` puts the masks into the document, once every frame's mask has arrived.
+Like core: `prepare` reads the frames on the UI thread (one per return to Krita's event loop), `FramesJob.run`
+sends them to the daemon as one frame sequence (the client's `remove_frames`: pipelined, temporally consistent
+unless turned off, cancellable between frames), and `apply` puts the masks into the document, once every
+frame's mask has arrived.
 
 Krita's scripting API (libkis, 5.2 to 6.0) reads any keyframe (`Node.pixelDataAtTime`) but cannot create one:
 keyframes come only from the timeline's `add_blank_frame` action, which acts on the active node of the active
@@ -14,18 +15,21 @@ included) to the layer: in the user's document that is a single undoable "add ma
 from __future__ import annotations
 
 import uuid
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Generator, Iterator, List, NamedTuple, Optional, Tuple
 
 from krita import Krita
 
-from . import pixels
+from . import core, pixels
 from .core import OUTPUT_MASK, PluginError, Settings, mask_name
 from .pixels import Rect
 
 SCOPE_KEYFRAMES = "keyframes"  # core.FRAME_SCOPES keys; "" is core's single-layer path
 SCOPE_PLAYBACK = "playback"
-# Every frame is held in memory from `prepare` until the masks arrive; beyond this the user picks fewer frames.
+# What one click may hold in memory: the layer keyframes read by `prepare` (until the masks arrive) and, for
+# every time the mask is keyed at, MASK_COPIES masks (the daemon's reply in FramesReply, the temporary
+# document's keyframe, and the clone added to the layer). Beyond it the click is refused before anything is read.
 MAX_FRAME_BYTES = 1 << 30
+MASK_COPIES = 3
 ADD_KEYFRAME_ACTION = "add_blank_frame"
 ACTIVATE_TIMEOUT_S = 5.0
 ACTIVATE_POLL_S = 0.05
@@ -108,15 +112,37 @@ class FramesJob(NamedTuple):
         results = client.remove_frames(frames(), w, h, self.layout.channels, self.layout.sample_type,
                                        linear=self.linear, model=self.settings.model,
                                        options=self.settings.options(), out_sample_type="u8",
-                                       temporal=self.settings.temporal, on_progress=progress, cancel=cancel)
+                                       temporal=self.settings.temporal, cancel=cancel,
+                                       on_progress=core.client_module().ForwardFrameProgress(progress))
         masks = [bytes(w * h)] * len(self.times)
         for i, result in zip(shown, results):
             masks[i] = result.mask
         return FramesReply(masks, results[0].header.get("model") if results else None)
 
 
-def prepare(doc: Any, node: Any, settings: Settings) -> FramesJob:
-    """Read every frame the scope names into a FramesJob; changes nothing in the document."""
+def _held_bytes(region: Rect, layout: pixels.Layout, keys: List[int], times: List[int]) -> int:
+    """What a click holds at its peak (see MAX_FRAME_BYTES): the keyframes' pixels and the masks' copies."""
+    _, _, w, h = region
+    return w * h * (layout.pixel_size * len(keys) + MASK_COPIES * len(times))
+
+
+def _too_much(region: Rect, keys: List[int], times: List[int], held: int, scope: str) -> str:
+    """Why the click is refused, and what the user can narrow in this scope."""
+    _, _, w, h = region
+    need = f"need about {held >> 20} MB (the frames read and {MASK_COPIES} copies of each mask); at most " \
+           f"{MAX_FRAME_BYTES >> 20} MB can be held at once."
+    if scope == SCOPE_PLAYBACK:
+        return (f"The playback range (frames {times[0]} to {times[-1]}) has {len(times)} frames of {w}x{h}: they "
+                f"{need} Narrow the playback range (the animation's start and end), or scale the image down.")
+    return (f"{len(keys)} keyframes of {w}x{h} {need} Choose 'Every frame of the playback range' with a range "
+            "over part of the animation, or scale the image down.")
+
+
+def prepare(doc: Any, node: Any, settings: Settings) -> Generator[Tuple[int, int], None, FramesJob]:
+    """Read every frame the scope names into a FramesJob; changes nothing in the document. A generator, so
+    that the caller returns to Krita's event loop between frames (up to a gigabyte is read: the editor keeps
+    drawing, the progress shows and Cancel is heard): once every check has passed it yields (k, n) before
+    reading layer keyframe k of n, and returns the job."""
     if settings.output != OUTPUT_MASK:
         raise PluginError("Frames get a keyframed transparency mask: set Output to Transparency mask, or "
                           "Frames to Current frame only.")
@@ -128,12 +154,13 @@ def prepare(doc: Any, node: Any, settings: Settings) -> FramesJob:
     times, sources, unmasked = frame_plan(doc, node, settings.frames)
     region = (0, 0, doc.width(), doc.height())
     keys = sorted({s for s in sources if s is not None})
+    held = _held_bytes(region, layout, keys, times)
+    if held > MAX_FRAME_BYTES:
+        raise PluginError(_too_much(region, keys, times, held, settings.frames))
     size = region[2] * region[3] * layout.pixel_size
-    if size * len(keys) > MAX_FRAME_BYTES:
-        raise PluginError(f"{len(keys)} frames of {region[2]}x{region[3]} need {size * len(keys) >> 20} MB; "
-                          f"at most {MAX_FRAME_BYTES >> 20} MB can be sent at once. Narrow the playback range.")
     frames = {}
-    for key in keys:
+    for index, key in enumerate(keys):
+        yield index, len(keys)
         data = bytes(node.pixelDataAtTime(*region, key))
         if len(data) != size:
             raise PluginError(f'Krita gave {len(data)} bytes for frame {key} of "{node.name()}", expected {size}.')
