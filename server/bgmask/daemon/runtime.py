@@ -109,8 +109,8 @@ def sandbox_runtime_files() -> list[Path]:
 
 
 def publish_runtime(record: dict[str, Any]) -> None:
-    """Write the runtime file, and its copies for sandboxed editors (a copy that cannot be written is skipped)."""
-    write_private_json(paths.runtime_file(), record)
+    """Write the copies of the runtime file for sandboxed editors (one that cannot be written is skipped), then
+    the runtime file itself: whoever sees the daemon published finds the copies there too."""
     for copy in sandbox_runtime_files():
         try:
             copy.parent.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -118,6 +118,7 @@ def publish_runtime(record: dict[str, Any]) -> None:
         except (OSError, BgmaskError) as exc:
             log.warning("no copy of the runtime file for the sandboxed editor at %s: %s", copy,
                         getattr(exc, "message", None) or exc)
+    write_private_json(paths.runtime_file(), record)
 
 
 def withdraw_runtime(pid: int) -> None:
