@@ -181,7 +181,9 @@ def _blend_shifted(alpha: np.ndarray, prev: np.ndarray, weight: _Upscaled, ry: i
         r0, r1 = int(rows[0]), int(rows[-1]) + 1
         for c0, c1 in _spans(differ[r0:r1].any(axis=0), SPAN_GAP):
             part = a[r0:r1, c0:c1]
-            part += weight.at(top + y + r0, top + y + r1, left + c0, left + c1) * (p[r0:r1, c0:c1] - part)
+            change = p[r0:r1, c0:c1] - part
+            change *= weight.at(top + y + r0, top + y + r1, left + c0, left + c1)
+            part += change
 
 
 class TemporalFilter:
