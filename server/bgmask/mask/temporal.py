@@ -10,7 +10,9 @@ new mask stands alone. The weights are decided at the model's resolution, on a b
 predictions that mirrors the masks' (refinement itself gets each frame's own prediction, so blends do not
 compound), and they are limited so that the blend changes at most BUDGET of a frame's own mask: where the
 model changed its mind about a region beyond what edge wobble explains, its new answer stands (each frame
-keeps its own quality). Pure numpy, deterministic, O(model pixels) plus one multiply-add per output pixel."""
+keeps its own quality). Pure numpy, deterministic, O(model pixels) plus a comparison per output pixel: the
+full-resolution blend only changes pixels where this frame's mask and the carried one differ (near the
+outline; elsewhere both are exactly 0 or 1), so the weights are upscaled and blended only there."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
+
+from bgmask.mask.refine import Taps, _spans, upscale
 
 # Weight of the history where the compensated image is unchanged: the steady state averages about
 # (1 + CARRY) / (1 - CARRY) = 7 frames (the budget below keeps that from overriding the model).
@@ -32,6 +36,8 @@ MIN_PEAK = 0.05
 # (1 - IoU): the target is IoU >= 0.9 against the frame's own mask at full resolution, so half of it is left
 # for what refinement and the full-resolution blend add.
 BUDGET = 0.05
+STRIP = 128  # rows of the full-resolution mask compared and blended at a time (a few hundred KB: in cache)
+SPAN_GAP = 32  # columns: spans of a strip where the masks differ closer than this are blended as one
 LEVELS = (0.8, 0.6, 0.4, 0.3, 0.2, 0.1, 0.0)  # disagreement levels tried, most disagreeing regions first
 
 
@@ -78,13 +84,16 @@ def shift(img: np.ndarray, dy: float, dx: float) -> tuple[np.ndarray, np.ndarray
     ys = np.arange(h, dtype=np.float32) - np.float32(dy)
     xs = np.arange(w, dtype=np.float32) - np.float32(dx)
     valid = ((ys >= 0) & (ys <= h - 1))[:, None] & ((xs >= 0) & (xs <= w - 1))[None, :]
-    ys, xs = np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)
-    y0, x0 = np.floor(ys).astype(np.intp), np.floor(xs).astype(np.intp)
-    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
-    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
-    top = img[..., y0, :][..., x0] * (1 - fx) + img[..., y0, :][..., x1] * fx
-    bottom = img[..., y1, :][..., x0] * (1 - fx) + img[..., y1, :][..., x1] * fx
-    return (top * (1 - fy) + bottom * fy).astype(np.float32), valid
+    # Every sample reads its neighbours at the same fraction: whole-pixel slices of the image padded with its
+    # edges (what clamped coordinates read), weighted along rows, then along columns. No gathers.
+    sy, sx = float(np.clip(-dy, -h, h)), float(np.clip(-dx, -w, w))
+    iy, ix = int(np.floor(sy)), int(np.floor(sx))
+    fy, fx = np.float32(sy - iy), np.float32(sx - ix)
+    py, px = abs(iy) + 1, abs(ix) + 1
+    padded = np.pad(img, [(0, 0)] * (img.ndim - 2) + [(py, py), (px, px)], mode="edge")
+    y0, x0 = py + iy, px + ix
+    rows = padded[..., y0:y0 + h, :] * (1 - fy) + padded[..., y0 + 1:y0 + 1 + h, :] * fy
+    return (rows[..., x0:x0 + w] * (1 - fx) + rows[..., x0 + 1:x0 + 1 + w] * fx).astype(np.float32), valid
 
 
 def _box3(x: np.ndarray) -> np.ndarray:
@@ -130,16 +139,51 @@ def limit(pred: np.ndarray, carried: np.ndarray, weight: np.ndarray) -> np.ndarr
     return np.zeros_like(weight)
 
 
-def _blend_shifted(alpha: np.ndarray, prev: np.ndarray, weight: np.ndarray, ry: int, rx: int) -> None:
+class _Upscaled:
+    """The bilinear upscale of the model-resolution weights to the mask's (H, W) (centres aligned, edges
+    clamped: Pillow's BILINEAR), computed only over the rectangles asked for (small arrays: no pass over,
+    nor a fresh allocation of, a whole-size map). A mask smaller than the model's input along an axis is
+    resized whole by Pillow (area-weighted there, and small)."""
+
+    def __init__(self, low: np.ndarray, height: int, width: int) -> None:
+        h, w = low.shape
+        self.low, self.whole = low, None
+        if height >= h and width >= w:
+            self.rows, self.cols = Taps.bilinear(height, h, height / h), Taps.bilinear(width, w, width / w)
+        else:
+            resized = Image.fromarray(low, mode="F").resize((width, height), Image.Resampling.BILINEAR)
+            self.whole = np.asarray(resized, dtype=np.float32)
+
+    def at(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        if self.whole is not None:
+            return self.whole[y0:y1, x0:x1]
+        return upscale(self.low, self.rows.part(y0, y1), self.cols.part(x0, x1))
+
+
+def _blend_shifted(alpha: np.ndarray, prev: np.ndarray, weight: _Upscaled, ry: int, rx: int) -> None:
     """alpha += weight * (prev moved by (ry, rx) whole pixels - alpha), in place, where the moved prev covers
-    alpha (elsewhere alpha stays as it is)."""
+    alpha (elsewhere alpha stays as it is). Where the two are equal the blend gives alpha itself, and in a
+    mask they are equal almost everywhere but near the outline (both exactly 0 or exactly 1): so each strip
+    of STRIP rows is compared first, and the weights are upscaled and the blend made only over the rows and
+    column spans where they differ. The result is the same as blending everywhere."""
     h, w = alpha.shape
     if abs(ry) >= h or abs(rx) >= w:
         return
-    dst = (slice(max(ry, 0), h + min(ry, 0)), slice(max(rx, 0), w + min(rx, 0)))
-    src = (slice(max(-ry, 0), h - max(ry, 0)), slice(max(-rx, 0), w - max(rx, 0)))
-    a = alpha[dst]
-    a += weight[dst] * (prev[src] - a)
+    top, left = max(ry, 0), max(rx, 0)
+    cur = alpha[top:h + min(ry, 0), left:w + min(rx, 0)]
+    old = prev[max(-ry, 0):h - max(ry, 0), max(-rx, 0):w - max(rx, 0)]
+    for y in range(0, cur.shape[0], STRIP):
+        a, p = cur[y:y + STRIP], old[y:y + STRIP]
+        differ = a != p
+        rows = np.flatnonzero(differ.any(axis=1))
+        if not rows.size:
+            continue
+        r0, r1 = int(rows[0]), int(rows[-1]) + 1
+        for c0, c1 in _spans(differ[r0:r1].any(axis=0), SPAN_GAP):
+            part = a[r0:r1, c0:c1]
+            change = p[r0:r1, c0:c1] - part
+            change *= weight.at(top + y + r0, top + y + r1, left + c0, left + c1)
+            part += change
 
 
 class TemporalFilter:
@@ -152,7 +196,7 @@ class TemporalFilter:
         self._pred: Optional[np.ndarray] = None  # (h, w) blended prediction of the last frame
         self._alpha: Optional[np.ndarray] = None  # (H, W) blended full-resolution mask of the last frame
         self._key: object = None
-        self._weight: Optional[np.ndarray] = None  # this frame's history weight at the model's resolution
+        self.weight: Optional[np.ndarray] = None  # this frame's history weight at the model's resolution
         self.motion: tuple[float, float] = (0.0, 0.0)  # this frame's translation, model pixels
 
     def prediction(self, image: np.ndarray, pred: np.ndarray, key: object = None) -> np.ndarray:
@@ -162,7 +206,7 @@ class TemporalFilter:
         prev_image, prev_pred = self._image, self._pred
         fresh = prev_image is None or prev_pred is None or key != self._key or prev_image.shape != image.shape
         self._key = key
-        self._weight, self.motion = None, (0.0, 0.0)
+        self.weight, self.motion = None, (0.0, 0.0)
         self._image, self._pred = image, pred if fresh else self._blend(prev_image, prev_pred, image, pred)
         return pred
 
@@ -170,13 +214,16 @@ class TemporalFilter:
         """This frame's full-resolution mask (float32 (H, W), changed in place) blended with the last frame's,
         carried along the same motion (rounded to whole pixels at this resolution) with this frame's weights."""
         prev = self._alpha
-        if self._weight is not None and prev is not None and prev.shape == alpha.shape:
-            h, w = self._weight.shape
+        if self.weight is not None and prev is not None and prev.shape == alpha.shape:
+            h, w = self.weight.shape
             H, W = alpha.shape
-            weight = np.asarray(Image.fromarray(self._weight, mode="F").resize((W, H), Image.Resampling.BILINEAR))
             ry, rx = int(round(self.motion[0] * H / h)), int(round(self.motion[1] * W / w))
-            _blend_shifted(alpha, prev, weight, ry, rx)
-        self._alpha = alpha.copy()
+            _blend_shifted(alpha, prev, _Upscaled(self.weight, H, W), ry, rx)
+        if prev is not None and prev.shape == alpha.shape:
+            np.copyto(prev, alpha)  # the history's buffer is reused: no new 4 bytes a pixel each frame
+            self._alpha = prev
+        else:
+            self._alpha = alpha.copy()
         return alpha
 
     def _blend(self, prev_image: np.ndarray, prev_pred: np.ndarray, image: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -193,5 +240,5 @@ class TemporalFilter:
         carried = prev_pred if moved is None else moved
         weight = np.clip(1.0 - best * np.float32(1.0 / CHANGED), 0.0, 1.0) * np.float32(CARRY)
         weight = limit(pred, carried, (weight * valid).astype(np.float32))
-        self._weight = weight
+        self.weight = weight
         return (pred + weight * (carried - pred)).astype(np.float32)
