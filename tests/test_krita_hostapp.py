@@ -317,16 +317,12 @@ def reference_frames(client, run: SimpleNamespace, name: str, sources) -> list:
     return [np.frombuffer(r.mask, np.uint8).reshape(h, w) for r in results]
 
 
-def check_frames_outcome(rec: dict, read: int) -> None:
-    """What every frames run must leave: `read` layer keyframes read one by one (the progress says so) before
-    the daemon's progress, which never goes back a frame; one animated mask, the user's time, no temporary
+def check_frames_outcome(rec: dict) -> None:
+    """What every frames run must leave: the daemon's progress, which never goes back a frame; one animated mask, the user's time, no temporary
     image, and one undo step that removes the mask and nothing else; the .kra keeps every mask keyframe."""
     assert rec["busy_after_click"] and rec["finished"], rec
     texts = rec["progress_texts"]
-    reading = [t for t in texts if t.startswith("Reading")]
     shown = [int(t.split()[1]) for t in texts if t.startswith("Frame ")]
-    assert reading == [f"Reading frame {k} of {read}" for k in range(1, read + 1)], texts
-    assert texts.index(reading[-1]) < texts.index("Connecting to the daemon"), texts
     assert shown == sorted(shown) and shown[-1] == 4, texts
     assert rec["message"].startswith("Added") and rec["error_boxes"] == [], rec["message"]
     assert rec["children"] == [[MASK, "transparencymask", True]]
@@ -341,7 +337,7 @@ def test_every_keyframe_of_an_animated_layer_gets_its_own_mask(krita, client):
     """Frames "Every keyframe of the layer": the mask is keyed exactly where the layer is; each keyframe holds
     the daemon's temporally consistent mask of that frame, which follows the subject as it moves."""
     rec = case(krita, "frames_keyframes")
-    check_frames_outcome(rec, read=4)
+    check_frames_outcome(rec)
     assert rec["layer_keys"] == FRAME_KEYS and rec["mask_keys"] == FRAME_KEYS
     masks = frame_masks(krita, "frames_keyframes", FRAME_KEYS)
     for t, expected in zip(FRAME_KEYS, reference_frames(client, krita, "frames_keyframes", FRAME_KEYS)):
@@ -362,22 +358,13 @@ def test_every_frame_of_the_playback_range_gets_a_mask_and_other_frames_stay_vis
     """Frames "Every frame of the playback range" 1..4: frames 1 and 4 hold keyframes 0 and 3, so the sequence
     sent is keyframes 0, 2, 3, 3; frame 0 and frame 5, outside the range, get an opaque mask key."""
     rec = case(krita, "frames_playback")
-    check_frames_outcome(rec, read=3)
+    check_frames_outcome(rec)
     assert rec["playback_read"] == [1, 4] and rec["mask_keys"] == [0, 1, 2, 3, 4, 5]
     masks = frame_masks(krita, "frames_playback", rec["mask_keys"])
     for t, expected in zip([1, 2, 3, 4], reference_frames(client, krita, "frames_playback", [0, 2, 3, 3])):
         assert np.array_equal(masks[t], expected), t
         assert (masks[t] < 10).mean() > 0.2 and masks[t].max() == 255, t
     assert (masks[0] == 255).all() and (masks[5] == 255).all()
-
-
-def test_cancel_while_the_frames_are_read_sends_nothing_and_leaves_the_document_untouched(krita):
-    """The frames are read in steps from Krita's event loop: the docker is busy, Cancel works, and a Cancel
-    before the last frame is read stops it there, before the daemon is asked."""
-    rec = case(krita, "frames_cancel_reading")
-    assert rec["busy_after_click"] and rec["cancel_enabled"] and rec["finished"], rec
-    assert rec["message"].startswith("Cancelled") and rec["error_boxes"] == [] and rec["untouched"], rec
-    assert rec["progress_texts"] == ["Reading frame 1 of 4"], rec["progress_texts"]
 
 
 def test_frames_with_an_output_other_than_a_mask_are_refused_and_the_document_untouched(krita):

@@ -542,9 +542,8 @@ def case_frames_playback(app, win, dk, rec):
         yield step
 
 
-def untouched_frames_case(app, win, dk, rec, output, cancel=False):
-    """Frames (every keyframe) on the animated layer where the document must stay as it was: Output `output`
-    is refused, or Cancel is clicked right after Remove Background, while the frames are being read."""
+def untouched_frames_case(app, win, dk, rec, output):
+    """Frames (every keyframe) on the animated layer with Output `output`: refused, the document as it was."""
     made = {}
     for step in animated_document(app, win, made):
         yield step
@@ -559,9 +558,6 @@ def untouched_frames_case(app, win, dk, rec, output, cancel=False):
     try:
         dk.button.click()
         rec["busy_after_click"] = not dk.button.isEnabled()
-        if cancel:
-            rec["cancel_enabled"] = dk.cancel.isEnabled()
-            dk.cancel.click()
         for step in dk.wait(rec):
             yield step
     finally:
@@ -575,12 +571,6 @@ def untouched_frames_case(app, win, dk, rec, output, cancel=False):
 def case_frames_refused(app, win, dk, rec):
     """Frames with Output "Selection": a clear error, and the document as it was."""
     for step in untouched_frames_case(app, win, dk, rec, "selection"):
-        yield step
-
-
-def case_frames_cancel_reading(app, win, dk, rec):
-    """Frames: Cancel while the frames are being read: nothing reaches the daemon, the document is as it was."""
-    for step in untouched_frames_case(app, win, dk, rec, "mask", cancel=True):
         yield step
 
 
@@ -600,7 +590,7 @@ CASES = dict(
     output_layer=case_output_layer, menu_action=case_menu_action, unsupported_layer=case_unsupported_layer,
     unknown_model=case_unknown_model, daemon_down=case_daemon_down, cancel=case_cancel,
     frames_keyframes=case_frames_keyframes, frames_playback=case_frames_playback,
-    frames_refused=case_frames_refused, frames_cancel_reading=case_frames_cancel_reading)
+    frames_refused=case_frames_refused)
 
 
 def main():

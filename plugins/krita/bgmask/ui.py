@@ -2,8 +2,8 @@
 
 One Controller per Krita process runs at most one request at a time; every docker (one per window)
 and the menu action go through it. Requests (one layer: core.Job; an animated layer's frames:
-frames.FramesJob, read in steps that return to Krita's event loop) run in a QThread, results are applied
-on the UI thread (queued signals; a frames result in steps too), and errors are shown in the docker and
+frames.FramesJob) run in a QThread, results are applied on the UI thread (queued signals; a frames result
+in steps that return to Krita's event loop), and errors are shown in the docker and
 in a message box.
 """
 
@@ -41,6 +41,16 @@ NUMBER_FIELDS = (
 def _make_client(autostart: bool) -> Any:
     """A client for the user's daemon: $BGMASK_ENDPOINT/$BGMASK_TOKEN (never auto-started) or the runtime file."""
     return core.client_module().Client(autostart=autostart)
+
+
+def _read_all(steps: Generator[Tuple[int, int], None, Any]) -> Any:
+    """frames.prepare run to its end in one go: returning to Krita's event loop between frames made Krita 5.2.9
+    abort on a later node activation (kis_node_manager "shape"), so the frames are read as one layer is."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 class _RemovalThread(QtCore.QThread):
@@ -106,7 +116,6 @@ class Controller(QtCore.QObject):
     def __init__(self, parent: QtCore.QObject) -> None:
         super().__init__(parent)
         self._thread: Optional[_RemovalThread] = None
-        self._reading: Optional[Generator[Tuple[int, int], None, Any]] = None  # frames.prepare, between two frames
         self._applying = False  # a frames result is being added to the document, in steps
         self._status_thread: Optional[_StatusThread] = None
         self._status: Optional[Dict[str, Any]] = None
@@ -115,7 +124,7 @@ class Controller(QtCore.QObject):
 
     @property
     def busy(self) -> bool:
-        return self._thread is not None or self._reading is not None
+        return self._thread is not None
 
     def status_text(self) -> str:
         return core.describe_status(self._status, core.load_settings().model, self._status_error)
@@ -146,11 +155,9 @@ class Controller(QtCore.QObject):
             doc = Krita.instance().activeDocument()
             node = core.target_layer(doc)
             if frames.wanted(node, settings):
-                self._reading = frames.prepare(doc, node, settings)
-                self.busy_changed.emit(True)
-                self._read_steps(self._reading)
-                return
-            job = core.prepare(doc, node, settings)
+                job = _read_all(frames.prepare(doc, node, settings))
+            else:
+                job = core.prepare(doc, node, settings)
         except core.PluginError as exc:
             self._report(False, str(exc))
             return
@@ -158,27 +165,6 @@ class Controller(QtCore.QObject):
             self._report(False, f"Could not read the layer: {type(exc).__name__}: {exc}")
             return
         self._launch(job)
-
-    def _read_steps(self, steps: Generator[Tuple[int, int], None, Any]) -> None:
-        """Run frames.prepare up to its next frame, then come back for it from Krita's event loop; a Cancel
-        meanwhile closed `steps`, and a later click has steps of its own."""
-        if steps is not self._reading:
-            return
-        try:
-            index, count = next(steps)
-        except StopIteration as done:
-            self._reading = None
-            self._launch(done.value)
-            return
-        except core.PluginError as exc:
-            self._report(False, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a Krita API failure: tell the user; nothing was changed
-            self._report(False, f"Could not read the layer: {type(exc).__name__}: {exc}")
-        else:
-            self.progress.emit(f"Reading frame {index + 1} of {count}", int(100 * index / count))
-            QtCore.QTimer.singleShot(0, lambda: self._read_steps(steps))
-            return
-        self._done()
 
     def _launch(self, job: Any) -> None:
         """Send the job to the daemon from a thread; the docker is busy until its outcome is in."""
@@ -199,11 +185,7 @@ class Controller(QtCore.QObject):
         self._thread.start()
 
     def cancel(self) -> None:
-        if self._reading is not None:  # no request yet: stop reading the frames
-            self._reading.close()
-            self.outcome.emit(True, "Cancelled; the image was not changed.")
-            self._done()
-        elif self._thread is not None and not self._applying:  # the masks are in: adding them is not stopped
+        if self._thread is not None and not self._applying:  # the masks are in: adding them is not stopped
             self._thread.cancel_event.set()  # polled by the client, which then sends the daemon a cancel
             self.progress.emit("Cancelling", -1)
 
@@ -256,7 +238,6 @@ class Controller(QtCore.QObject):
         """Idle again only once the outcome is in the document: applying it may spin Krita's event loop
         (Node.addChildNode waits for its stroke), and a second click must not slip in meanwhile."""
         self._thread = None
-        self._reading = None
         self._applying = False
         self.busy_changed.emit(False)
         self.refresh_status()
