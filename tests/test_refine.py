@@ -337,3 +337,19 @@ def test_the_guide_is_only_consulted_near_an_uncertain_prediction():
     edge = np.abs(dist - 200.0) < 3.0
     assert np.abs(a - alpha)[edge].mean() < 0.5 * np.abs(R.upsample(pred, 1200, 900) - alpha)[edge].mean(), \
         "the outline itself is refined from the image"
+
+
+@pytest.mark.parametrize("reach", [0, 1, 3, 10, 40])
+def test_near_marks_the_cells_within_reach_of_a_flagged_cell(reach: int) -> None:
+    """The cells the fit covers: those with a flagged cell within `reach` in a square window, like a
+    brute-force dilation, at the borders and on grids smaller than the reach as well."""
+    rng = np.random.default_rng(reach)
+    for shape in [(37, 53), (5, 3), (1, 1)]:
+        flags = rng.random(shape) < 0.03
+        flags.flat[rng.integers(flags.size)] = True
+        ys, xs = np.nonzero(flags)
+        yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+        want = np.zeros(shape, bool)
+        for y, x in zip(ys, xs):
+            want |= (np.abs(yy - y) <= reach) & (np.abs(xx - x) <= reach)
+        assert np.array_equal(R._near(flags, reach), want)

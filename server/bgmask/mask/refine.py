@@ -368,13 +368,18 @@ def _spans(flags: np.ndarray, gap: int = 2) -> list[tuple[int, int]]:
 
 
 def _near(flags: np.ndarray, reach: int) -> np.ndarray:
-    """Cells with a True cell within `reach` cells (a square window), by running counts: O(cells)."""
+    """Cells with a True cell within `reach` cells (a square window), by ORs of shifted boolean slices, one
+    axis at a time: a byte a cell per pass, so for the reaches refine uses (2 * radius) several times cheaper
+    than running counts (IS-Net at 24 MP: 3 against 14 ms)."""
     out = flags
     for axis in (0, 1):
         n = out.shape[axis]
-        sums = np.cumsum(np.insert(out, 0, False, axis=axis), axis=axis, dtype=np.int32)  # sums[i]: cells < i
-        idx = np.arange(n)
-        out = np.take(sums, idx + reach + 1, axis=axis, mode="clip") > np.take(sums, idx - reach, axis=axis, mode="clip")
+        grown = out.copy()
+        src, dst = np.moveaxis(out, axis, 0), np.moveaxis(grown, axis, 0)
+        for k in range(1, min(reach, n - 1) + 1):
+            dst[k:] |= src[:-k]
+            dst[:-k] |= src[k:]
+        out = grown
     return out
 
 
