@@ -312,7 +312,7 @@ def sweep(scenes, photos, results) -> None:
         data.append(((luma, small @ np.array([0.299, 0.587, 0.114], np.float32)), (rgb, small), pred, ev, base))
     rows = {}
     for guide in ("luma", "rgb"):
-        for radius in (1, 2, 3, 4):
+        for radius in (2, 3, 5, 7):
             for eps in (1e-5, 1e-4, 1e-3):
                 ratios, secs = [], []
                 for luma, rgb, pred, ev, base in data:

@@ -61,9 +61,28 @@ def test_perfect_prediction_keeps_flat_regions_exact():
     for guide in (image, image @ np.array([0.299, 0.587, 0.114], np.float32)):
         out = R.refine(pred, guide)
         assert out.shape == alpha.shape and out.dtype == np.float32
-        # Twelve model pixels (each ~3.75 px here) away from the edge the result is exactly 0 or 1.
-        assert np.all(out[dist < 205] == 1.0)
-        assert np.all(out[dist > 295] == 0.0)
+        # Beyond two (square) window radii, the soft edge's two cells and one more (cells of 3 x 4 px here,
+        # so up to 4 * sqrt(2) px along a diagonal) from the edge the result is exactly 0 or 1.
+        reach = (2 * R.RADIUS + 3) * 4 * np.sqrt(2)
+        assert np.all(out[dist < 250 - reach] == 1.0)
+        assert np.all(out[dist > 250 + reach] == 0.0)
+
+
+def test_window_spans_about_radius_model_pixels_at_most():
+    """An image smaller than the model's input (a 300 x 400 photo for a 1024-pixel model) is refined with
+    windows of about RADIUS model pixels, about RADIUS / 3 image pixels, not RADIUS image pixels: the guide
+    changes the mask only that close to the subject's edge, where a window of RADIUS image pixels would reach a
+    textured background three times as far out (bench/quality.py --real: that raised the MAE on real photos).
+    A grid as fine as the prediction or finer keeps RADIUS cells."""
+    alpha, image, dist = disk_scene(H=300, W=400, radius=100.0)
+    pred = np.asarray(Image.fromarray(alpha, mode="F").resize((1024, 1024), Image.Resampling.BILINEAR))
+    out = R.refine(pred, image)
+    cells = R.grid_radius(R.RADIUS, (1024, 1024), (300, 400))
+    assert 1 <= cells < R.RADIUS
+    changed = dist[np.abs(out - R.upsample(pred, 400, 300)) > 1e-6]
+    assert changed.size and np.abs(changed - 100).max() <= (2 * cells + 2) * np.sqrt(2)
+    assert R.grid_radius(R.RADIUS, (320, 320), (600, 800)) == R.RADIUS == R.grid_radius(R.RADIUS, (320, 320), (320, 320))
+    assert R.grid_radius(1, (1024, 1024), (90, 90)) == 1
 
 
 def test_blurred_edge_is_sharpened_toward_the_guides_edge():
@@ -163,8 +182,9 @@ def test_strips_encoded_for_integers_are_the_rounded_mask(sample_type: str):
     assert R.refine(pred, image, sink=sink, encoding=(top, 0.5)) is None
     want = np.floor(plain.astype(np.float64) * top + 0.5)
     assert np.abs(got - want).max() <= 1
-    assert (got[want == 0] == 0).all() and (got[want == top] == top).all()
-    assert (got[:, :20] == 0).all(), "a flat 0 prediction stays exactly 0"
+    assert (got[plain == 0.0] == 0).all() and (got[plain == 1.0] == top).all()
+    reach = (2 * R.RADIUS + 2) * 6  # from the disk's edge at x = 110: two window radii and two cells of 6 px
+    assert (got[:, :110 - reach] == 0).all(), "a flat 0 prediction stays exactly 0"
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 700), (700, 1), (2, 3)])
@@ -187,7 +207,8 @@ def test_huge_image_in_strips():
     pred[:, 512:] = 1.0
     out = R.refine(pred, guide)
     assert out.shape == (H, W)
-    assert out[:, : W // 2 - 100].max() == 0.0 and out[:, W // 2 + 100:].min() == 1.0
+    reach = (2 * R.RADIUS + 2) * 8  # two window radii and two cells of 8 px
+    assert out[:, : W // 2 - reach].max() == 0.0 and out[:, W // 2 + reach:].min() == 1.0
     assert float(out[:, W // 2 - 1].mean()) < 0.05 and float(out[:, W // 2].mean()) > 0.85  # a 1 px edge
 
 
@@ -316,3 +337,19 @@ def test_the_guide_is_only_consulted_near_an_uncertain_prediction():
     edge = np.abs(dist - 200.0) < 3.0
     assert np.abs(a - alpha)[edge].mean() < 0.5 * np.abs(R.upsample(pred, 1200, 900) - alpha)[edge].mean(), \
         "the outline itself is refined from the image"
+
+
+@pytest.mark.parametrize("reach", [0, 1, 3, 10, 40])
+def test_near_marks_the_cells_within_reach_of_a_flagged_cell(reach: int) -> None:
+    """The cells the fit covers: those with a flagged cell within `reach` in a square window, like a
+    brute-force dilation, at the borders and on grids smaller than the reach as well."""
+    rng = np.random.default_rng(reach)
+    for shape in [(37, 53), (5, 3), (1, 1)]:
+        flags = rng.random(shape) < 0.03
+        flags.flat[rng.integers(flags.size)] = True
+        ys, xs = np.nonzero(flags)
+        yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+        want = np.zeros(shape, bool)
+        for y, x in zip(ys, xs):
+            want |= (np.abs(yy - y) <= reach) & (np.abs(xx - x) <= reach)
+        assert np.array_equal(R._near(flags, reach), want)
