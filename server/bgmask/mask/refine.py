@@ -383,13 +383,11 @@ def _near(flags: np.ndarray, reach: int) -> np.ndarray:
     return out
 
 
-def grid_radius(radius: float, pred_shape: tuple[int, int], grid_shape: tuple[int, int]) -> int:
+def grid_radius(radius: int, pred_shape: tuple[int, int], grid_shape: tuple[int, int]) -> int:
     """The window radius in grid cells: `radius` cells, fewer where the grid is coarser than the prediction (an
     image smaller than the model's input, or up to 1.5x larger, where the grid's integer reduction rounds down:
     a 1600 px photo for IS-Net has an 800-cell grid and radius 4), so that a radius spans about `radius`
-    prediction pixels at most (the two axes' scales averaged, then rounded); at least 1. On 300-400 px photos
-    IS-Net's radius is then 2 cells, not 5: wider windows brought the background's texture into the mask
-    (bench/quality.py --real: higher MAE)."""
+    prediction pixels at most (the two axes' scales averaged, then rounded); at least 1. Why: see RADIUS."""
     scale = min(1.0, float(np.sqrt(grid_shape[0] * grid_shape[1] / (pred_shape[0] * pred_shape[1]))))
     return max(1, int(round(radius * scale)))
 
@@ -457,10 +455,11 @@ def refine(pred: np.ndarray, guide: np.ndarray, *, cancel: Optional[CancelFn] = 
     a is the least-squares slope of prediction against guide over windows of 2 * radius + 1 cells (fewer
     where the grid is coarser than the prediction: grid_radius; regularised by `eps`); b blends the guided
     filter's offset (which also sharpens the model's blurred edge onto the guide's edge) with P - a . I_low
-    (the bilinear prediction plus the guide's detail finer than a model pixel), by how much of the prediction's variance the guide explains. Where the guide
-    has no contrast the result is the plain bilinear prediction; more than two window radii (and a grid
-    cell) from any soft value of an exact 0/1 prediction it is exactly 0 or 1; everything is clipped to [0, 1]. Raises
-    BgmaskError(cancelled) when `cancel()` turns true (checked between strips).
+    (the bilinear prediction plus the guide's detail finer than a model pixel), by how much of the
+    prediction's variance the guide explains. Where the guide has no contrast the result is the plain
+    bilinear prediction; more than two window radii (and a grid cell) from any soft value of an exact 0/1
+    prediction it is exactly 0 or 1; everything is clipped to [0, 1]. Raises BgmaskError(cancelled) when
+    `cancel()` turns true (checked between strips).
 
     With a `sink`, each finished strip of rows is handed to it (from worker threads) instead of being
     stored, and None is returned: the caller can encode the mask strip by strip while it is in cache.
