@@ -232,6 +232,7 @@ def test_apply_keys_the_mask_on_every_frame_in_one_undo_step(plugin, frames, kri
     assert [text for text, _, _ in doc.undo_stack] == ["Add Layer"]   # no time switch, no keyframe step
     assert doc.currentTime() == 3
     assert krita.documents() == [doc] and krita.activeDocument() is doc  # the temporary image is gone
+    assert krita.window.closed_while_shown == []  # the user's view came back before it closed
     doc.undo()
     assert layer.childNodes() == [] and [t for t in range(8) if layer.hasKeyframeAtTime(t)] == KEYS
 
@@ -257,6 +258,7 @@ def test_apply_after_the_layer_was_deleted_changes_nothing(plugin, frames, krita
     with pytest.raises(plugin.core.PluginError, match="was removed"):
         run_steps(krita, frames.apply(job, frames.FramesReply(row_masks(job), "u2netp")))
     assert snapshot(doc) == before and krita.documents() == [doc]
+    assert krita.window.closed_while_shown == [] and krita.activeDocument() is doc
 
 
 def test_another_image_activated_while_the_mask_is_built_stops_it_and_changes_nothing(plugin, frames, krita):  # noqa: F811
@@ -347,3 +349,4 @@ def test_a_keyframe_action_that_is_missing_or_does_nothing_changes_nothing(plugi
     with pytest.raises(plugin.core.PluginError, match=match):
         run_steps(krita, frames.apply(job, frames.FramesReply(row_masks(job), "u2netp")))
     assert snapshot(doc) == before and krita.documents() == [doc]
+    assert krita.window.closed_while_shown == [] and krita.activeDocument() is doc

@@ -317,15 +317,6 @@ def reference_frames(client, run: SimpleNamespace, name: str, sources) -> list:
     return [np.frombuffer(r.mask, np.uint8).reshape(h, w) for r in results]
 
 
-def refused_on_krita_5_2(krita, rec: dict) -> bool:
-    """Krita 5.2.9 aborts at times while a keyed mask is built: there frames are refused, nothing changed."""
-    if not krita.result["krita"].startswith("5.2"):
-        return False
-    assert rec["message"].startswith("Error: Masks keyed on an animation's frames need Krita 5.3"), rec["message"]
-    assert rec["children"] == [], rec["children"]
-    return True
-
-
 def check_frames_outcome(rec: dict) -> None:
     """What every frames run must leave: the daemon's progress, which never goes back a frame; one animated mask, the user's time, no temporary
     image, and one undo step that removes the mask and nothing else; the .kra keeps every mask keyframe."""
@@ -346,8 +337,6 @@ def test_every_keyframe_of_an_animated_layer_gets_its_own_mask(krita, client):
     """Frames "Every keyframe of the layer": the mask is keyed exactly where the layer is; each keyframe holds
     the daemon's temporally consistent mask of that frame, which follows the subject as it moves."""
     rec = case(krita, "frames_keyframes")
-    if refused_on_krita_5_2(krita, rec):
-        return
     check_frames_outcome(rec)
     assert rec["layer_keys"] == FRAME_KEYS and rec["mask_keys"] == FRAME_KEYS
     masks = frame_masks(krita, "frames_keyframes", FRAME_KEYS)
@@ -369,8 +358,6 @@ def test_every_frame_of_the_playback_range_gets_a_mask_and_other_frames_stay_vis
     """Frames "Every frame of the playback range" 1..4: frames 1 and 4 hold keyframes 0 and 3, so the sequence
     sent is keyframes 0, 2, 3, 3; frame 0 and frame 5, outside the range, get an opaque mask key."""
     rec = case(krita, "frames_playback")
-    if refused_on_krita_5_2(krita, rec):
-        return
     check_frames_outcome(rec)
     assert rec["playback_read"] == [1, 4] and rec["mask_keys"] == [0, 1, 2, 3, 4, 5]
     masks = frame_masks(krita, "frames_playback", rec["mask_keys"])

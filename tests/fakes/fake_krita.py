@@ -465,6 +465,8 @@ class Document:
     def close(self) -> bool:
         self.closed = True
         app = Krita.instance()
+        if app.window.active is not None and app.window.active._doc is self:
+            app.window.closed_while_shown.append(self.name())
         if self in app._documents:
             app._documents.remove(self)
         app.window._close_views_of(self)
@@ -498,6 +500,9 @@ class Window:
     def __init__(self) -> None:
         self.views: List[View] = []
         self.active: Optional[View] = None
+        # documents closed while their view was the active one: Krita 5.2.9 and 5.3.4.1 then left the
+        # animation curves docker tied to the image's nodes, and its assert (row >= 0) aborted Krita
+        self.closed_while_shown: List[str] = []
 
     def addView(self, doc: Document) -> View:
         view = View(doc)
