@@ -203,6 +203,26 @@ def _keyed_mask(app: Any, scratch: Any, mask: Any, keys: List[Tuple[int, bytes]]
         mask.setPixelData(data, *region)
 
 
+def _shows(view: Any, doc: Any) -> bool:
+    """Whether `view` (possibly None, or a libkis View of no view) shows `doc`."""
+    shown = view.document() if view is not None else None
+    return shown is not None and shown.name() == doc.name()
+
+
+def _leave(window: Any, user_view: Any, scratch: Any) -> None:
+    """Make another image's view the active one before the scratch image closes: the user's view, or any other
+    where the user closed theirs meanwhile. An image closed while its view is the active one leaves Krita's
+    animation curves docker tied to its nodes, and that docker's assert (row >= 0) then aborted Krita 5.2.9
+    and 5.3.4.1 in one to two of three real-app runs."""
+    if user_view is not None:
+        window.showView(user_view)  # a no-op for a view that was closed meanwhile
+    if _shows(window.activeView(), scratch):
+        for view in window.views():
+            if not _shows(view, scratch):
+                window.showView(view)
+                return
+
+
 def apply(job: FramesJob, reply: FramesReply) -> Iterator[float]:
     """Add the keyframed mask to the layer in one undoable step. A generator: each value is how long the
     caller returns to Krita's event loop before going on; its return value is the sentence for the status."""
@@ -235,11 +255,9 @@ def apply(job: FramesJob, reply: FramesReply) -> Iterator[float]:
         node.addChildNode(mask.duplicate(), None)  # keyframes and all: the one undo step in the user's image
     finally:
         scratch.setModified(False)
-        # The user's view first, then the scratch image: an image closed while its view is the active one
-        # leaves Krita's animation curves docker tied to its nodes, and that docker's assert (row >= 0)
-        # aborted Krita 5.2.9 and 5.3.4.1 in one to two of three real-app runs.
-        if user_view is not None:
-            window.showView(user_view)  # a no-op for a view that was closed meanwhile
-        scratch.close()  # with its view and its undo history
+        try:
+            _leave(window, user_view, scratch)
+        finally:
+            scratch.close()  # with its view and its undo history
     return (f'Added "{mask_name(reply.model or job.settings.model)}" to "{job.layer_name}", keyed on '
             f"{len(job.times)} frames ({job.times[0]} to {job.times[-1]}).")
