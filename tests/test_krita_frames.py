@@ -233,6 +233,7 @@ def test_apply_keys_the_mask_on_every_frame_in_one_undo_step(plugin, frames, kri
     assert doc.currentTime() == 3
     assert krita.documents() == [doc] and krita.activeDocument() is doc  # the temporary image is gone
     assert krita.window.closed_while_shown == []  # the user's view came back before it closed
+    assert krita.early_activations == []  # the mask was activated only once the event loop had run
     doc.undo()
     assert layer.childNodes() == [] and [t for t in range(8) if layer.hasKeyframeAtTime(t)] == KEYS
 

@@ -16,8 +16,9 @@ the real application (tests/hostapps/krita_*.py check the same things there):
   pixelData/setPixelData/bounds work on the keyframe shown at the current time, pixelDataAtTime only on a
   keyframe (empty elsewhere); setCurrentTime is an undo step; duplicate() keeps the keyframes;
 - a node added to a document cannot be made active before the event loop has run (`Krita.process_events`);
-- Window.closed_while_shown names the documents closed while their view was the active one (Krita 5.2.9 and
-  5.3.4.1 could then abort in the animation curves docker: see frames.apply).
+- Window.closed_while_shown names the documents closed while their view was the active one, and
+  Krita.early_activations the nodes activated in the callback that added them (Krita 5.2.9 and 5.3.4.1
+  could then abort in the animation curves docker: see frames.apply).
 """
 
 from __future__ import annotations
@@ -381,7 +382,10 @@ class Document:
 
     def setActiveNode(self, node: Optional[Node]) -> None:
         if self._unsettled and Krita.instance().window.shows(self):
-            return  # Krita 5.2: ignored in the callback that added the node to a document in a view
+            # Krita 5.2: ignored in the callback that added the node to a document in a view, with a SAFE
+            # ASSERT ("shape", kis_node_manager.cpp) that leaves the view's selection half-changed
+            Krita.instance().early_activations.append(node.name() if node is not None else None)
+            return
         self._active = node
 
     def currentTime(self) -> int:
@@ -555,6 +559,7 @@ class Krita:
 
     def __init__(self) -> None:
         self._documents: List[Document] = []
+        self.early_activations: List[Optional[str]] = []  # Document.setActiveNode calls Krita 5.2 ignored
         self.settings: Dict[Tuple[str, str], str] = {}  # kritarc: (group, key) -> value
         self.window = Window()
 

@@ -170,17 +170,21 @@ def prepare(doc: Any, node: Any, settings: Settings) -> Generator[Tuple[int, int
 
 
 def _activate(doc: Any, node: Any) -> Iterator[float]:
-    """Make `node` the active node of `doc`'s view: Krita takes it only after its event loop has run."""
+    """Make `node`, just added, the active node of `doc`'s view. The view learns of a new node only from
+    Krita's event loop, after the image has added it; asked before that, Krita 5.2 refuses with a SAFE
+    ASSERT that leaves the view's layer selection half-changed (and its animation curves docker aborted
+    Krita later). So: the image first, then the event loop, then ask until the view has it."""
+    doc.waitForDone()
     waited = 0.0
     while True:
+        waited += ACTIVATE_POLL_S
+        yield ACTIVATE_POLL_S
         doc.setActiveNode(node)
         active = doc.activeNode()
         if active is not None and active.uniqueId() == node.uniqueId():
             return
         if waited >= ACTIVATE_TIMEOUT_S:
             raise PluginError("Krita did not activate the temporary mask; nothing was changed.")
-        waited += ACTIVATE_POLL_S
-        yield ACTIVATE_POLL_S
 
 
 def _keyed_mask(app: Any, scratch: Any, mask: Any, keys: List[Tuple[int, bytes]], region: Rect) -> None:
