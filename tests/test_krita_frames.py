@@ -233,8 +233,24 @@ def test_apply_keys_the_mask_on_every_frame_in_one_undo_step(plugin, frames, kri
     assert doc.currentTime() == 3
     assert krita.documents() == [doc] and krita.activeDocument() is doc  # the temporary image is gone
     assert krita.window.closed_while_shown == []  # the user's view came back before it closed
+    assert krita.early_activations == []  # the mask was activated only once the event loop had run
     doc.undo()
     assert layer.childNodes() == [] and [t for t in range(8) if layer.hasKeyframeAtTime(t)] == KEYS
+
+
+def test_a_view_of_another_image_is_active_before_the_temporary_image_closes_even_if_the_users_went(  # noqa: F811
+        plugin, frames, krita):
+    """The user closes the view they clicked in while the mask is built (the image stays open in a second
+    view): that other view becomes the active one before the temporary image closes, and the mask is added."""
+    doc, layer = animated_layer(krita)
+    clicked_in = krita.window.views()[0]
+    second = krita.window.addView(doc)
+    krita.window.showView(clicked_in)
+    job = read_all(frames.prepare(doc, layer, settings(plugin)))
+    run_steps(krita, frames.apply(job, frames.FramesReply(row_masks(job), "u2netp")),
+              between=lambda: krita.window._close_views([clicked_in]))
+    assert krita.window.closed_while_shown == [] and krita.window.activeView() is second
+    assert [c.type() for c in layer.childNodes()] == ["transparencymask"]
 
 
 def test_apply_gives_frames_outside_the_playback_range_an_opaque_mask(plugin, frames, krita):  # noqa: F811
@@ -265,7 +281,7 @@ def test_another_image_activated_while_the_mask_is_built_stops_it_and_changes_no
     doc, layer = animated_layer(krita)
     other = krita.createDocument(50, 50, "other", "RGBA", "U8", "", 72.0)
     other_view = krita.window.addView(other)
-    krita.window.showView(krita.window.views[0])
+    krita.window.showView(krita.window.views()[0])
     job = read_all(frames.prepare(doc, layer, settings(plugin)))
     before = snapshot(doc), snapshot(other)
     with pytest.raises(plugin.core.PluginError, match="Another image became active"):

@@ -15,7 +15,10 @@ the real application (tests/hostapps/krita_*.py check the same things there):
   its current time, adds one (undoable; the node's content so far becomes frame 0 when it is the first);
   pixelData/setPixelData/bounds work on the keyframe shown at the current time, pixelDataAtTime only on a
   keyframe (empty elsewhere); setCurrentTime is an undo step; duplicate() keeps the keyframes;
-- a node added to a document cannot be made active before the event loop has run (`Krita.process_events`).
+- a node added to a document cannot be made active before the event loop has run (`Krita.process_events`);
+- Window.closed_while_shown names the documents closed while their view was the active one, and
+  Krita.early_activations the nodes activated in the callback that added them (Krita 5.2.9 and 5.3.4.1
+  could then abort in the animation curves docker: see frames.apply).
 """
 
 from __future__ import annotations
@@ -379,7 +382,10 @@ class Document:
 
     def setActiveNode(self, node: Optional[Node]) -> None:
         if self._unsettled and Krita.instance().window.shows(self):
-            return  # Krita 5.2: ignored in the callback that added the node to a document in a view
+            # Krita 5.2: ignored in the callback that added the node to a document in a view, with a SAFE
+            # ASSERT ("shape", kis_node_manager.cpp) that leaves the view's selection half-changed
+            Krita.instance().early_activations.append(node.name() if node is not None else None)
+            return
         self._active = node
 
     def currentTime(self) -> int:
@@ -498,7 +504,7 @@ class Window:
     """One main window; the active view's document is Krita.activeDocument()."""
 
     def __init__(self) -> None:
-        self.views: List[View] = []
+        self._views: List[View] = []
         self.active: Optional[View] = None
         # documents closed while their view was the active one: Krita 5.2.9 and 5.3.4.1 then left the
         # animation curves docker tied to the image's nodes, and its assert (row >= 0) aborted Krita
@@ -506,24 +512,31 @@ class Window:
 
     def addView(self, doc: Document) -> View:
         view = View(doc)
-        self.views.append(view)
+        self._views.append(view)
         self.active = view
         return view
 
     def activeView(self) -> Optional[View]:
         return self.active
 
+    def views(self) -> List[View]:
+        return list(self._views)
+
     def showView(self, view: View) -> None:
-        if view in self.views:
+        if view in self._views:
             self.active = view
 
     def shows(self, doc: Document) -> bool:
-        return any(v._doc is doc for v in self.views)
+        return any(v._doc is doc for v in self._views)
 
     def _close_views_of(self, doc: Document) -> None:
-        self.views = [v for v in self.views if v._doc is not doc]
-        if self.active is not None and self.active._doc is doc:
-            self.active = self.views[-1] if self.views else None
+        self._close_views([v for v in self._views if v._doc is doc])
+
+    def _close_views(self, views: List[View]) -> None:
+        """The user closing views: another one becomes active if the active one went."""
+        self._views = [v for v in self._views if v not in views]
+        if self.active in views:
+            self.active = self._views[-1] if self._views else None
 
 
 class Action:
@@ -546,6 +559,7 @@ class Krita:
 
     def __init__(self) -> None:
         self._documents: List[Document] = []
+        self.early_activations: List[Optional[str]] = []  # Document.setActiveNode calls Krita 5.2 ignored
         self.settings: Dict[Tuple[str, str], str] = {}  # kritarc: (group, key) -> value
         self.window = Window()
 

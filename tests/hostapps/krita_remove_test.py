@@ -145,8 +145,19 @@ class Docker:
 
 
 def activate(doc, layer):
-    yield 0.2                  # let the GUI learn about new nodes before activating one
-    doc.setActiveNode(layer)
+    """Make `layer` the active node as a user's click would, and wait until the view has it (at most 10 s):
+    the GUI learns of a new node only from the event loop, later still on a busy machine, and activating it
+    before that is ignored (the keyframe actions would then act on another layer)."""
+    doc.waitForDone()
+    deadline = time.time() + 10
+    while True:
+        yield 0.2
+        doc.setActiveNode(layer)
+        active = doc.activeNode()
+        if active is not None and active.uniqueId() == layer.uniqueId():
+            break
+        if time.time() > deadline:
+            raise RuntimeError("Krita did not activate %r" % layer.name())
     yield 0.2
 
 

@@ -170,17 +170,21 @@ def prepare(doc: Any, node: Any, settings: Settings) -> Generator[Tuple[int, int
 
 
 def _activate(doc: Any, node: Any) -> Iterator[float]:
-    """Make `node` the active node of `doc`'s view: Krita takes it only after its event loop has run."""
+    """Make `node`, just added, the active node of `doc`'s view. The view learns of a new node only from
+    Krita's event loop, after the image has added it; asked before that, Krita 5.2 refuses with a SAFE
+    ASSERT that leaves the view's layer selection half-changed (and its animation curves docker aborted
+    Krita later). So: the image first, then the event loop, then ask until the view has it."""
+    doc.waitForDone()
     waited = 0.0
     while True:
+        waited += ACTIVATE_POLL_S
+        yield ACTIVATE_POLL_S
         doc.setActiveNode(node)
         active = doc.activeNode()
         if active is not None and active.uniqueId() == node.uniqueId():
             return
         if waited >= ACTIVATE_TIMEOUT_S:
             raise PluginError("Krita did not activate the temporary mask; nothing was changed.")
-        waited += ACTIVATE_POLL_S
-        yield ACTIVATE_POLL_S
 
 
 def _keyed_mask(app: Any, scratch: Any, mask: Any, keys: List[Tuple[int, bytes]], region: Rect) -> None:
@@ -201,6 +205,26 @@ def _keyed_mask(app: Any, scratch: Any, mask: Any, keys: List[Tuple[int, bytes]]
         if not mask.hasKeyframeAtTime(t):
             raise PluginError(f"Krita did not make a keyframe at frame {t}; nothing was changed.")
         mask.setPixelData(data, *region)
+
+
+def _shows(view: Any, doc: Any) -> bool:
+    """Whether `view` (possibly None, or a libkis View of no view) shows `doc`."""
+    shown = view.document() if view is not None else None
+    return shown is not None and shown.name() == doc.name()
+
+
+def _leave(window: Any, user_view: Any, scratch: Any) -> None:
+    """Make another image's view the active one before the scratch image closes: the user's view, or any other
+    where the user closed theirs meanwhile. An image closed while its view is the active one leaves Krita's
+    animation curves docker tied to its nodes, and that docker's assert (row >= 0) then aborted Krita 5.2.9
+    and 5.3.4.1 in one to two of three real-app runs."""
+    if user_view is not None:
+        window.showView(user_view)  # a no-op for a view that was closed meanwhile
+    if _shows(window.activeView(), scratch):
+        for view in window.views():
+            if not _shows(view, scratch):
+                window.showView(view)
+                return
 
 
 def apply(job: FramesJob, reply: FramesReply) -> Iterator[float]:
@@ -235,11 +259,9 @@ def apply(job: FramesJob, reply: FramesReply) -> Iterator[float]:
         node.addChildNode(mask.duplicate(), None)  # keyframes and all: the one undo step in the user's image
     finally:
         scratch.setModified(False)
-        # The user's view first, then the scratch image: an image closed while its view is the active one
-        # leaves Krita's animation curves docker tied to its nodes, and that docker's assert (row >= 0)
-        # aborted Krita 5.2.9 and 5.3.4.1 in one to two of three real-app runs.
-        if user_view is not None:
-            window.showView(user_view)  # a no-op for a view that was closed meanwhile
-        scratch.close()  # with its view and its undo history
+        try:
+            _leave(window, user_view, scratch)
+        finally:
+            scratch.close()  # with its view and its undo history
     return (f'Added "{mask_name(reply.model or job.settings.model)}" to "{job.layer_name}", keyed on '
             f"{len(job.times)} frames ({job.times[0]} to {job.times[-1]}).")
