@@ -1,9 +1,10 @@
 """The Krita plugin in real Krita 5.2, 5.3 and 6 (Xvfb, Debian chroots: tests/hostapps_targets.py) against a
 real daemon. Every test runs once per Krita version; its id names the exact version (`krita-6.0.4.1`).
 
-Two Krita launches per version: one with Krita's pyzmq and msgpack, running every case of
-tests/hostapps/krita_remove_test.py, and one with them hidden (the client's built-in ZMTP path),
-running a few. The in-Krita script works the docker and dumps layer and mask pixels; here each mask
+Three Krita launches per version: one with Krita's pyzmq and msgpack, running every case of
+tests/hostapps/krita_remove_test.py but the animation ones, which get a Krita of their own (see
+krita_frames), and one with pyzmq and msgpack hidden (the client's built-in ZMTP path), running a few.
+The in-Krita script works the docker and dumps layer and mask pixels; here each mask
 is compared with this process's own request to the same daemon for the same pixels, reordered from
 Krita's layout independently (numpy), which checks channel order, precision, the linear flag and the
 geometry at once. Skipped, with the reason, where the chroot cannot be built (not root, no network).
@@ -44,6 +45,7 @@ NATIVE = {
 }
 CONVERTED = ["cmyka_u8", "laba_u16", "xyza_f32"]
 NO_PYZMQ_CASES = ["rgba_u8", "graya_f32", "cancel", "daemon_down"]
+FRAMES_CASES = ["frames_keyframes", "frames_playback", "frames_refused"]
 SAMPLE_TYPES = {"<u1": "u8", "<u2": "u16", "<f2": "f16", "<f4": "f32"}
 
 
@@ -60,21 +62,23 @@ def target(request: pytest.FixtureRequest) -> Target:
     return request.param
 
 
-def run_krita(out: Path, daemon, target: Target, cases: List[str], hide_pyzmq: bool) -> SimpleNamespace:
-    """One Krita launch running `cases` (all when empty); skips when the chroot cannot be built."""
+def run_krita(out: Path, daemon, target: Target, cases: List[str], label: str, hide_pyzmq: bool = False,
+              skip: List[str] = ()) -> SimpleNamespace:
+    """One Krita launch running `cases` (all but `skip` when empty); skips when the chroot cannot be built."""
     problem = target.problem()
     if problem:
         pytest.skip(f"real Krita {target.series} unavailable: {problem}")
     env = dict(os.environ, **target.env, BGMASK_ENDPOINT=daemon.endpoint, BGMASK_TOKEN=daemon.token,
                KRITA_TEST_DEAD_ENDPOINT=closed_endpoint(), KRITA_TEST_CASES=",".join(cases),
-               HOSTAPPS_PASSENV="BGMASK_ENDPOINT BGMASK_TOKEN KRITA_TEST_DEAD_ENDPOINT KRITA_TEST_CASES",
+               KRITA_TEST_SKIP=",".join(skip),
+               HOSTAPPS_PASSENV="BGMASK_ENDPOINT BGMASK_TOKEN KRITA_TEST_DEAD_ENDPOINT KRITA_TEST_CASES KRITA_TEST_SKIP",
                HOSTAPPS_PYTHON=sys.executable)
     if hide_pyzmq:
         env["HOSTAPPS_HIDE_PYZMQ"] = "1"
     start = time.monotonic()
     proc = subprocess.run(["bash", str(RUNNER), str(TEST_PY), str(out), *map(str, PHOTOS)],
                           env=env, capture_output=True, text=True, timeout=1500)
-    record_launch(target, "without pyzmq" if hide_pyzmq else "all cases", time.monotonic() - start)
+    record_launch(target, label, time.monotonic() - start)
     result_file = out / "result.json"
     assert result_file.exists(), f"no result from Krita (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     result = json.loads(result_file.read_text())
@@ -84,13 +88,20 @@ def run_krita(out: Path, daemon, target: Target, cases: List[str], hide_pyzmq: b
 
 @pytest.fixture(scope="module")
 def krita(tmp_path_factory, daemon, target: Target) -> SimpleNamespace:
-    return run_krita(tmp_path_factory.mktemp(target.id), daemon, target, [], hide_pyzmq=False)
+    return run_krita(tmp_path_factory.mktemp(target.id), daemon, target, [], "all but frames", skip=FRAMES_CASES)
+
+
+@pytest.fixture(scope="module")
+def krita_frames(tmp_path_factory, daemon, target: Target) -> SimpleNamespace:
+    """The animation cases in a Krita of their own: 5.3.4.1 and 6.0.4.1 crashed at times while a case built its
+    animated document after the twenty-odd cases before it (not in the plugin's code)."""
+    return run_krita(tmp_path_factory.mktemp(f"{target.id}-frames"), daemon, target, FRAMES_CASES, "frames")
 
 
 @pytest.fixture(scope="module")
 def krita_no_pyzmq(tmp_path_factory, daemon, target: Target) -> SimpleNamespace:
     return run_krita(tmp_path_factory.mktemp(f"{target.id}-no-pyzmq"), daemon, target, NO_PYZMQ_CASES,
-                     hide_pyzmq=True)
+                     "without pyzmq", hide_pyzmq=True)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +114,9 @@ def client(daemon):
 
 
 def case(run: SimpleNamespace, name: str) -> dict:
+    if name not in run.cases:  # Krita died before the case finished: say how, from the end of its log
+        log = (run.out / "krita.log").read_text(errors="replace") if (run.out / "krita.log").exists() else ""
+        pytest.fail(f"Krita {run.result.get('krita')} ended before case {name} was done; its log ends:\n{log[-1500:]}")
     rec = run.cases[name]
     assert "error" not in rec, rec["error"]
     return rec
@@ -317,6 +331,15 @@ def reference_frames(client, run: SimpleNamespace, name: str, sources) -> list:
     return [np.frombuffer(r.mask, np.uint8).reshape(h, w) for r in results]
 
 
+def refused_on_krita_5_2(krita, rec: dict) -> bool:
+    """Krita 5.2.9 aborts at times while a keyed mask is built: there frames are refused, nothing changed."""
+    if not krita.result["krita"].startswith("5.2"):
+        return False
+    assert rec["message"].startswith("Error: Masks keyed on an animation's frames need Krita 5.3"), rec["message"]
+    assert rec["children"] == [], rec["children"]
+    return True
+
+
 def check_frames_outcome(rec: dict) -> None:
     """What every frames run must leave: the daemon's progress, which never goes back a frame; one animated mask, the user's time, no temporary
     image, and one undo step that removes the mask and nothing else; the .kra keeps every mask keyframe."""
@@ -333,14 +356,16 @@ def check_frames_outcome(rec: dict) -> None:
     assert rec["saved"] and rec["reopened_equal"] and rec["reopened_mask_keys"] == rec["mask_keys"]
 
 
-def test_every_keyframe_of_an_animated_layer_gets_its_own_mask(krita, client):
+def test_every_keyframe_of_an_animated_layer_gets_its_own_mask(krita_frames, client):
     """Frames "Every keyframe of the layer": the mask is keyed exactly where the layer is; each keyframe holds
     the daemon's temporally consistent mask of that frame, which follows the subject as it moves."""
-    rec = case(krita, "frames_keyframes")
+    rec = case(krita_frames, "frames_keyframes")
+    if refused_on_krita_5_2(krita_frames, rec):
+        return
     check_frames_outcome(rec)
     assert rec["layer_keys"] == FRAME_KEYS and rec["mask_keys"] == FRAME_KEYS
-    masks = frame_masks(krita, "frames_keyframes", FRAME_KEYS)
-    for t, expected in zip(FRAME_KEYS, reference_frames(client, krita, "frames_keyframes", FRAME_KEYS)):
+    masks = frame_masks(krita_frames, "frames_keyframes", FRAME_KEYS)
+    for t, expected in zip(FRAME_KEYS, reference_frames(client, krita_frames, "frames_keyframes", FRAME_KEYS)):
         assert masks[t].shape == (300, 400) and np.array_equal(masks[t], expected), t
     centres = []
     for i, t in enumerate(FRAME_KEYS):
@@ -354,20 +379,22 @@ def test_every_keyframe_of_an_animated_layer_gets_its_own_mask(krita, client):
     assert all(FRAME_STEP * 0.6 < d < FRAME_STEP * 1.4 for d in moved), centres
 
 
-def test_every_frame_of_the_playback_range_gets_a_mask_and_other_frames_stay_visible(krita, client):
+def test_every_frame_of_the_playback_range_gets_a_mask_and_other_frames_stay_visible(krita_frames, client):
     """Frames "Every frame of the playback range" 1..4: frames 1 and 4 hold keyframes 0 and 3, so the sequence
     sent is keyframes 0, 2, 3, 3; frame 0 and frame 5, outside the range, get an opaque mask key."""
-    rec = case(krita, "frames_playback")
+    rec = case(krita_frames, "frames_playback")
+    if refused_on_krita_5_2(krita_frames, rec):
+        return
     check_frames_outcome(rec)
     assert rec["playback_read"] == [1, 4] and rec["mask_keys"] == [0, 1, 2, 3, 4, 5]
-    masks = frame_masks(krita, "frames_playback", rec["mask_keys"])
-    for t, expected in zip([1, 2, 3, 4], reference_frames(client, krita, "frames_playback", [0, 2, 3, 3])):
+    masks = frame_masks(krita_frames, "frames_playback", rec["mask_keys"])
+    for t, expected in zip([1, 2, 3, 4], reference_frames(client, krita_frames, "frames_playback", [0, 2, 3, 3])):
         assert np.array_equal(masks[t], expected), t
         assert (masks[t] < 10).mean() > 0.2 and masks[t].max() == 255, t
     assert (masks[0] == 255).all() and (masks[5] == 255).all()
 
 
-def test_frames_with_an_output_other_than_a_mask_are_refused_and_the_document_untouched(krita):
-    rec = case(krita, "frames_refused")
+def test_frames_with_an_output_other_than_a_mask_are_refused_and_the_document_untouched(krita_frames):
+    rec = case(krita_frames, "frames_refused")
     assert rec["message"].startswith("Error: Frames get a keyframed transparency mask"), rec["message"]
     assert rec["error_boxes"] and rec["untouched"], rec

@@ -6,7 +6,7 @@
 #
 # Globals from the runner: Krita, result_path, data_dir.
 # Environment: BGMASK_ENDPOINT/BGMASK_TOKEN (the test daemon), KRITA_TEST_DEAD_ENDPOINT (nothing listens
-# there), KRITA_TEST_CASES (comma-separated names from CASES; all when unset).
+# there), KRITA_TEST_CASES (comma-separated names from CASES; when unset, all but those in KRITA_TEST_SKIP).
 import hashlib
 import json
 import os
@@ -633,7 +633,8 @@ def main():
         res["models_offered"] = [dk.model.itemData(i) for i in range(dk.model.count())]
         res["quality_offered"] = [[dk.quality.itemText(i), dk.quality.itemData(i)] for i in range(dk.quality.count())]
         res["quality_chosen"] = dk.quality.currentData()
-        wanted = [c for c in os.environ.get("KRITA_TEST_CASES", "").split(",") if c] or list(CASES)
+        skip = os.environ.get("KRITA_TEST_SKIP", "").split(",")
+        wanted = [c for c in os.environ.get("KRITA_TEST_CASES", "").split(",") if c] or [c for c in CASES if c not in skip]
         for name in wanted:
             rec = res["cases"][name] = {"name": name}
             try:
