@@ -71,7 +71,8 @@ def run_krita(out: Path, daemon, target: Target, cases: List[str], label: str, h
     env = dict(os.environ, **target.env, BGMASK_ENDPOINT=daemon.endpoint, BGMASK_TOKEN=daemon.token,
                KRITA_TEST_DEAD_ENDPOINT=closed_endpoint(), KRITA_TEST_CASES=",".join(cases),
                KRITA_TEST_SKIP=",".join(skip),
-               HOSTAPPS_PASSENV="BGMASK_ENDPOINT BGMASK_TOKEN KRITA_TEST_DEAD_ENDPOINT KRITA_TEST_CASES KRITA_TEST_SKIP",
+               HOSTAPPS_PASSENV="BGMASK_ENDPOINT BGMASK_TOKEN KRITA_TEST_DEAD_ENDPOINT KRITA_TEST_CASES"
+                                " KRITA_TEST_SKIP",
                HOSTAPPS_PYTHON=sys.executable)
     if hide_pyzmq:
         env["HOSTAPPS_HIDE_PYZMQ"] = "1"

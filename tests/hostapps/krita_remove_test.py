@@ -634,7 +634,8 @@ def main():
         res["quality_offered"] = [[dk.quality.itemText(i), dk.quality.itemData(i)] for i in range(dk.quality.count())]
         res["quality_chosen"] = dk.quality.currentData()
         skip = os.environ.get("KRITA_TEST_SKIP", "").split(",")
-        wanted = [c for c in os.environ.get("KRITA_TEST_CASES", "").split(",") if c] or [c for c in CASES if c not in skip]
+        wanted = ([c for c in os.environ.get("KRITA_TEST_CASES", "").split(",") if c]
+                  or [c for c in CASES if c not in skip])
         for name in wanted:
             rec = res["cases"][name] = {"name": name}
             try:
