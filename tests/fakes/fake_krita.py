@@ -382,8 +382,7 @@ class Document:
 
     def setActiveNode(self, node: Optional[Node]) -> None:
         if self._unsettled and Krita.instance().window.shows(self):
-            # Krita 5.2: ignored in the callback that added the node to a document in a view, with a SAFE
-            # ASSERT ("shape", kis_node_manager.cpp) that leaves the view's selection half-changed
+            # Krita 5.2: ignored in the callback that added the node to a document in a view (SAFE ASSERT "shape")
             Krita.instance().early_activations.append(node.name() if node is not None else None)
             return
         self._active = node
@@ -506,9 +505,7 @@ class Window:
     def __init__(self) -> None:
         self._views: List[View] = []
         self.active: Optional[View] = None
-        # documents closed while their view was the active one: Krita 5.2.9 and 5.3.4.1 then left the
-        # animation curves docker tied to the image's nodes, and its assert (row >= 0) aborted Krita
-        self.closed_while_shown: List[str] = []
+        self.closed_while_shown: List[str] = []  # see the module docstring
 
     def addView(self, doc: Document) -> View:
         view = View(doc)

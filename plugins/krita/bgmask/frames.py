@@ -157,7 +157,7 @@ def prepare(doc: Any, node: Any, settings: Settings) -> Generator[Tuple[int, int
                           "Frames to Current frame only.")
     if krita_too_old_for_frames():
         raise PluginError("Masks keyed on an animation's frames need Krita 5.3 or later: Krita 5.2 can abort while "
-                          "the keyed mask is built. Choose Frames: Current frame only, or update Krita.")
+                          "the keyframed mask is built. Choose Frames: Current frame only, or update Krita.")
     model, depth = node.colorModel(), node.colorDepth()
     layout = pixels.layout_for(model, depth)
     if layout is None:
