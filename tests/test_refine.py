@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -9,6 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bgmask import errors as E
+from bgmask.mask import parallel
 from bgmask.mask import refine as R
 from bgmask.errors import BgmaskError
 
@@ -243,6 +246,26 @@ def test_cancel_stops_with_the_cancelled_code():
     assert info.value.code == E.CANCELLED
 
 
+def test_a_cancel_while_the_slopes_are_fitted_stops_every_fitting_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiles are fitted on several threads: a cancel one of them notices ends the request with the cancelled
+    code, the remaining tiles are not fitted, and no thread is left running."""
+    alpha, image, _ = disk_scene(H=900, W=1200, radius=250.0)
+    pred = area_down(alpha, 320, 320)
+    monkeypatch.setattr(R, "TILE", 7)
+    monkeypatch.setattr(parallel, "THREADS", 3)
+    fitted: list[int] = []
+    fit = R._coefficients
+    monkeypatch.setattr(R, "_coefficients", lambda *args: fitted.append(1) or fit(*args))
+    R.refine(pred, image)
+    tiles, fitted[:] = len(fitted), []
+    before = set(threading.enumerate())
+    with pytest.raises(BgmaskError) as info:
+        R.refine(pred, image, cancel=lambda: len(fitted) >= 5)
+    assert info.value.code == E.CANCELLED
+    assert len(fitted) < tiles / 2, f"{len(fitted)} of {tiles} tiles fitted after the cancel"
+    assert not set(threading.enumerate()) - before, "a fitting thread outlived the request"
+
+
 def test_a_gray_image_as_an_rgb_guide_stays_finite():
     """R = G = B makes every window's colour covariance singular but for the regularisation."""
     alpha, image, _ = disk_scene(300, 400, 100.0)
@@ -262,6 +285,7 @@ def test_fitting_tile_by_tile_gives_the_whole_grids_fit(monkeypatch: pytest.Monk
     monkeypatch.setattr(R, "TILE", 10**6)  # one tile: the whole grid
     whole = R.refine(pred, image)
     monkeypatch.setattr(R, "TILE", tile)
+    monkeypatch.setattr(parallel, "THREADS", 3)  # the tiles fitted on three threads, whatever this machine has
     tiled = R.refine(pred, image)
     assert np.abs(tiled - whole).max() <= 1e-6
     edge = (whole > 0.02) & (whole < 0.98)

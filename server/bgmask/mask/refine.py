@@ -53,7 +53,7 @@ PLAIN: Encoding = (1.0, 0.0)
 RADIUS = 5
 EPS = 1e-5
 STRIP_PIXELS = 1 << 19  # output pixels per strip: few enough that per-call overheads stay small; a map is 2 MB, about a core's L2
-TILE = 96  # grid cells a side of the tiles the slopes are fitted on
+TILE = 256  # grid cells a side of the tiles the slopes are fitted on, shared out among the cores (see _fit)
 SPAN_GAP = 8  # grid cells: sloped runs of a strip closer than this are upscaled as one (fewer, longer calls)
 CERTAIN = 1.0 / 256.0  # a prediction this close to 0 or 1 is taken as certain: the guide is not consulted
 INTEGER_SCALES = {np.dtype(np.uint8): 1.0 / 255.0, np.dtype(np.uint16): 1.0 / 65535.0}
@@ -405,9 +405,11 @@ def _fit(low: np.ndarray, p_low: np.ndarray, radius: int, eps: float,
     0.03 % of the pixels (U2-Netp and IS-Net on bench/quality.py's scenes, whose scores did not move), for
     26 % more cells to fit and 21 % more pixels to slope (U2-Netp on bench/speed.py's 24 MP photo). The
     fit runs tile by tile, on the bounding box of the cells it needs in each tile, with a halo of two window
-    radii (all a coefficient depends on). One thread fits them all: a tile's numpy calls are short, and two
-    threads making short calls spend longer handing the GIL to each other than they gain (measured: 47 ms
-    on one thread against 55 on two for IS-Net at 24 MP). These figures were measured at radius 3."""
+    radii (all a coefficient depends on). The tiles are shared out among the cores: tiles this large keep
+    each numpy call long enough that threads gain more than they lose handing the GIL to each other (IS-Net
+    at 24 MP, radius 5, 2 cores: 62 ms against 80 for tiles 96 cells a side on one thread, the way it was
+    fitted before; tiles 96 cells a side on two threads were slower than on one; a single core takes 14 %
+    longer with the larger tiles). The figures above (8-bit masks, 26 % and 21 %) were measured at radius 3."""
     C = low.shape[0]
     hl, wl = p_low.shape
     coef = np.zeros((C + 1, hl, wl), dtype=np.float32)
@@ -430,8 +432,7 @@ def _fit(low: np.ndarray, p_low: np.ndarray, radius: int, eps: float,
         c = _coefficients(low[:, ey0:ey1, ex0:ex1], p_low[ey0:ey1, ex0:ex1], radius, eps)
         coef[:, y0:y1, x0:x1] = c[:, y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
 
-    for tile in tiles:
-        fit(tile)
+    parallel.run(fit, tiles)  # on all cores: the tiles write disjoint cells
     coef[:C] *= near
     coef[C] = np.where(near, coef[C], p_low)
     return coef
