@@ -405,11 +405,11 @@ def _fit(low: np.ndarray, p_low: np.ndarray, radius: int, eps: float,
     0.03 % of the pixels (U2-Netp and IS-Net on bench/quality.py's scenes, whose scores did not move), for
     26 % more cells to fit and 21 % more pixels to slope (U2-Netp on bench/speed.py's 24 MP photo). The
     fit runs tile by tile, on the bounding box of the cells it needs in each tile, with a halo of two window
-    radii (all a coefficient depends on). The tiles are shared out among the cores: tiles this large keep
-    each numpy call long enough that threads gain more than they lose handing the GIL to each other (IS-Net
-    at 24 MP, radius 5, 2 cores: 62 ms against 80 for tiles 96 cells a side on one thread, the way it was
-    fitted before; tiles 96 cells a side on two threads were slower than on one; a single core takes 14 %
-    longer with the larger tiles). The figures above (8-bit masks, 26 % and 21 %) were measured at radius 3."""
+    radii (all a coefficient depends on). The tiles are fitted on all cores: tiles this large keep each numpy
+    call long enough that the threads gain more than they lose handing the GIL to each other (IS-Net at 24 MP,
+    radius 5, 2 cores: 62 ms, against 80 on one thread with tiles 96 cells a side, which two threads made
+    slower still; one core alone takes 14 % longer with the larger tiles). The figures above (8-bit masks,
+    26 % and 21 %) were measured at radius 3."""
     C = low.shape[0]
     hl, wl = p_low.shape
     coef = np.zeros((C + 1, hl, wl), dtype=np.float32)
