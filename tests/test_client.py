@@ -4,6 +4,7 @@ GIMP's and Krita's Pythons get). The checks themselves live in tests/client_suit
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -53,6 +54,34 @@ def test_builtin_without_pyzmq(name: str, suite_env: dict) -> None:
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
+
+
+def test_pyzmq_clients_do_not_need_the_monitor_names_pyzmq_would_choose(bc: ModuleType, suite_env: dict) -> None:
+    """pyzmq names a socket monitor after the socket's file descriptor, and a just-closed socket can still hold
+    that name while the number is reused: a Client opened meanwhile (another thread's) failed with ZMQError
+    "Address already in use". With every such name taken, Clients still open and remove."""
+    import zmq
+
+    ctx = zmq.Context.instance()
+    squatter = ctx.socket(zmq.PAIR)  # one socket holding the default monitor name of every descriptor number
+    names = [f"inproc://monitor.s-{fd}" for fd in range(4096)]
+    try:
+        for name in names:
+            squatter.bind(name)
+        probe = ctx.socket(zmq.DEALER)
+        try:
+            with pytest.raises(zmq.ZMQError, match="Address already in use"):
+                probe.get_monitor_socket()  # what the Client got before it named its monitors itself
+        finally:
+            probe.close(0)
+        arr, w, h = suite.photo((40, 30))
+        for _ in range(2):
+            assert len(bc.Client().remove(arr.tobytes(), w, h, 4, "u8", model=suite.MODEL)) == w * h
+    finally:
+        for name in names:  # unbinding an inproc name frees it at once (closing would free it later)
+            with contextlib.suppress(zmq.ZMQError):
+                squatter.unbind(name)
+        squatter.close(0)
 
 
 def test_abandoned_pyzmq_clients_never_hang_the_process(suite_env: dict) -> None:
