@@ -59,7 +59,8 @@ def test_builtin_without_pyzmq(name: str, suite_env: dict) -> None:
 def test_pyzmq_clients_do_not_need_the_monitor_names_pyzmq_would_choose(bc: ModuleType, suite_env: dict) -> None:
     """pyzmq names a socket monitor after the socket's file descriptor, and a just-closed socket can still hold
     that name while the number is reused: a Client opened meanwhile (another thread's) failed with ZMQError
-    "Address already in use". With every such name taken, Clients still open and remove."""
+    "Address already in use". With every such name taken, Clients of two copies of the client file, all open at
+    once, still remove."""
     import zmq
 
     ctx = zmq.Context.instance()
@@ -75,8 +76,12 @@ def test_pyzmq_clients_do_not_need_the_monitor_names_pyzmq_would_choose(bc: Modu
         finally:
             probe.close(0)
         arr, w, h = suite.photo((40, 30))
-        for _ in range(2):
-            assert len(bc.Client().remove(arr.tobytes(), w, h, 4, "u8", model=suite.MODEL)) == w * h
+        # Open Clients of two separately loaded copies of the client file (each plug-in loads its own).
+        clients = [copy.Client() for copy in (bc, suite.load_client()) for _ in range(2)]
+        for client in clients:
+            assert len(client.remove(arr.tobytes(), w, h, 4, "u8", model=suite.MODEL)) == w * h
+        for client in clients:
+            client.close()
     finally:
         for name in names:  # unbinding an inproc name frees it at once (closing would free it later)
             with contextlib.suppress(zmq.ZMQError):

@@ -35,7 +35,6 @@ internal) plus these raised by the client itself:
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import os
 import posixpath
@@ -598,11 +597,10 @@ class _ZmtpDealer:
 # pyzmq DEALER with the same interface; a socket monitor turns libzmq's silent reconnects into the same
 # errors the built-in transport raises (refused, handshake failure, connection lost). It uses the
 # process-wide context: terminating a private one from a garbage-collected, never-closed Client can block
-# forever on a socket whose own finaliser has not run yet. Each monitor gets an inproc name of its own:
-# pyzmq's default names it after the socket's file descriptor, which a just-closed socket may still hold
-# bound while the number is reused, and then a Client opened in another thread failed with "Address already
-# in use".
-_MONITOR_IDS = itertools.count()
+# forever on a socket whose own finaliser has not run yet. Each monitor gets a random inproc name of its
+# own: pyzmq's default names it after the socket's file descriptor, which a just-closed socket may still hold
+# bound while the number is reused (a Client opened in another thread then failed with "Address already in
+# use"), and a counter would repeat in every copy of this file a process loads (each plug-in loads its own).
 
 
 class _PyzmqDealer:
@@ -621,7 +619,7 @@ class _PyzmqDealer:
             zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_DISCONNECTED
             | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH,
-            addr="inproc://bgmask-client-monitor-%d" % next(_MONITOR_IDS))
+            addr="inproc://bgmask-client-monitor-" + os.urandom(12).hex())
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
